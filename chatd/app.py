@@ -1,0 +1,73 @@
+"""The aiohttp application: routes by role, and every resource as a cleanup context."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from chatd import keys
+from chatd.backends.registry import close_all, make_backends, open_all
+from chatd.handlers import applications, chats, health, messages
+from chatd.handlers.middleware import error_middleware
+from chatd.service import Backends, ChatService, Clock, utc_now
+from chatd.settings import Settings
+from chatd.supervisor import Supervisor
+from chatd.workers.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, backends: Backends | None = None, run_workers: bool | None = None,
+               clock: Clock = utc_now) -> web.Application:
+    """Build the application for ``settings.role``.
+
+    ``api`` serves the HTTP API, ``worker`` runs the background loops (and serves only the
+    health endpoints), ``all`` does both. Tests may pass ``run_workers=False`` to drive the
+    pipeline themselves with ``app[keys.PIPELINE].run_until_idle()``.
+    """
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[keys.SETTINGS] = settings
+    app.router.add_routes(health.routes)
+    if settings.role in ("all", "api"):
+        for module in (applications, chats, messages):
+            app.router.add_routes(module.routes)
+    workers = settings.role in ("all", "worker") if run_workers is None else run_workers
+    app.cleanup_ctx.append(_backends_context(backends or make_backends(settings), clock))
+    if workers:
+        app.cleanup_ctx.append(_workers_context)
+    return app
+
+
+def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-untyped-def]
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[keys.SETTINGS]
+        await open_all(backends)
+        try:
+            if settings.database_url.startswith("sqlite://"):
+                # The embedded default sets itself up; production runs `chatd migrate` first.
+                applied = await backends.store.migrate()
+                if applied:
+                    logger.info("applied migrations: %s", ", ".join(applied))
+            service = ChatService(backends, cache_ttl=settings.cache_ttl_seconds,
+                                  number_block=settings.number_block_size,
+                                  idempotency_ttl=settings.idempotency_ttl_seconds, clock=clock)
+            app[keys.BACKENDS] = backends
+            app[keys.SERVICE] = service
+            app[keys.PIPELINE] = Pipeline(service, settings)
+            yield
+        finally:
+            await close_all(backends)
+
+    return context
+
+
+async def _workers_context(app: web.Application) -> AsyncIterator[None]:
+    supervisor = Supervisor(shutdown_timeout=app[keys.SETTINGS].shutdown_timeout_seconds)
+    app[keys.SUPERVISOR] = supervisor
+    app[keys.PIPELINE].start(supervisor)
+    logger.info("background loops started: %s", ", ".join(supervisor.names))
+    yield
+    await supervisor.stop()
+    logger.info("background loops stopped")

@@ -1,0 +1,76 @@
+"""Backends chosen by URL: the scheme picks the class; drivers are imported only when used."""
+
+from __future__ import annotations
+
+from chatd.backends.memory_cache import MemoryCache
+from chatd.backends.sqlite_counters import SqliteCounters, SqliteLock
+from chatd.backends.sqlite_db import path_from_url
+from chatd.backends.sqlite_queue import SqliteQueue
+from chatd.backends.sqlite_search import SqliteSearchIndex
+from chatd.backends.sqlite_store import SqliteStore
+from chatd.ports import Cache, Counters, Lock, Queue, SearchIndex, Store
+from chatd.service import Backends
+from chatd.settings import Settings
+
+
+def embedded_path(settings: Settings) -> str:
+    """The SQLite file of the embedded counters, lock and queue: the store's, if it is SQLite."""
+    if settings.database_url.startswith("sqlite://"):
+        return path_from_url(settings.database_url)
+    return "./chatd-embedded.db"
+
+
+def make_store(settings: Settings) -> Store:
+    if settings.database_url.startswith("mysql://"):
+        from chatd.backends.mysql_store import MysqlStore
+
+        return MysqlStore(settings.database_url)
+    return SqliteStore(settings.database_url)
+
+
+def make_backends(settings: Settings) -> Backends:
+    """Unopened backends for ``settings``; open them with ``open_all``."""
+    embedded = embedded_path(settings)
+    counters: Counters
+    cache: Cache
+    lock: Lock
+    queue: Queue
+    search: SearchIndex
+    if settings.redis_url:
+        from chatd.backends.redis_backends import RedisCache, RedisCounters, RedisLock, RedisConnection
+
+        connection = RedisConnection(settings.redis_url, prefix=settings.redis_prefix)
+        counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
+    else:
+        counters, cache, lock = SqliteCounters(embedded), MemoryCache(), SqliteLock(embedded)
+    if settings.amqp_url:
+        from chatd.backends.amqp_queue import AmqpQueue
+
+        queue = AmqpQueue(settings.amqp_url, prefix=settings.amqp_prefix,
+                          max_attempts=settings.max_delivery_attempts)
+    else:
+        queue = SqliteQueue(embedded)
+    if settings.elasticsearch_url:
+        from chatd.backends.elasticsearch_search import ElasticsearchIndex
+
+        search = ElasticsearchIndex(settings.elasticsearch_url, index=settings.elasticsearch_index)
+    else:
+        search = SqliteSearchIndex(settings.search_path)
+    return Backends(make_store(settings), counters, cache, queue, search, lock)
+
+
+async def open_all(backends: Backends) -> None:
+    opened = []
+    try:
+        for backend in backends.all():
+            await backend.open()
+            opened.append(backend)
+    except BaseException:
+        for backend in reversed(opened):
+            await backend.close()
+        raise
+
+
+async def close_all(backends: Backends) -> None:
+    for backend in reversed(backends.all()):
+        await backend.close()

@@ -1,0 +1,97 @@
+"""Counters and locks in SQLite: the embedded stand-ins for Redis, shared by every process."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from chatd.backends.sqlite_db import SqliteDatabase
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS embedded_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS embedded_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL)",
+)
+
+
+async def _create_schema(db: SqliteDatabase) -> None:
+    def create(conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+
+    await db.transaction(create)
+
+
+class SqliteCounters:
+    """Durable counters: a row per key, incremented in a write transaction."""
+
+    name = "sqlite-counters"
+
+    def __init__(self, path: str):
+        self.db = SqliteDatabase.shared(path)
+
+    async def open(self) -> None:
+        await self.db.open()
+        await _create_schema(self.db)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def increment(self, key: str) -> int | None:
+        def incr(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("UPDATE embedded_counters SET value = value + 1 WHERE key = ? RETURNING value",
+                               (key,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self.db.transaction(incr)
+
+    async def current(self, key: str) -> int | None:
+        row = await self.db.read(lambda conn: conn.execute(
+            "SELECT value FROM embedded_counters WHERE key = ?", (key,)).fetchone())
+        return None if row is None else int(row[0])
+
+    async def raise_to(self, key: str, floor: int) -> None:
+        await self.db.transaction(lambda conn: conn.execute(
+            "INSERT INTO embedded_counters (key, value) VALUES (?, ?) ON CONFLICT (key)"
+            " DO UPDATE SET value = MAX(value, excluded.value)", (key, floor)))
+
+    async def wipe(self) -> None:
+        """Forget every counter (tests use it to play a counter server losing its data)."""
+        await self.db.transaction(lambda conn: conn.execute("DELETE FROM embedded_counters"))
+
+
+class SqliteLock:
+    """Leases with an owner and an expiry, visible to every process using the file."""
+
+    name = "sqlite-lock"
+
+    def __init__(self, path: str):
+        self.db = SqliteDatabase.shared(path)
+
+    async def open(self) -> None:
+        await self.db.open()
+        await _create_schema(self.db)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def acquire(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        def take(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            cursor = conn.execute(
+                "INSERT INTO embedded_locks (name, owner, expires) VALUES (?, ?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET owner = excluded.owner, expires = excluded.expires"
+                " WHERE embedded_locks.expires < ? OR embedded_locks.owner = excluded.owner",
+                (name, owner, now + ttl_seconds, now))
+            return cursor.rowcount == 1
+
+        return await self.db.transaction(take)
+
+    async def release(self, name: str, owner: str) -> None:
+        await self.db.transaction(lambda conn: conn.execute(
+            "DELETE FROM embedded_locks WHERE name = ? AND owner = ?", (name, owner)))

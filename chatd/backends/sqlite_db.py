@@ -1,0 +1,112 @@
+"""A SQLite database file shared by the embedded backends of one process.
+
+Each transaction runs as one plain function on the database's own thread: one thread hop
+per transaction instead of one per statement, and no other coroutine can slip a statement
+into a transaction in progress. Other processes are kept out by SQLite's own file lock
+(WAL mode: readers never wait; writers queue behind ``busy_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_shared: dict[str, SqliteDatabase] = {}
+_shared_lock = threading.Lock()
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///./chatd.db`` -> ``./chatd.db``; ``sqlite:///:memory:`` -> ``:memory:``."""
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"not a sqlite URL: {url}")
+    path = url[len("sqlite://"):]
+    return path[1:] if path.startswith("/") and not path.startswith("//") else path
+
+
+class SqliteDatabase:
+    """One connection on one dedicated thread; ``run`` executes a function there."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._users = 0
+
+    @classmethod
+    def shared(cls, path: str) -> SqliteDatabase:
+        """The process-wide instance for ``path``, so the embedded backends share one writer."""
+        key = path if path == ":memory:" else str(Path(path).resolve())
+        with _shared_lock:
+            if key not in _shared:
+                _shared[key] = cls(path)
+            return _shared[key]
+
+    async def open(self) -> None:
+        self._users += 1
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        await self._submit(self._connect)
+
+    def _connect(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
+        # the last transactions. The embedded default trades that for write throughput.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+
+    async def close(self) -> None:
+        self._users -= 1
+        if self._users > 0 or self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=True)
+        with _shared_lock:
+            for key, value in list(_shared.items()):
+                if value is self:
+                    del _shared[key]
+
+    async def _submit(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise RuntimeError("database is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` outside any explicit transaction (each statement autocommits)."""
+        return await self._submit(lambda: fn(self._require()))
+
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""
+
+        def run() -> T:
+            conn = self._require()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._submit(run)
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("database is closed")
+        return self._conn

@@ -1,0 +1,280 @@
+"""The store on SQLite: the embedded default's source of truth."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+from chatd.backends.sqlite_db import SqliteDatabase, path_from_url
+from chatd.domain import (
+    Application,
+    Chat,
+    ChatJob,
+    CountsReconciled,
+    Message,
+    MessageJob,
+    NumberScope,
+    Page,
+    SearchDocument,
+)
+from chatd.jobs import format_time, parse_time
+from chatd.migrations import migration_files, split_statements
+
+_APP_COLUMNS = "id, token, name, chats_count, created_at"
+
+
+def _application(row: sqlite3.Row | tuple) -> Application:  # type: ignore[type-arg]
+    return Application(row[0], row[1], row[2], row[3], parse_time(row[4]))
+
+
+class SqliteStore:
+    """Applications, chats and messages in one SQLite file (WAL)."""
+
+    name = "sqlite"
+
+    def __init__(self, url: str):
+        self.db = SqliteDatabase.shared(path_from_url(url))
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def migrate(self) -> list[str]:
+        def apply(conn: sqlite3.Connection) -> list[str]:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+            applied = []
+            for name, sql in migration_files("sqlite"):
+                if name in done:
+                    continue
+                for statement in split_statements(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (name,))
+                applied.append(name)
+            return applied
+
+        return await self.db.transaction(apply)
+
+    # Applications
+
+    async def create_application(self, token: str, name: str, created_at: datetime) -> Application:
+        stamp = format_time(created_at)
+
+        def insert(conn: sqlite3.Connection) -> Application:
+            cursor = conn.execute(
+                "INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (token, name, stamp, stamp))
+            return Application(int(cursor.lastrowid or 0), token, name, 0, created_at)
+
+        return await self.db.transaction(insert)
+
+    async def get_application(self, token: str) -> Application | None:
+        row = await self.db.read(lambda conn: conn.execute(
+            f"SELECT {_APP_COLUMNS} FROM applications WHERE token = ?", (token,)).fetchone())
+        return None if row is None else _application(row)
+
+    async def list_applications(self, page: int, per_page: int) -> Page[Application]:
+        def query(conn: sqlite3.Connection) -> Page[Application]:
+            total = conn.execute("SELECT COUNT(*) FROM applications").fetchone()[0]
+            rows = conn.execute(f"SELECT {_APP_COLUMNS} FROM applications ORDER BY id LIMIT ? OFFSET ?",
+                                (per_page, (page - 1) * per_page)).fetchall()
+            return Page([_application(row) for row in rows], page, per_page, total)
+
+        return await self.db.read(query)
+
+    async def rename_application(self, token: str, name: str) -> Application | None:
+        def update(conn: sqlite3.Connection) -> Application | None:
+            conn.execute("UPDATE applications SET name = ?, updated_at = datetime('now') WHERE token = ?",
+                         (name, token))
+            row = conn.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE token = ?", (token,)).fetchone()
+            return None if row is None else _application(row)
+
+        return await self.db.transaction(update)
+
+    # Chats
+
+    async def save_chats(self, jobs: Sequence[ChatJob]) -> None:
+        await self.db.transaction(lambda conn: _insert_chats(conn, [(j.application_id, j.chat_number,
+                                                                      j.created_at) for j in jobs]))
+
+    async def get_chat(self, application_id: int, number: int) -> Chat | None:
+        row = await self.db.read(lambda conn: conn.execute(
+            "SELECT number, messages_count, created_at FROM chats WHERE application_id = ? AND number = ?",
+            (application_id, number)).fetchone())
+        return None if row is None else Chat(row[0], row[1], parse_time(row[2]))
+
+    async def list_chats(self, application_id: int, page: int, per_page: int) -> Page[Chat]:
+        def query(conn: sqlite3.Connection) -> Page[Chat]:
+            total = conn.execute("SELECT COUNT(*) FROM chats WHERE application_id = ?",
+                                 (application_id,)).fetchone()[0]
+            rows = conn.execute(
+                "SELECT number, messages_count, created_at FROM chats WHERE application_id = ?"
+                " ORDER BY number LIMIT ? OFFSET ?", (application_id, per_page, (page - 1) * per_page)).fetchall()
+            return Page([Chat(r[0], r[1], parse_time(r[2])) for r in rows], page, per_page, total)
+
+        return await self.db.read(query)
+
+    # Messages
+
+    async def save_messages(self, jobs: Sequence[MessageJob]) -> list[SearchDocument]:
+        return await self.db.transaction(lambda conn: _insert_messages(conn, jobs))
+
+    async def get_message(self, application_id: int, chat_number: int, number: int) -> Message | None:
+        row = await self.db.read(lambda conn: conn.execute(
+            "SELECT m.number, m.content, m.created_at, m.updated_at FROM messages m"
+            " JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
+            (application_id, chat_number, number)).fetchone())
+        return None if row is None else Message(row[0], row[1], parse_time(row[2]), parse_time(row[3]))
+
+    async def list_messages(self, application_id: int, chat_number: int, page: int,
+                            per_page: int) -> Page[Message]:
+        def query(conn: sqlite3.Connection) -> Page[Message]:
+            chat = conn.execute("SELECT id FROM chats WHERE application_id = ? AND number = ?",
+                                (application_id, chat_number)).fetchone()
+            if chat is None:
+                return Page([], page, per_page, 0)
+            total = conn.execute("SELECT COUNT(*) FROM messages WHERE chat_id = ?", (chat[0],)).fetchone()[0]
+            rows = conn.execute(
+                "SELECT number, content, created_at, updated_at FROM messages WHERE chat_id = ?"
+                " ORDER BY number LIMIT ? OFFSET ?", (chat[0], per_page, (page - 1) * per_page)).fetchall()
+            items = [Message(r[0], r[1], parse_time(r[2]), parse_time(r[3])) for r in rows]
+            return Page(items, page, per_page, total)
+
+        return await self.db.read(query)
+
+    async def update_message(self, application_id: int, chat_number: int, number: int, content: str,
+                             updated_at: datetime) -> SearchDocument | None:
+        def update(conn: sqlite3.Connection) -> SearchDocument | None:
+            row = conn.execute(
+                "SELECT m.id, m.created_at, m.revision FROM messages m JOIN chats c ON c.id = m.chat_id"
+                " WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
+                (application_id, chat_number, number)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE messages SET content = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
+                         (content, format_time(updated_at), row[0]))
+            return SearchDocument(application_id, chat_number, number, content, parse_time(row[1]), row[2] + 1)
+
+        return await self.db.transaction(update)
+
+    # Numbers and counts
+
+    async def number_floor(self, scope: NumberScope) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            if scope.chat_number is None:
+                stored = conn.execute("SELECT MAX(number) FROM chats WHERE application_id = ?",
+                                      (scope.application_id,)).fetchone()[0]
+            else:
+                stored = conn.execute(
+                    "SELECT MAX(m.number) FROM messages m JOIN chats c ON c.id = m.chat_id"
+                    " WHERE c.application_id = ? AND c.number = ?",
+                    (scope.application_id, scope.chat_number)).fetchone()[0]
+            reserved = conn.execute("SELECT reserved_upto FROM number_reservations WHERE scope = ?",
+                                    (scope.key,)).fetchone()
+            return max(stored or 0, reserved[0] if reserved else 0)
+
+        return await self.db.read(query)
+
+    async def reserve_numbers(self, scope: NumberScope, upto: int) -> int:
+        def reserve(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "INSERT INTO number_reservations (scope, reserved_upto) VALUES (?, ?) ON CONFLICT (scope)"
+                " DO UPDATE SET reserved_upto = MAX(reserved_upto, excluded.reserved_upto)", (scope.key, upto))
+            return int(conn.execute("SELECT reserved_upto FROM number_reservations WHERE scope = ?",
+                                    (scope.key,)).fetchone()[0])
+
+        return await self.db.transaction(reserve)
+
+    async def reconcile_counts(self, limit: int = 10_000) -> CountsReconciled:
+        return await self.db.transaction(lambda conn: _fold_deltas(conn, limit))
+
+    async def recount_all(self) -> None:
+        def recount(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM count_deltas")
+            conn.execute("UPDATE chats SET messages_count = (SELECT COUNT(*) FROM messages m"
+                         " WHERE m.chat_id = chats.id)")
+            conn.execute("UPDATE applications SET chats_count = (SELECT COUNT(*) FROM chats c"
+                         " WHERE c.application_id = applications.id)")
+
+        await self.db.transaction(recount)
+
+
+def _insert_chats(conn: sqlite3.Connection, chats: Sequence[tuple[int, int, datetime]]) -> None:
+    """Insert chats not stored yet, and record one count delta per application for them."""
+    known = _existing_applications(conn, {app_id for app_id, _, _ in chats})
+    added: dict[int, int] = defaultdict(int)
+    for app_id, number, created_at in chats:
+        if app_id not in known:
+            continue
+        cursor = conn.execute("INSERT OR IGNORE INTO chats (application_id, number, created_at) VALUES (?, ?, ?)",
+                              (app_id, number, format_time(created_at)))
+        added[app_id] += cursor.rowcount
+    conn.executemany("INSERT INTO count_deltas (application_id, chat_id, delta) VALUES (?, NULL, ?)",
+                     [(app_id, n) for app_id, n in added.items() if n])
+
+
+def _existing_applications(conn: sqlite3.Connection, ids: set[int]) -> set[int]:
+    marks = ",".join("?" * len(ids))
+    return {row[0] for row in conn.execute(f"SELECT id FROM applications WHERE id IN ({marks})", list(ids))}
+
+
+def _insert_messages(conn: sqlite3.Connection, jobs: Sequence[MessageJob]) -> list[SearchDocument]:
+    # A message may overtake its chat's job in the queues: its chat is created here if needed.
+    _insert_chats(conn, [(j.application_id, j.chat_number, j.created_at) for j in jobs])
+    chat_ids: dict[tuple[int, int], int] = {}
+    for job in jobs:
+        key = (job.application_id, job.chat_number)
+        if key not in chat_ids:
+            row = conn.execute("SELECT id FROM chats WHERE application_id = ? AND number = ?", key).fetchone()
+            if row is not None:
+                chat_ids[key] = row[0]
+    added: dict[tuple[int, int], int] = defaultdict(int)
+    documents = []
+    for job in jobs:
+        chat_id = chat_ids.get((job.application_id, job.chat_number))
+        if chat_id is None:
+            continue
+        stamp = format_time(job.created_at)
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO messages (chat_id, number, content, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)", (chat_id, job.message_number, job.content, stamp, stamp))
+        added[(job.application_id, chat_id)] += cursor.rowcount
+        row = conn.execute("SELECT content, created_at, revision FROM messages WHERE chat_id = ? AND number = ?",
+                           (chat_id, job.message_number)).fetchone()
+        documents.append(SearchDocument(job.application_id, job.chat_number, job.message_number, row[0],
+                                        parse_time(row[1]), row[2]))
+    conn.executemany("INSERT INTO count_deltas (application_id, chat_id, delta) VALUES (?, ?, ?)",
+                     [(app_id, chat_id, n) for (app_id, chat_id), n in added.items() if n])
+    return documents
+
+
+def _fold_deltas(conn: sqlite3.Connection, limit: int) -> CountsReconciled:
+    rows = conn.execute("SELECT id, application_id, chat_id, delta FROM count_deltas ORDER BY id LIMIT ?",
+                        (limit,)).fetchall()
+    if not rows:
+        return CountsReconciled(0, [])
+    per_app: dict[int, int] = defaultdict(int)
+    per_chat: dict[int, int] = defaultdict(int)
+    touched: set[int] = set()
+    for _, app_id, chat_id, delta in rows:
+        if chat_id is None:
+            touched.add(app_id)
+            per_app[app_id] += delta
+        else:
+            per_chat[chat_id] += delta
+    conn.executemany("UPDATE applications SET chats_count = chats_count + ? WHERE id = ?",
+                     [(delta, app_id) for app_id, delta in per_app.items()])
+    conn.executemany("UPDATE chats SET messages_count = messages_count + ? WHERE id = ?",
+                     [(delta, chat_id) for chat_id, delta in per_chat.items()])
+    conn.executemany("DELETE FROM count_deltas WHERE id = ?", [(row[0],) for row in rows])
+    marks = ",".join("?" * len(touched))
+    tokens = [row[0] for row in conn.execute(f"SELECT token FROM applications WHERE id IN ({marks})",
+                                             list(touched))]
+    return CountsReconciled(len(rows), tokens)

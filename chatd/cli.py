@@ -1,0 +1,82 @@
+"""The ``chatd`` command: serve, migrate, reconcile, reindex, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from chatd import logs
+from chatd.app import create_app
+from chatd.backends.registry import close_all, make_backends, open_all
+from chatd.settings import ROLES, Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatd", description="Multi-tenant chat backend.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the API and/or run the background workers")
+    serve.add_argument("--host", help="address to listen on (CHATD_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (CHATD_PORT, default 8080)")
+    serve.add_argument("--role", choices=ROLES, help="what this process runs (CHATD_ROLE, default all)")
+    commands.add_parser("migrate", help="apply pending schema migrations to the store")
+    commands.add_parser("reconcile", help="recount every chats_count and messages_count from the stored rows")
+    commands.add_parser("check", help="check that every configured backend answers")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"chatd: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    if args.command == "serve":
+        overrides = {name: getattr(args, name) for name in ("host", "port", "role") if getattr(args, name)}
+        return serve(settings.replace(**overrides))
+    return asyncio.run(_admin(args.command, settings))
+
+
+def serve(settings: Settings) -> int:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is optional on platforms without it
+        pass
+    app = create_app(settings)
+    # aiohttp handles SIGTERM/SIGINT: stop accepting, finish in-flight requests within the
+    # grace period, then run the cleanup contexts (which drain the background loops).
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
+                shutdown_timeout=settings.shutdown_timeout_seconds, print=None)
+    return 0
+
+
+async def _admin(command: str, settings: Settings) -> int:
+    backends = make_backends(settings)
+    await open_all(backends)
+    try:
+        if command == "migrate":
+            applied = await backends.store.migrate()
+            print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        elif command == "reconcile":
+            await backends.store.recount_all()
+            print("counts recomputed from the stored rows")
+        elif command == "check":
+            failed = 0
+            for backend in backends.all():
+                try:
+                    await asyncio.wait_for(backend.ping(), 5)
+                    print(f"{backend.name}: ok")
+                except Exception as exc:
+                    failed += 1
+                    print(f"{backend.name}: {type(exc).__name__}: {exc}")
+            return 1 if failed else 0
+    finally:
+        await close_all(backends)
+    return 0

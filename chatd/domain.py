@@ -1,0 +1,124 @@
+"""Domain records shared by the service, the workers and every backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Application:
+    id: int
+    token: str
+    name: str
+    chats_count: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Chat:
+    number: int
+    messages_count: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Message:
+    number: int
+    content: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def total_pages(self) -> int:
+        return (self.total + self.per_page - 1) // self.per_page
+
+
+@dataclass(frozen=True)
+class NumberScope:
+    """What a counter numbers: an application's chats, or one chat's messages."""
+
+    application_id: int
+    chat_number: int | None = None
+
+    @property
+    def key(self) -> str:
+        if self.chat_number is None:
+            return f"chats:{self.application_id}"
+        return f"messages:{self.application_id}:{self.chat_number}"
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    """A chat whose number the API handed out and whose row a worker must store."""
+
+    application_id: int
+    chat_number: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MessageJob:
+    """A message whose number the API handed out and whose row a worker must store."""
+
+    application_id: int
+    chat_number: int
+    message_number: int
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SearchDocument:
+    """One message as the search index holds it.
+
+    ``revision`` grows with every edit; an index keeps the highest revision it has seen, so
+    a late re-delivery of an older version never overwrites a newer one.
+    """
+
+    application_id: int
+    chat_number: int
+    message_number: int
+    content: str
+    created_at: datetime
+    revision: int
+
+    @property
+    def doc_id(self) -> str:
+        return f"{self.application_id}:{self.chat_number}:{self.message_number}"
+
+    @property
+    def routing(self) -> str:
+        return f"{self.application_id}:{self.chat_number}"
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    message_number: int
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    total: int
+    hits: list[SearchHit]
+
+
+@dataclass(frozen=True)
+class CountsReconciled:
+    """One reconciler fold: how many pending deltas it applied, and whose chats_count changed."""
+
+    deltas: int
+    application_tokens: list[str]

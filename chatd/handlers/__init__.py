@@ -1,0 +1,1 @@
+"""Thin HTTP views: parse the request, call the service, render the answer."""

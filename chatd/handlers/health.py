@@ -1,0 +1,46 @@
+"""/healthz, /readyz and /metrics: served by every role."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from chatd import keys
+from chatd.handlers import render
+
+routes = web.RouteTableDef()
+READY_TIMEOUT = 2.0
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return render.json_response({"status": "ok", "role": request.app[keys.SETTINGS].role})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Every backend this process uses answers within a bound."""
+    backends = request.app[keys.BACKENDS].all()
+    results = await asyncio.gather(*(_check(backend) for backend in backends))
+    checks = {backend.name: result for backend, result in zip(backends, results)}
+    ready = all(result == "ok" for result in checks.values())
+    return render.json_response({"status": "ready" if ready else "unavailable", "checks": checks},
+                                status=200 if ready else 503)
+
+
+async def _check(backend) -> str:  # type: ignore[no-untyped-def]
+    try:
+        await asyncio.wait_for(backend.ping(), READY_TIMEOUT)
+    except Exception as exc:  # any failure means not ready; say which
+        return f"error: {type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response

@@ -1,0 +1,84 @@
+"""Reading requests: JSON bodies, path numbers and paging, each failing with a clear 4xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from chatd.errors import BadRequest, Unprocessable
+
+MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 20
+MAX_NAME_CHARS = 255
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    body = await request.read()  # raises 413 past the configured size
+    if not body.strip():
+        raise BadRequest("the request needs a JSON body", code="missing_body")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object", code="malformed_json")
+    return data
+
+
+def text_field(data: dict[str, Any], name: str, max_chars: int, where: str = "") -> str:
+    label = f"{where}.{name}" if where else name
+    if name not in data:
+        raise Unprocessable(f"'{label}' is required", code="missing_field")
+    value = data[name]
+    if not isinstance(value, str):
+        raise Unprocessable(f"'{label}' must be a string", code="invalid_field")
+    if not value.strip():
+        raise Unprocessable(f"'{label}' must not be empty", code="invalid_field")
+    if len(value) > max_chars:
+        raise Unprocessable(f"'{label}' must be at most {max_chars} characters", code="invalid_field")
+    return value
+
+
+async def application_name(request: web.Request) -> str:
+    data = await json_object(request)
+    inner = data.get("application")
+    if not isinstance(inner, dict):
+        raise Unprocessable("the body must look like {\"application\": {\"name\": ...}}", code="missing_field")
+    return text_field(inner, "name", MAX_NAME_CHARS, "application")
+
+
+def path_number(request: web.Request, name: str) -> int:
+    raw = request.match_info[name]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+        raise BadRequest(f"'{name}' in the path must be a positive integer, not {raw!r}", code="invalid_parameter")
+    return int(raw)
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        raise BadRequest(f"'{name}' must be a positive integer, not {raw!r}", code="invalid_parameter")
+    return int(raw)
+
+
+def paging(request: web.Request) -> tuple[int, int]:
+    page = _query_int(request, "page", 1)
+    per_page = _query_int(request, "per_page", DEFAULT_PER_PAGE)
+    if page < 1:
+        raise BadRequest("'page' must be at least 1", code="invalid_parameter")
+    if not 1 <= per_page <= MAX_PER_PAGE:
+        raise BadRequest(f"'per_page' must be between 1 and {MAX_PER_PAGE}", code="invalid_parameter")
+    return page, per_page
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise BadRequest("'Idempotency-Key' must be 1 to 255 printable characters", code="invalid_header")
+    return key

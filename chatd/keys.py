@@ -1,0 +1,16 @@
+"""Every ``web.AppKey`` in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from chatd.service import Backends, ChatService
+from chatd.settings import Settings
+from chatd.supervisor import Supervisor
+from chatd.workers.pipeline import Pipeline
+
+SETTINGS = web.AppKey("settings", Settings)
+BACKENDS = web.AppKey("backends", Backends)
+SERVICE = web.AppKey("service", ChatService)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+PIPELINE = web.AppKey("pipeline", Pipeline)

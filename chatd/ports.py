@@ -1,0 +1,180 @@
+"""The interfaces between chatd's domain code and its backends.
+
+Each port is shaped for the production engine behind it (MySQL, Redis, RabbitMQ,
+Elasticsearch); the embedded backends implement the same contract, which
+``tests/contract`` checks for every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from chatd.domain import (
+    Application,
+    Chat,
+    ChatJob,
+    CountsReconciled,
+    Message,
+    MessageJob,
+    NumberScope,
+    Page,
+    SearchDocument,
+    SearchResult,
+)
+
+
+class Backend(Protocol):
+    """What every backend offers for its lifecycle and for ``/readyz``."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the backend cannot serve requests right now."""
+
+
+class Store(Backend, Protocol):
+    """The source of truth: applications, chats, messages and their counts."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending schema migrations; return the names of those applied."""
+
+    async def create_application(self, token: str, name: str, created_at: datetime) -> Application: ...
+
+    async def get_application(self, token: str) -> Application | None: ...
+
+    async def list_applications(self, page: int, per_page: int) -> Page[Application]: ...
+
+    async def rename_application(self, token: str, name: str) -> Application | None: ...
+
+    async def save_chats(self, jobs: Sequence[ChatJob]) -> None:
+        """Store chats idempotently: a job seen before changes nothing."""
+
+    async def save_messages(self, jobs: Sequence[MessageJob]) -> list[SearchDocument]:
+        """Store messages idempotently, creating their chats if a chat job is still in flight.
+
+        Returns the stored version of every job's message (also of those stored before),
+        so that the caller can hand all of them to the indexer. Jobs naming an unknown
+        application are skipped and not returned.
+        """
+
+    async def get_chat(self, application_id: int, number: int) -> Chat | None: ...
+
+    async def list_chats(self, application_id: int, page: int, per_page: int) -> Page[Chat]: ...
+
+    async def get_message(self, application_id: int, chat_number: int, number: int) -> Message | None: ...
+
+    async def list_messages(
+        self, application_id: int, chat_number: int, page: int, per_page: int
+    ) -> Page[Message]: ...
+
+    async def update_message(
+        self, application_id: int, chat_number: int, number: int, content: str, updated_at: datetime
+    ) -> SearchDocument | None:
+        """Change a stored message; the returned document carries the new revision."""
+
+    async def number_floor(self, scope: NumberScope) -> int:
+        """The lowest value a counter for ``scope`` may restart from.
+
+        At least every number stored and every number reserved for ``scope``.
+        """
+
+    async def reserve_numbers(self, scope: NumberScope, upto: int) -> int:
+        """Durably record that numbers up to ``upto`` may be handed out; return the reservation."""
+
+    async def reconcile_counts(self, limit: int = 10_000) -> CountsReconciled:
+        """Fold up to ``limit`` pending count deltas into the counts, in one transaction.
+
+        Safe to interrupt: an interrupted run applies nothing, and no delta applies twice,
+        even when two reconcilers run at once.
+        """
+
+    async def recount_all(self) -> None:
+        """Recompute every count from the stored rows (repair; not on any hot path)."""
+
+
+class Counters(Backend, Protocol):
+    """Atomic per-key counters that hand out numbers."""
+
+    async def increment(self, key: str) -> int | None:
+        """Add one and return the new value, or None if the key does not exist yet."""
+
+    async def current(self, key: str) -> int | None: ...
+
+    async def raise_to(self, key: str, floor: int) -> None:
+        """Set the key to ``floor`` unless it already holds more (never lowers it)."""
+
+
+class Cache(Backend, Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
+
+    async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
+        """Set only if absent; True if this call set it."""
+
+    async def delete(self, key: str) -> None: ...
+
+
+class Lock(Backend, Protocol):
+    """A lease held by one owner at a time across every process."""
+
+    async def acquire(self, name: str, owner: str, ttl_seconds: float) -> bool: ...
+
+    async def release(self, name: str, owner: str) -> None:
+        """Release only if ``owner`` still holds it."""
+
+
+@dataclass
+class Delivery:
+    """One job as a consumer received it."""
+
+    body: bytes
+    attempts: int = 1
+    tag: Any = field(default=None, repr=False)
+
+
+class Queue(Backend, Protocol):
+    """Durable job queues, one per topic ("chats", "messages", "index")."""
+
+    async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
+        """Return only once every body is durably queued (publisher confirms)."""
+
+    async def receive(self, topic: str, max_batch: int, max_wait: float) -> list[Delivery]:
+        """Wait up to ``max_wait`` for jobs; return at most ``max_batch`` (maybe none).
+
+        Jobs stay owned by this consumer until acked, retried or dead-lettered; a consumer
+        that dies without doing so has its jobs delivered again.
+        """
+
+    async def ack(self, topic: str, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def retry(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        """Give jobs back for a later delivery."""
+
+    async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        """Move poison jobs aside, out of the way of the others."""
+
+    async def depth(self, topic: str) -> int:
+        """Jobs waiting (not counting those delivered and not yet acked)."""
+
+
+class SearchIndex(Backend, Protocol):
+    """Full-text search over one chat's messages: prefix, typo-tolerant, case-insensitive."""
+
+    async def index(self, documents: Sequence[SearchDocument]) -> list[SearchDocument]:
+        """Write documents in bulk; return those that failed and should be retried."""
+
+    async def search(
+        self, application_id: int, chat_number: int, query: str, page: int, per_page: int
+    ) -> SearchResult:
+        """Matches ordered by message number."""
+
+    async def refresh(self) -> None:
+        """Make everything indexed so far visible to search (tests and tools)."""

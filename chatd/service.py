@@ -1,0 +1,252 @@
+"""Domain operations behind the HTTP API. No aiohttp here: handlers parse, this decides."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import orjson
+
+from chatd import jobs
+from chatd.domain import (
+    Application,
+    Chat,
+    ChatJob,
+    Message,
+    MessageJob,
+    NumberScope,
+    Page,
+    SearchResult,
+)
+from chatd.errors import Conflict, NotFound, Pending
+from chatd.ports import Backend, Cache, Counters, Lock, Queue, SearchIndex, Store
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """Now, truncated to milliseconds so every backend stores and shows the same instant."""
+    moment = datetime.now(timezone.utc)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True)
+class Backends:
+    store: Store
+    counters: Counters
+    cache: Cache
+    queue: Queue
+    search: SearchIndex
+    lock: Lock
+
+    def all(self) -> list[Backend]:
+        """Every backend once, in the order they are opened (closed in reverse)."""
+        unique: dict[int, Backend] = {}
+        for backend in (self.store, self.counters, self.cache, self.lock, self.queue, self.search):
+            unique.setdefault(id(backend), backend)
+        return list(unique.values())
+
+
+class ChatService:
+    """Creates and reads applications, chats and messages.
+
+    Chat and message creation is asynchronous: the number comes from an atomic counter,
+    the job goes to a durable queue, and the workers store it later.
+    """
+
+    def __init__(self, backends: Backends, *, cache_ttl: float = 1800.0, number_block: int = 100,
+                 idempotency_ttl: float = 86400.0, clock: Clock = utc_now):
+        self.backends = backends
+        self.store = backends.store
+        self.counters = backends.counters
+        self.cache = backends.cache
+        self.queue = backends.queue
+        self.search_index = backends.search
+        self.cache_ttl = cache_ttl
+        self.number_block = number_block
+        self.idempotency_ttl = idempotency_ttl
+        self.clock = clock
+        # Highest number this process knows to be reserved in the store, per counter key.
+        self._reserved: OrderedDict[str, int] = OrderedDict()
+
+    # Applications
+
+    async def create_application(self, name: str) -> Application:
+        return await self.store.create_application(secrets.token_urlsafe(24), name, self.clock())
+
+    async def application(self, token: str) -> Application:
+        key = f"app:{token}"
+        cached = await self.cache.get(key)
+        if cached is not None:
+            return _application_from_cache(cached)
+        app = await self.store.get_application(token)
+        if app is None:
+            raise NotFound("no application has this token", code="application_not_found")
+        await self.cache.set(key, _application_to_cache(app), self.cache_ttl)
+        return app
+
+    async def list_applications(self, page: int, per_page: int) -> Page[Application]:
+        return await self.store.list_applications(page, per_page)
+
+    async def rename_application(self, token: str, name: str) -> Application:
+        app = await self.store.rename_application(token, name)
+        if app is None:
+            raise NotFound("no application has this token", code="application_not_found")
+        await self.forget_applications([token])
+        return app
+
+    async def forget_applications(self, tokens: list[str]) -> None:
+        for token in tokens:
+            await self.cache.delete(f"app:{token}")
+
+    # Chats
+
+    async def create_chat(self, token: str, idempotency_key: str | None = None) -> int:
+        app = await self.application(token)
+        scope = NumberScope(app.id)
+
+        async def allocate() -> int:
+            number = await self._next_number(scope)
+            await self.queue.publish(jobs.CHATS, [jobs.encode_chat(ChatJob(app.id, number, self.clock()))])
+            return number
+
+        return await self._once(f"{scope.key}:{idempotency_key}" if idempotency_key else None, allocate)
+
+    async def chat(self, token: str, number: int) -> Chat:
+        app = await self.application(token)
+        chat = await self.store.get_chat(app.id, number)
+        if chat is not None:
+            return chat
+        if await self._was_handed_out(NumberScope(app.id), number):
+            raise Pending(f"chat {number} is accepted and not stored yet")
+        raise NotFound(f"chat {number} does not exist", code="chat_not_found")
+
+    async def list_chats(self, token: str, page: int, per_page: int) -> Page[Chat]:
+        app = await self.application(token)
+        return await self.store.list_chats(app.id, page, per_page)
+
+    # Messages
+
+    async def create_message(self, token: str, chat_number: int, content: str,
+                             idempotency_key: str | None = None) -> int:
+        app = await self.application(token)
+        await self._require_chat(app, chat_number)
+        scope = NumberScope(app.id, chat_number)
+
+        async def allocate() -> int:
+            number = await self._next_number(scope)
+            job = MessageJob(app.id, chat_number, number, content, self.clock())
+            await self.queue.publish(jobs.MESSAGES, [jobs.encode_message(job)])
+            return number
+
+        return await self._once(f"{scope.key}:{idempotency_key}" if idempotency_key else None, allocate)
+
+    async def message(self, token: str, chat_number: int, number: int) -> Message:
+        app = await self.application(token)
+        message = await self.store.get_message(app.id, chat_number, number)
+        if message is not None:
+            return message
+        await self._require_chat(app, chat_number)
+        if await self._was_handed_out(NumberScope(app.id, chat_number), number):
+            raise Pending(f"message {number} is accepted and not stored yet")
+        raise NotFound(f"message {number} does not exist", code="message_not_found")
+
+    async def list_messages(self, token: str, chat_number: int, page: int, per_page: int) -> Page[Message]:
+        app = await self.application(token)
+        await self._require_chat(app, chat_number)
+        return await self.store.list_messages(app.id, chat_number, page, per_page)
+
+    async def edit_message(self, token: str, chat_number: int, number: int, content: str) -> Message:
+        app = await self.application(token)
+        document = await self.store.update_message(app.id, chat_number, number, content, self.clock())
+        if document is None:
+            await self.message(token, chat_number, number)  # raises the precise 404
+            raise NotFound(f"message {number} does not exist", code="message_not_found")
+        # The indexer keeps the highest revision, so this edit wins over any late re-delivery.
+        await self.queue.publish(jobs.INDEX, [jobs.encode_document(document)])
+        stored = await self.store.get_message(app.id, chat_number, number)
+        assert stored is not None
+        return stored
+
+    async def search(self, token: str, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
+        app = await self.application(token)
+        await self._require_chat(app, chat_number)
+        return await self.search_index.search(app.id, chat_number, query, page, per_page)
+
+    # Numbers
+
+    async def _next_number(self, scope: NumberScope) -> int:
+        """Take the next number of ``scope``, never one handed out before, even after counter loss.
+
+        The store keeps a reservation ahead of the counter: a counter that restarts empty
+        resumes above it, so numbers still queued and not yet stored are never reissued.
+        """
+        key = scope.key
+        number = await self.counters.increment(key)
+        while number is None:
+            await self.counters.raise_to(key, await self.store.number_floor(scope))
+            number = await self.counters.increment(key)
+        if number > self._reserved.get(key, 0):
+            reserved = await self.store.reserve_numbers(scope, number + self.number_block)
+            self._remember_reservation(key, reserved)
+        return number
+
+    def _remember_reservation(self, key: str, reserved: int) -> None:
+        self._reserved[key] = reserved
+        self._reserved.move_to_end(key)
+        while len(self._reserved) > 100_000:
+            self._reserved.popitem(last=False)
+
+    async def _was_handed_out(self, scope: NumberScope, number: int) -> bool:
+        if number < 1:
+            return False
+        current = await self.counters.current(scope.key)
+        if current is None:
+            await self.counters.raise_to(scope.key, await self.store.number_floor(scope))
+            current = await self.counters.current(scope.key) or 0
+        return number <= current
+
+    async def _require_chat(self, app: Application, chat_number: int) -> None:
+        """A chat exists once its number is handed out, even before a worker stores it."""
+        if not await self._was_handed_out(NumberScope(app.id), chat_number):
+            raise NotFound(f"chat {chat_number} does not exist", code="chat_not_found")
+
+    async def _once(self, key: str | None, allocate: Callable[[], Awaitable[int]]) -> int:
+        """Run ``allocate`` once per idempotency key; a retry gets the first call's number."""
+        if key is None:
+            return await allocate()
+        cache_key = f"idem:{key}"
+        if await self.cache.add(cache_key, b"", self.idempotency_ttl):
+            try:
+                number = await allocate()
+            except BaseException:
+                await self.cache.delete(cache_key)
+                raise
+            await self.cache.set(cache_key, str(number).encode(), self.idempotency_ttl)
+            return number
+        for _ in range(50):
+            value = await self.cache.get(cache_key)
+            if value:
+                return int(value)
+            if value is None:  # the first request failed and released the key: take over
+                return await self._once(key, allocate)
+            await asyncio.sleep(0.1)
+        raise Conflict("a request with this Idempotency-Key is still in progress", code="idempotency_in_progress")
+
+
+def _application_to_cache(app: Application) -> bytes:
+    return orjson.dumps({"id": app.id, "token": app.token, "name": app.name,
+                         "chats_count": app.chats_count, "created_at": app.created_at.isoformat()})
+
+
+def _application_from_cache(raw: bytes) -> Application:
+    data = orjson.loads(raw)
+    return Application(data["id"], data["token"], data["name"], data["chats_count"],
+                       datetime.fromisoformat(data["created_at"]))

@@ -1,0 +1,86 @@
+"""Configuration: environment variables with embedded defaults; CLI flags override them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("all", "api", "worker")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a chatd process needs to know, resolved once at start-up.
+
+    A URL left unset selects the embedded backend: the store, counters, queue, lock and
+    search index then all live in SQLite files, and the cache in the process.
+    """
+
+    database_url: str = "sqlite:///./chatd.db"
+    redis_url: str | None = None
+    amqp_url: str | None = None
+    elasticsearch_url: str | None = None
+    # Where the embedded search index keeps its SQLite file when Elasticsearch is not used.
+    search_path: str = "./chatd-search.db"
+    admin_token: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    role: str = "all"
+    # Bodies above this size are refused with 413 before they are read whole.
+    max_body_bytes: int = 64 * 1024
+    max_content_chars: int = 10_000
+    cache_ttl_seconds: float = 1800.0
+    index_batch_size: int = 1000
+    index_batch_wait_seconds: float = 1.0
+    worker_batch_size: int = 200
+    worker_batch_wait_seconds: float = 0.05
+    reconcile_interval_seconds: float = 5.0
+    # A job that fails this many deliveries goes to the dead-letter queue.
+    max_delivery_attempts: int = 10
+    shutdown_timeout_seconds: float = 20.0
+    # Size of the number blocks reserved durably in the store ahead of the counters.
+    number_block_size: int = 100
+    idempotency_ttl_seconds: float = 24 * 3600.0
+    # Namespaces, so that several deployments (or test runs) can share one server.
+    redis_prefix: str = "chatd:"
+    amqp_prefix: str = "chatd"
+    elasticsearch_index: str = "messages"
+    log_level: str = "INFO"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``CHATD_*`` variables; unknown variables are ignored."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get("CHATD_" + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _coerce(field.type, raw, field.name)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if not self.database_url.startswith(("sqlite://", "mysql://")):
+            raise ValueError("CHATD_DATABASE_URL must start with sqlite:// or mysql://")
+
+
+def _coerce(type_name: object, raw: str, name: str) -> Any:
+    text = str(type_name)
+    try:
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"CHATD_{name.upper()} must be a number, not {raw!r}") from exc
+    return raw

@@ -1,0 +1,1 @@
+"""The background loops: queue consumers, the search indexer and the count reconciler."""

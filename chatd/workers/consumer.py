@@ -1,0 +1,119 @@
+"""The shape every queue consumer shares: receive a batch, handle it, then ack.
+
+Acks come only after the work is committed. A backend outage gives the batch back and
+waits; any other failure is retried job by job, so one poison job cannot hold up the
+others, and a job that keeps failing goes to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from chatd import metrics
+from chatd.errors import BackendUnavailable
+from chatd.jobs import PoisonJob
+from chatd.ports import Delivery, Queue
+from chatd.supervisor import sleep_unless_stopping
+
+logger = logging.getLogger(__name__)
+
+Job = TypeVar("Job")
+
+
+@dataclass
+class Outcome:
+    """What ``handle`` could not finish: jobs to try again later, and jobs that never will be."""
+
+    retry: list[Delivery] = field(default_factory=list)
+    dead: list[Delivery] = field(default_factory=list)
+
+
+class BatchConsumer(Generic[Job]):
+    topic: str
+
+    def __init__(self, queue: Queue, *, batch_size: int, batch_wait: float, max_attempts: int):
+        self.queue = queue
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self.max_attempts = max_attempts
+        self._outage_backoff = 0.2
+
+    def decode(self, body: bytes) -> Job:
+        raise NotImplementedError
+
+    async def handle(self, batch: Sequence[tuple[Delivery, Job]]) -> Outcome:
+        """Do the work of a batch and commit it; anything not in the outcome will be acked."""
+        raise NotImplementedError
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Consume until ``stopping`` is set; the batch in hand is always finished first."""
+        while not stopping.is_set():
+            deliveries = await self.queue.receive(self.topic, self.batch_size, self.batch_wait)
+            if deliveries and not await self.process(deliveries):
+                await sleep_unless_stopping(stopping, self._outage_backoff)
+
+    async def run_once(self, max_wait: float = 0.0) -> int:
+        """Process one batch if any is waiting; return how many jobs it had (for tests and tools)."""
+        deliveries = await self.queue.receive(self.topic, self.batch_size, max_wait)
+        if deliveries:
+            await self.process(deliveries)
+        return len(deliveries)
+
+    async def process(self, deliveries: Sequence[Delivery]) -> bool:
+        """Handle and settle a batch; False if a backend was down and the batch was given back."""
+        batch, poison = [], []
+        for delivery in deliveries:
+            try:
+                batch.append((delivery, self.decode(delivery.body)))
+            except PoisonJob as exc:
+                logger.error("%s: undecodable job: %s", self.topic, exc)
+                poison.append(delivery)
+        if poison:
+            await self._bury(poison, "undecodable")
+        return await self._process_decoded(batch) if batch else True
+
+    async def _process_decoded(self, batch: Sequence[tuple[Delivery, Job]]) -> bool:
+        try:
+            outcome = await self.handle(batch)
+        except BackendUnavailable as exc:
+            logger.warning("%s: backend unavailable (%s); giving %d jobs back", self.topic, exc, len(batch))
+            await self.queue.retry(self.topic, [delivery for delivery, _ in batch])
+            self._outage_backoff = min(self._outage_backoff * 2, 10.0)
+            return False
+        except Exception:
+            if len(batch) == 1:
+                await self._failed(batch[0][0])
+                return True
+            logger.exception("%s: batch of %d failed; retrying job by job", self.topic, len(batch))
+            for item in batch:
+                if not await self._process_decoded([item]):
+                    return False
+            return True
+        self._outage_backoff = 0.2
+        unsettled = {id(d) for d in outcome.retry} | {id(d) for d in outcome.dead}
+        done = [delivery for delivery, _ in batch if id(delivery) not in unsettled]
+        if done:
+            await self.queue.ack(self.topic, done)
+            metrics.JOBS_DONE.labels(self.topic).inc(len(done))
+        if outcome.retry:
+            await self.queue.retry(self.topic, outcome.retry)
+        if outcome.dead:
+            await self._bury(outcome.dead, "cannot be processed")
+        return True
+
+    async def _failed(self, delivery: Delivery) -> None:
+        logger.exception("%s: job failed (delivery %d of at most %d)", self.topic, delivery.attempts,
+                         self.max_attempts)
+        if delivery.attempts >= self.max_attempts:
+            await self._bury([delivery], "kept failing")
+        else:
+            await self.queue.retry(self.topic, [delivery])
+
+    async def _bury(self, deliveries: Sequence[Delivery], why: str) -> None:
+        logger.error("%s: %d jobs to the dead-letter queue: %s", self.topic, len(deliveries), why)
+        metrics.JOBS_DEAD.labels(self.topic).inc(len(deliveries))
+        await self.queue.dead_letter(self.topic, deliveries)

@@ -1,0 +1,524 @@
+#!/usr/bin/env bash
+# scripts/services.sh - install, start and stop the real servers the chatd
+# test suite talks to: MariaDB, Redis, RabbitMQ and Elasticsearch.
+#
+# Target: a fresh Debian 12 machine, run as root, with NO systemd (CI and dev
+# machines are plain VMs/containers).  Every server listens on 127.0.0.1 only
+# and keeps its data, pid file and logs under $CHATD_SERVICES_DIR, so the
+# script never touches the distro's own /var/lib/mysql, /etc/rabbitmq, ...
+#
+# Usage: scripts/services.sh COMMAND
+#   install            apt packages + Elasticsearch download (idempotent)
+#   start              start every server that is not already answering
+#   stop               stop all four (tolerant if not running)
+#   restart            stop + start
+#   status             one line per server, up/down (exit 3 if any is down)
+#   env                print `export CHATD_*_URL=...` lines for the app/tests
+#   up                 install + start (what `make services` calls)
+#   start-one NAME     NAME = mariadb | redis | rabbitmq | elasticsearch
+#   stop-one NAME      (for fault-injection tests that bounce one server)
+#   restart-one NAME
+#
+# Environment it reads (all optional):
+#   CHATD_SERVICES_DIR   data/log/cache root        (default /var/lib/chatd-test)
+#   CHATD_ES_VERSION     override the pinned ES version below
+#   CHATD_ES_HEAP        ES heap, e.g. 512m, 1g     (default 512m)
+#   CHATD_SERVICES_WAIT  max seconds to wait for one server to come up (default 120)
+set -euo pipefail
+
+# ---------------------------------------------------------------------------
+# Pinned versions / locations
+# ---------------------------------------------------------------------------
+# Newest 8.x of the integ-test-zip that Maven Central serves (checked
+# 2026-11-27 from the artifact's maven-metadata: 8.19.21; no 9.x is published
+# under this groupId).  8.x runs on Java 17, which Debian ships.
+ES_VERSION="${CHATD_ES_VERSION:-8.19.21}"
+ES_GAV="org.elasticsearch.distribution.integ-test-zip:elasticsearch:${ES_VERSION}:zip"
+# Pin the plugin version so `mvn` never resolves a different plugin over time.
+MVN_DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+JAVA17_HOME="/usr/lib/jvm/java-17-openjdk-amd64"
+JAVA25_HOME="/usr/lib/jvm/temurin-25-jdk-amd64"
+# ES 9.x needs Java 21+; 8.x is happy with 17.
+if [[ "${ES_VERSION%%.*}" -ge 9 ]]; then ES_JAVA_HOME_DEFAULT="$JAVA25_HOME"; else ES_JAVA_HOME_DEFAULT="$JAVA17_HOME"; fi
+ES_JAVA_HOME="${ES_JAVA_HOME:-$ES_JAVA_HOME_DEFAULT}"
+ES_HEAP="${CHATD_ES_HEAP:-512m}"
+
+APT_PACKAGES=(mariadb-server mariadb-client redis-server redis-tools rabbitmq-server unzip curl iproute2 procps)
+
+SERVICES_DIR="${CHATD_SERVICES_DIR:-/var/lib/chatd-test}"
+WAIT_SECS="${CHATD_SERVICES_WAIT:-120}"
+BIND=127.0.0.1
+
+MARIADB_PORT=3306
+MARIADB_DIR="$SERVICES_DIR/mariadb"
+MARIADB_DATA="$MARIADB_DIR/data"
+MARIADB_SOCK="$MARIADB_DIR/mariadb.sock"
+MARIADB_PID="$MARIADB_DIR/mariadb.pid"
+MARIADB_LOG="$MARIADB_DIR/mariadb.log"
+MARIADB_CNF="$MARIADB_DIR/my.cnf"
+
+REDIS_PORT=6379
+REDIS_DIR="$SERVICES_DIR/redis"
+REDIS_PID="$REDIS_DIR/redis.pid"
+REDIS_LOG="$REDIS_DIR/redis.log"
+
+RABBIT_PORT=5672
+RABBIT_DIST_PORT=25672
+RABBIT_NODE=rabbit@localhost   # "localhost" always resolves; the real hostname may not
+RABBIT_DIR="$SERVICES_DIR/rabbitmq"
+RABBIT_PID="$RABBIT_DIR/rabbit.pid"
+RABBIT_LOG="$RABBIT_DIR/log/console.log"
+
+ES_PORT=9200
+ES_TRANSPORT_PORT=9300
+ES_DIR="$SERVICES_DIR/elasticsearch"
+ES_HOME="$ES_DIR/elasticsearch-$ES_VERSION"   # unpacked distribution (root-owned, read-only)
+ES_CONF="$ES_DIR/config-$ES_VERSION"           # writable copy of config/ (ES writes its keystore there)
+ES_DATA="$ES_DIR/data"
+ES_LOGS="$ES_DIR/logs"
+ES_PID="$ES_DIR/es.pid"
+ES_LOG="$ES_LOGS/elasticsearch.log"
+ES_LAUNCH_LOG="$ES_LOGS/launcher.log"
+
+SERVICES=(mariadb redis rabbitmq elasticsearch)
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Show the end of a log so a failed start explains itself without digging.
+tail_log() {
+  local f
+  for f in "$@"; do
+    [[ -f "$f" ]] || continue
+    printf -- '----- last 40 lines of %s -----\n' "$f" >&2
+    tail -n 40 "$f" >&2 || true
+  done
+}
+
+# TCP probe without extra tools; a refused connect on loopback fails at once.
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$BIND/$1" 2>/dev/null; }
+
+pid_alive() {  # pid_alive PIDFILE -> true if the pid in it is a live process
+  local pid
+  [[ -s "$1" ]] || return 1
+  pid="$(cat "$1" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# wait_until NAME TIMEOUT PIDFILE|"" CHECK-FUNCTION [LOG...]
+# Polls CHECK until it succeeds; bails out early if the pid file is given and
+# its process died (no point waiting the full timeout for a crashed server).
+wait_until() {
+  local name="$1" timeout="$2" pidfile="$3" check="$4"; shift 4
+  local deadline=$((SECONDS + timeout)) grace=$((SECONDS + 10))
+  until "$check"; do
+    # The pid file may appear a little after launch; only judge it after a grace period.
+    if [[ -n "$pidfile" ]] && (( SECONDS > grace )) && ! pid_alive "$pidfile"; then
+      tail_log "$@"
+      die "$name: process exited before it answered (see logs above)"
+    fi
+    if (( SECONDS >= deadline )); then
+      tail_log "$@"
+      die "$name: not answering after ${timeout}s (see logs above)"
+    fi
+    sleep 0.3
+  done
+}
+
+# wait_gone NAME PIDFILE TIMEOUT -> wait for the process to exit, SIGKILL after TIMEOUT.
+wait_gone() {
+  local name="$1" pidfile="$2" timeout="$3" pid deadline
+  [[ -s "$pidfile" ]] || return 0
+  pid="$(cat "$pidfile" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || { rm -f "$pidfile"; return 0; }
+  deadline=$((SECONDS + timeout))
+  while kill -0 "$pid" 2>/dev/null; do
+    if (( SECONDS >= deadline )); then
+      log "$name: still running after ${timeout}s, sending SIGKILL to $pid"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$pidfile"
+}
+
+# Run a daemon fully detached: own session, no inherited stdio, so callers
+# such as `make` or CI pipes never hang waiting for our children.
+spawn() {  # spawn LOGFILE CMD...
+  local logfile="$1"; shift
+  # cd / so no daemon keeps the caller's directory (e.g. a CI checkout) busy.
+  (cd / && exec setsid "$@" >>"$logfile" 2>&1 </dev/null) &
+  disown 2>/dev/null || true
+}
+
+need_root() { [[ $EUID -eq 0 ]] || die "must run as root (it installs packages and switches to service users)"; }
+
+# ---------------------------------------------------------------------------
+# install
+# ---------------------------------------------------------------------------
+install_apt() {
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]} == 0)); then
+    log "apt packages already installed"
+    return 0
+  fi
+  log "installing apt packages: ${missing[*]}"
+  # Without systemd, invoke-rc.d falls back to /etc/init.d and would start the
+  # distro instances (RabbitMQ on 0.0.0.0, MariaDB with /etc/mysql config).
+  # A policy-rc.d that exits 101 tells maintainer scripts "don't start
+  # anything"; we add one only for the duration of the install if the image
+  # does not already have one, and remove only the one we created.
+  local policy=/usr/sbin/policy-rc.d created_policy=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\n# temporary, from chatd scripts/services.sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    created_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT   # also on failure/interrupt
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ((created_policy)); then rm -f "$policy"; trap - EXIT; fi
+}
+
+install_es() {
+  if [[ -x "$ES_HOME/bin/elasticsearch" ]]; then
+    log "elasticsearch $ES_VERSION already unpacked in $ES_HOME"
+  else
+    [[ -x "$ES_JAVA_HOME/bin/java" ]] || die "no JDK at $ES_JAVA_HOME (needed by Elasticsearch $ES_VERSION)"
+    command -v mvn >/dev/null || die "mvn not found (it fetches Elasticsearch from Maven Central)"
+    log "fetching $ES_GAV with maven"
+    mkdir -p "$ES_DIR"
+    local tmp
+    tmp="$(mktemp -d "$ES_DIR/.download.XXXXXX")"
+    # The local ~/.m2 keeps the zip, so a re-install after wiping
+    # $CHATD_SERVICES_DIR does not download again.
+    if ! mvn -B -q "$MVN_DEPENDENCY_PLUGIN:copy" -Dartifact="$ES_GAV" -DoutputDirectory="$tmp" -Dmdep.useBaseVersion=true; then
+      rm -rf "$tmp"
+      die "maven could not fetch $ES_GAV"
+    fi
+    # Unpack next to the target and rename, so an interrupted unzip never
+    # leaves a half-populated $ES_HOME that the check above would accept.
+    unzip -q "$tmp"/*.zip -d "$tmp/unpacked"
+    rm -rf "$ES_HOME"
+    mv "$tmp/unpacked/elasticsearch-$ES_VERSION" "$ES_HOME"
+    rm -rf "$tmp"
+  fi
+  # Elasticsearch refuses to run as root: give it a system account.
+  if ! id -u elasticsearch >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir "$ES_DIR" --no-create-home --shell /usr/sbin/nologin elasticsearch
+  fi
+}
+
+cmd_install() {
+  need_root
+  install_apt
+  install_es
+}
+
+# ---------------------------------------------------------------------------
+# MariaDB
+# ---------------------------------------------------------------------------
+mariadb_client() { mariadb --no-defaults --protocol=socket --socket="$MARIADB_SOCK" -uroot "$@"; }
+mariadb_up() { mariadb-admin --no-defaults --protocol=tcp -h"$BIND" -P"$MARIADB_PORT" -uchatd -pchatd --connect-timeout=2 ping >/dev/null 2>&1; }
+mariadb_sock_up() { mariadb-admin --no-defaults --protocol=socket --socket="$MARIADB_SOCK" -uroot --connect-timeout=2 ping >/dev/null 2>&1; }
+
+mariadb_write_cnf() {
+  # Regenerated on every start so edits to this script take effect.
+  # Tuned for a throw-away test server: durability traded for speed.
+  cat >"$MARIADB_CNF" <<EOF
+# generated by scripts/services.sh - do not edit
+[mysqld]
+pid-file = $MARIADB_PID
+log-error = $MARIADB_LOG
+# no DNS lookups on connect (faster, no surprises on odd hostnames)
+skip-name-resolve
+character-set-server = utf8mb4
+collation-server = utf8mb4_general_ci
+# Test server only: flush the redo log once a second instead of at every
+# commit. A crash may lose the last second of commits, which tests don't care about.
+innodb_flush_log_at_trx_commit = 2
+innodb_doublewrite = 0
+innodb_buffer_pool_size = 256M
+innodb_log_file_size = 64M
+performance_schema = OFF
+max_connections = 300
+EOF
+}
+
+mariadb_launch() {
+  if mariadb_sock_up || port_open "$MARIADB_PORT"; then return 0; fi
+  if pid_alive "$MARIADB_PID"; then return 0; fi   # still starting: just wait for it
+  mkdir -p "$MARIADB_DIR"
+  chown mysql:mysql "$MARIADB_DIR"
+  mariadb_write_cnf
+  if [[ ! -d "$MARIADB_DATA/mysql" ]]; then
+    log "mariadb: initializing datadir $MARIADB_DATA"
+    rm -rf "$MARIADB_DATA"
+    # --defaults-file must come first; root@localhost gets unix_socket auth,
+    # so only OS root can use it (over our private socket).
+    mariadb-install-db --defaults-file="$MARIADB_CNF" --user=mysql --datadir="$MARIADB_DATA" \
+      --auth-root-authentication-method=socket --skip-test-db >>"$MARIADB_LOG" 2>&1 \
+      || { tail_log "$MARIADB_LOG"; die "mariadb-install-db failed"; }
+  fi
+  rm -f "$MARIADB_SOCK"  # a stale socket after SIGKILL would confuse clients
+  log "mariadb: starting on $BIND:$MARIADB_PORT"
+  spawn "$MARIADB_LOG" mariadbd --defaults-file="$MARIADB_CNF" --user=mysql \
+    --bind-address="$BIND" --port="$MARIADB_PORT" --socket="$MARIADB_SOCK" --datadir="$MARIADB_DATA"
+}
+
+mariadb_wait() {
+  wait_until mariadb "$WAIT_SECS" "$MARIADB_PID" mariadb_sock_up "$MARIADB_LOG"
+  # Idempotent: (re)create the test account every start. The suite creates a
+  # fresh database per run, hence ALL on *.* WITH GRANT OPTION.
+  mariadb_client <<'SQL'
+CREATE USER IF NOT EXISTS 'chatd'@'127.0.0.1' IDENTIFIED BY 'chatd';
+CREATE USER IF NOT EXISTS 'chatd'@'localhost' IDENTIFIED BY 'chatd';
+ALTER USER 'chatd'@'127.0.0.1' IDENTIFIED BY 'chatd';
+ALTER USER 'chatd'@'localhost' IDENTIFIED BY 'chatd';
+GRANT ALL PRIVILEGES ON *.* TO 'chatd'@'127.0.0.1' WITH GRANT OPTION;
+GRANT ALL PRIVILEGES ON *.* TO 'chatd'@'localhost' WITH GRANT OPTION;
+CREATE DATABASE IF NOT EXISTS chatd;
+SQL
+  wait_until mariadb 10 "" mariadb_up "$MARIADB_LOG"
+  log "mariadb: up"
+}
+
+mariadb_stop() {
+  if mariadb_sock_up; then
+    mariadb-admin --no-defaults --protocol=socket --socket="$MARIADB_SOCK" -uroot shutdown >/dev/null 2>&1 || true
+  elif pid_alive "$MARIADB_PID"; then
+    kill -TERM "$(cat "$MARIADB_PID")" 2>/dev/null || true   # SIGTERM = clean shutdown too
+  fi
+  wait_gone mariadb "$MARIADB_PID" 60
+  log "mariadb: stopped"
+}
+
+# ---------------------------------------------------------------------------
+# Redis
+# ---------------------------------------------------------------------------
+redis_up() { [[ "$(redis-cli -h "$BIND" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
+
+redis_launch() {
+  if redis_up || pid_alive "$REDIS_PID"; then return 0; fi
+  mkdir -p "$REDIS_DIR"
+  chown redis:redis "$REDIS_DIR"
+  log "redis: starting on $BIND:$REDIS_PORT"
+  # Pure cache for tests: no RDB snapshots, no AOF.  Runs as the redis user.
+  runuser -u redis -- redis-server --daemonize yes --bind "$BIND" --port "$REDIS_PORT" \
+    --save '' --appendonly no --dir "$REDIS_DIR" --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
+    </dev/null >/dev/null 2>&1 || { tail_log "$REDIS_LOG"; die "redis-server failed to start"; }
+}
+
+redis_wait() {
+  wait_until redis "$WAIT_SECS" "$REDIS_PID" redis_up "$REDIS_LOG"
+  log "redis: up"
+}
+
+redis_stop() {
+  if redis_up; then
+    redis-cli -h "$BIND" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  elif pid_alive "$REDIS_PID"; then
+    kill -TERM "$(cat "$REDIS_PID")" 2>/dev/null || true
+  fi
+  wait_gone redis "$REDIS_PID" 20
+  log "redis: stopped"
+}
+
+# ---------------------------------------------------------------------------
+# RabbitMQ
+# ---------------------------------------------------------------------------
+# Everything goes through environment variables.  We bypass Debian's
+# /usr/sbin wrappers (they `su` with a re-quoted command line and, when already
+# the rabbitmq user, send the server's output to /var/log/rabbitmq) and run
+# the real scripts as the rabbitmq user with its HOME, so the Erlang cookie is
+# the one in /var/lib/rabbitmq that a plain `rabbitmqctl` as root also uses.
+RABBIT_BIN=/usr/lib/rabbitmq/bin
+AS_RABBIT=(runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq)
+rabbit_env() {
+  export RABBITMQ_NODENAME="$RABBIT_NODE"
+  export RABBITMQ_NODE_IP_ADDRESS="$BIND"            # AMQP listener
+  export RABBITMQ_NODE_PORT="$RABBIT_PORT"
+  export RABBITMQ_DIST_PORT="$RABBIT_DIST_PORT"      # inter-node port, fixed ...
+  # ... and bound to loopback (the Erlang default is all interfaces).
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  # rabbitmqctl starts a short-lived Erlang node too; keep it on loopback.
+  export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  export ERL_EPMD_ADDRESS="$BIND"                    # epmd (port 4369) on loopback only
+  export RABBITMQ_MNESIA_BASE="$RABBIT_DIR/mnesia"
+  export RABBITMQ_LOG_BASE="$RABBIT_DIR/log"
+  export RABBITMQ_PID_FILE="$RABBIT_PID"
+  export RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins"
+  # Don't read /etc/rabbitmq/rabbitmq-env.conf: this instance is fully described here.
+  export RABBITMQ_CONF_ENV_FILE="$RABBIT_DIR/rabbitmq-env.conf"
+}
+
+rabbit_up() { port_open "$RABBIT_PORT"; }
+
+rabbit_launch() {
+  if rabbit_up || pid_alive "$RABBIT_PID"; then return 0; fi
+  mkdir -p "$RABBIT_DIR/log" "$RABBIT_DIR/mnesia"
+  [[ -f "$RABBIT_DIR/enabled_plugins" ]] || echo '[].' >"$RABBIT_DIR/enabled_plugins"  # no management UI needed
+  : >"$RABBIT_DIR/rabbitmq-env.conf"
+  chown -R rabbitmq:rabbitmq "$RABBIT_DIR"
+  rabbit_env
+  # epmd must be listening on loopback before the node registers; start it
+  # explicitly so it never inherits a wildcard address from anything else.
+  "${AS_RABBIT[@]}" epmd -address "$BIND" -daemon
+  log "rabbitmq: starting on $BIND:$RABBIT_PORT (node $RABBIT_NODE)"
+  spawn "$RABBIT_LOG" "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmq-server"
+}
+
+rabbit_wait() {
+  rabbit_env
+  wait_until rabbitmq "$WAIT_SECS" "$RABBIT_PID" rabbit_up "$RABBIT_LOG" "$RABBIT_DIR/log/$RABBIT_NODE.log"
+  log "rabbitmq: up"
+}
+
+rabbit_stop() {
+  rabbit_env
+  if pid_alive "$RABBIT_PID"; then
+    # `stop PIDFILE` returns only once the Erlang VM has exited.
+    timeout 60 "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmqctl" -q -n "$RABBIT_NODE" stop "$RABBIT_PID" >/dev/null 2>&1 \
+      || kill -TERM "$(cat "$RABBIT_PID")" 2>/dev/null || true
+  fi
+  wait_gone rabbitmq "$RABBIT_PID" 30
+  log "rabbitmq: stopped"
+}
+
+# ---------------------------------------------------------------------------
+# Elasticsearch
+# ---------------------------------------------------------------------------
+es_up() { curl -fsS -m 3 "http://$BIND:$ES_PORT/_cluster/health?wait_for_status=yellow&timeout=2s" >/dev/null 2>&1; }
+
+es_launch() {
+  if es_up || pid_alive "$ES_PID"; then return 0; fi
+  [[ -x "$ES_HOME/bin/elasticsearch" ]] || die "elasticsearch $ES_VERSION not installed; run: $0 install"
+  id -u elasticsearch >/dev/null 2>&1 || die "no elasticsearch user; run: $0 install"
+  mkdir -p "$ES_DATA" "$ES_LOGS" "$ES_DIR/tmp"
+  [[ -d "$ES_CONF" ]] || cp -a "$ES_HOME/config" "$ES_CONF"
+  chown -R elasticsearch:elasticsearch "$ES_DATA" "$ES_LOGS" "$ES_DIR/tmp" "$ES_CONF"
+  local settings=(
+    -E discovery.type=single-node
+    -E network.host="$BIND"
+    -E http.port="$ES_PORT"
+    -E transport.port="$ES_TRANSPORT_PORT"
+    -E path.data="$ES_DATA"
+    -E path.logs="$ES_LOGS"
+    # Small test disks must not flip indices to read-only.
+    -E cluster.routing.allocation.disk.threshold_enabled=false
+    # Let tests clean up with wildcard deletes (DELETE /chatd-test-*).
+    -E action.destructive_requires_name=false
+  )
+  # The integ-test-zip ships without x-pack; these settings only exist when
+  # the matching module is there (an unknown setting aborts startup).
+  if [[ -d "$ES_HOME/modules/x-pack-security" ]]; then settings+=(-E xpack.security.enabled=false); fi
+  # No network here: don't try to download GeoIP databases.
+  if [[ -d "$ES_HOME/modules/ingest-geoip" ]]; then settings+=(-E ingest.geoip.downloader.enabled=false); fi
+  log "elasticsearch: starting $ES_VERSION on $BIND:$ES_PORT (java: $ES_JAVA_HOME, heap $ES_HEAP)"
+  rm -f "$ES_PID"
+  # -d: daemonize once the node is up; -p: pid file we use for stop/status.
+  spawn "$ES_LAUNCH_LOG" runuser -u elasticsearch -- env \
+    ES_JAVA_HOME="$ES_JAVA_HOME" ES_PATH_CONF="$ES_CONF" ES_TMPDIR="$ES_DIR/tmp" \
+    ES_JAVA_OPTS="-Xms$ES_HEAP -Xmx$ES_HEAP" \
+    "$ES_HOME/bin/elasticsearch" -d -p "$ES_PID" "${settings[@]}"
+}
+
+es_wait() {
+  # No pid-file early exit here: with -d the pid file only appears late.
+  wait_until elasticsearch "$WAIT_SECS" "" es_up "$ES_LAUNCH_LOG" "$ES_LOG"
+  log "elasticsearch: up"
+}
+
+es_stop() {
+  if pid_alive "$ES_PID"; then
+    kill -TERM "$(cat "$ES_PID")" 2>/dev/null || true
+  fi
+  wait_gone elasticsearch "$ES_PID" 60
+  log "elasticsearch: stopped"
+}
+
+# ---------------------------------------------------------------------------
+# Dispatch helpers
+# ---------------------------------------------------------------------------
+fn_prefix() {
+  case "$1" in
+    mariadb) echo mariadb ;;
+    redis) echo redis ;;
+    rabbitmq) echo rabbit ;;
+    elasticsearch) echo es ;;
+    *) die "unknown server '$1' (want one of: ${SERVICES[*]})" ;;
+  esac
+}
+
+cmd_start() {
+  need_root
+  local s
+  mkdir -p "$SERVICES_DIR"
+  chmod 755 "$SERVICES_DIR"   # service users must traverse it
+  # Launch everything first, then wait: the slow ones (ES, RabbitMQ) boot in parallel.
+  for s in "$@"; do "$(fn_prefix "$s")_launch"; done
+  for s in "$@"; do "$(fn_prefix "$s")_wait"; done
+}
+
+cmd_stop() {
+  need_root
+  local s
+  for s in "$@"; do "$(fn_prefix "$s")_stop"; done
+}
+
+cmd_status() {
+  local s ok all=0 where
+  for s in "${SERVICES[@]}"; do
+    case "$s" in
+      mariadb) mariadb_up && ok=1 || ok=0; where="$BIND:$MARIADB_PORT" ;;
+      redis) redis_up && ok=1 || ok=0; where="$BIND:$REDIS_PORT" ;;
+      rabbitmq) rabbit_up && ok=1 || ok=0; where="$BIND:$RABBIT_PORT" ;;
+      elasticsearch) es_up && ok=1 || ok=0; where="$BIND:$ES_PORT" ;;
+    esac
+    if ((ok)); then printf '%-14s up    %s\n' "$s" "$where"; else printf '%-14s down  %s\n' "$s" "$where"; all=3; fi
+  done
+  return "$all"
+}
+
+cmd_env() {
+  cat <<EOF
+export CHATD_DATABASE_URL=mysql://chatd:chatd@$BIND:$MARIADB_PORT/chatd
+export CHATD_REDIS_URL=redis://$BIND:$REDIS_PORT/0
+export CHATD_AMQP_URL=amqp://guest:guest@$BIND:$RABBIT_PORT/
+export CHATD_ELASTICSEARCH_URL=http://$BIND:$ES_PORT
+EOF
+}
+
+usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit "${1:-2}"; }
+
+main() {
+  local cmd="${1:-}"
+  shift || true
+  case "$cmd" in
+    install) cmd_install ;;
+    start) cmd_start "${SERVICES[@]}" ;;
+    stop) cmd_stop elasticsearch rabbitmq redis mariadb
+          # epmd is only there for RabbitMQ; drop it when everything goes down.
+          epmd -kill >/dev/null 2>&1 || true ;;
+    restart) cmd_stop elasticsearch rabbitmq redis mariadb; cmd_start "${SERVICES[@]}" ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    up) cmd_install; cmd_start "${SERVICES[@]}" ;;
+    start-one) [[ $# -eq 1 ]] || usage; cmd_start "$1" ;;
+    stop-one) [[ $# -eq 1 ]] || usage; cmd_stop "$1" ;;
+    restart-one) [[ $# -eq 1 ]] || usage; cmd_stop "$1"; cmd_start "$1" ;;
+    -h|--help|help) usage 0 ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

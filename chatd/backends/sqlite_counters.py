@@ -41,9 +41,10 @@ class SqliteCounters:
 
     async def increment(self, key: str) -> int | None:
         def incr(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute("UPDATE embedded_counters SET value = value + 1 WHERE key = ? RETURNING value",
-                               (key,)).fetchone()
-            return None if row is None else int(row[0])
+            # fetchall, not fetchone: a RETURNING statement must run to completion before COMMIT.
+            rows = conn.execute("UPDATE embedded_counters SET value = value + 1 WHERE key = ? RETURNING value",
+                                (key,)).fetchall()
+            return int(rows[0][0]) if rows else None
 
         return await self.db.transaction(incr)
 

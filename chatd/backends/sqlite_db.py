@@ -88,7 +88,7 @@ class SqliteDatabase:
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` outside any explicit transaction (each statement autocommits)."""
-        return await self._submit(lambda: fn(self._require()))
+        return await self._submit(lambda: _no_cursor(fn(self._require())))
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""
@@ -102,7 +102,7 @@ class SqliteDatabase:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            return result
+            return _no_cursor(result)
 
         return await self._submit(run)
 
@@ -110,3 +110,15 @@ class SqliteDatabase:
         if self._conn is None:
             raise RuntimeError("database is closed")
         return self._conn
+
+
+def _no_cursor(result: T) -> T:
+    """Close a cursor here, on the database's thread.
+
+    A cursor handed back to the event loop would be finalized there when dropped, touching
+    the connection from a second thread while this one uses it (SQLITE_MISUSE).
+    """
+    if isinstance(result, sqlite3.Cursor):
+        result.close()
+        return None  # type: ignore[return-value]
+    return result

@@ -1,0 +1,194 @@
+"""Test fixtures: every suite runs over the embedded backends and over the real servers.
+
+The real servers (MariaDB, Redis, RabbitMQ, Elasticsearch) are started by `make services`
+before pytest runs; each test gets its own namespace on them (a fresh database, key prefix,
+queue prefix and index) and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from chatd.backends.registry import close_all, make_backends, open_all
+from chatd.service import Backends, ChatService
+from chatd.settings import Settings
+
+MYSQL_URL = os.environ.get("CHATD_TEST_MYSQL_URL", "mysql://chatd:chatd@127.0.0.1:3306")
+REDIS_URL = os.environ.get("CHATD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("CHATD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+ELASTICSEARCH_URL = os.environ.get("CHATD_TEST_ELASTICSEARCH_URL", "http://127.0.0.1:9200")
+
+BACKEND_SETS = ("embedded", "real")
+
+
+def unique_name() -> str:
+    return "chatd_t_" + uuid.uuid4().hex[:12]
+
+
+async def create_mysql_database(name: str) -> None:
+    import aiomysql
+
+    parts = urlsplit(MYSQL_URL)
+    conn = await aiomysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username,
+                                  password=parts.password or "", autocommit=True)
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    finally:
+        conn.close()
+
+
+async def drop_mysql_database(name: str) -> None:
+    import aiomysql
+
+    parts = urlsplit(MYSQL_URL)
+    conn = await aiomysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username,
+                                  password=parts.password or "", autocommit=True)
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
+def embedded_settings(folder: Path, **overrides: object) -> Settings:
+    return Settings(database_url=f"sqlite:///{folder}/chatd.db", search_path=f"{folder}/search.db",
+                    **overrides)  # type: ignore[arg-type]
+
+
+def real_settings(name: str, **overrides: object) -> Settings:
+    return Settings(database_url=f"{MYSQL_URL}/{name}", redis_url=REDIS_URL, redis_prefix=f"{name}:",
+                    amqp_url=AMQP_URL, amqp_prefix=name, elasticsearch_url=ELASTICSEARCH_URL,
+                    elasticsearch_index=name.replace("_", "-"), **overrides)  # type: ignore[arg-type]
+
+
+class Namespace:
+    """Settings for one test on one backend set, and the clean-up of what it created."""
+
+    def __init__(self, backend_set: str, folder: Path):
+        self.backend_set = backend_set
+        self.folder = folder
+        self.name = unique_name()
+        self._created_database = False
+        self._opened: list[Backends] = []
+
+    async def settings(self, **overrides: object) -> Settings:
+        if self.backend_set == "embedded":
+            return embedded_settings(self.folder, **overrides)
+        if not self._created_database:
+            await create_mysql_database(self.name)
+            self._created_database = True
+        return real_settings(self.name, **overrides)
+
+    async def open_backends(self, **overrides: object) -> Backends:
+        backends = make_backends(await self.settings(**overrides))
+        await open_all(backends)
+        await backends.store.migrate()
+        self._opened.append(backends)
+        return backends
+
+    async def cleanup(self) -> None:
+        for backends in self._opened:
+            await close_all(backends)
+        if self.backend_set == "real":
+            settings = real_settings(self.name)
+            backends = make_backends(settings)
+            await open_all(backends)
+            try:
+                for backend in backends.all():
+                    destroy = getattr(backend, "destroy", None)
+                    if destroy is not None and backend is not backends.store:
+                        await destroy()
+            finally:
+                await close_all(backends)
+            await drop_mysql_database(self.name)
+
+
+@pytest.fixture(params=BACKEND_SETS)
+def backend_set(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def namespace(backend_set: str, tmp_path: Path) -> AsyncIterator[Namespace]:
+    space = Namespace(backend_set, tmp_path)
+    try:
+        yield space
+    finally:
+        await space.cleanup()
+
+
+@pytest.fixture
+async def backends(namespace: Namespace) -> Backends:
+    """Opened, migrated backends of the parametrized set."""
+    return await namespace.open_backends()
+
+
+@pytest.fixture
+def service(backends: Backends) -> ChatService:
+    return ChatService(backends)
+
+
+class Api:
+    """A test client on an app whose background pipeline the test drives with ``settle()``."""
+
+    def __init__(self, client, app):  # type: ignore[no-untyped-def]
+        from chatd import keys
+
+        self.client = client
+        self.app = app
+        self.pipeline = app[keys.PIPELINE]
+        self.service = app[keys.SERVICE]
+
+    async def settle(self) -> None:
+        """Run the workers until every queued job is stored, indexed and counted."""
+        await self.pipeline.run_until_idle()
+
+    async def create_application(self, name: str = "Test App") -> str:
+        response = await self.client.post("/applications", json={"application": {"name": name}})
+        assert response.status == 201, await response.text()
+        return str((await response.json())["token"])
+
+    async def create_chat(self, token: str) -> int:
+        response = await self.client.post(f"/applications/{token}/chats")
+        assert response.status == 201, await response.text()
+        return int((await response.json())["number"])
+
+    async def create_message(self, token: str, chat: int, content: str) -> int:
+        response = await self.client.post(f"/applications/{token}/chats/{chat}/messages", json={"content": content})
+        assert response.status == 201, await response.text()
+        return int((await response.json())["number"])
+
+    async def get_json(self, path: str, status: int = 200):  # type: ignore[no-untyped-def]
+        response = await self.client.get(path)
+        assert response.status == status, await response.text()
+        return await response.json()
+
+
+@pytest.fixture
+async def make_api(namespace: Namespace, aiohttp_client):  # type: ignore[no-untyped-def]
+    """Factory: ``await make_api(**settings_overrides)`` -> Api on this test's backend set."""
+    from chatd.app import create_app
+
+    async def make(**overrides: object) -> Api:
+        settings = await namespace.settings(**overrides)
+        backends = make_backends(settings)
+        if namespace.backend_set == "real":
+            await open_all(backends)
+            await backends.store.migrate()  # production migrates with `chatd migrate`
+            await close_all(backends)
+        app = create_app(settings, backends=backends, run_workers=False)
+        return Api(await aiohttp_client(app), app)
+
+    return make
+
+
+@pytest.fixture
+async def api(make_api) -> Api:  # type: ignore[no-untyped-def]
+    return await make_api()

@@ -1,0 +1,52 @@
+"""The Counters, Cache and Lock contracts, embedded and on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chatd.service import Backends
+from tests.factories import eventually
+
+
+async def test_increment_needs_a_seeded_key(backends: Backends) -> None:
+    counters = backends.counters
+    assert await counters.increment("k") is None
+    assert await counters.current("k") is None
+    await counters.raise_to("k", 41)
+    assert await counters.increment("k") == 42
+    await counters.raise_to("k", 10)  # never lowers
+    assert await counters.current("k") == 42
+    await counters.raise_to("k", 50)
+    assert await counters.increment("k") == 51
+
+
+async def test_concurrent_increments_hand_out_each_number_once(backends: Backends) -> None:
+    await backends.counters.raise_to("c", 0)
+    numbers = await asyncio.gather(*(backends.counters.increment("c") for _ in range(500)))
+    assert sorted(numbers) == list(range(1, 501))  # type: ignore[type-var]
+
+
+async def test_cache_get_set_add_delete(backends: Backends) -> None:
+    cache = backends.cache
+    assert await cache.get("a") is None
+    await cache.set("a", b"1", 60)
+    assert await cache.get("a") == b"1"
+    assert await cache.add("a", b"2", 60) is False
+    assert await cache.add("b", b"2", 60) is True
+    assert await cache.get("b") == b"2"
+    await cache.delete("a")
+    assert await cache.get("a") is None
+
+
+async def test_lock_has_one_owner_until_released_or_expired(backends: Backends) -> None:
+    lock = backends.lock
+    assert await lock.acquire("job", "one", 30)
+    assert not await lock.acquire("job", "two", 30)
+    assert await lock.acquire("job", "one", 30)  # the owner may renew
+    await lock.release("job", "two")  # not the owner: nothing happens
+    assert not await lock.acquire("job", "two", 30)
+    await lock.release("job", "one")
+    assert await lock.acquire("job", "two", 0.2)
+    assert not await lock.acquire("job", "three", 30)
+    # Once the lease runs out another owner gets in, with no release.
+    assert await eventually(lambda: lock.acquire("job", "three", 30), timeout=10)

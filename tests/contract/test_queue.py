@@ -1,0 +1,87 @@
+"""The Queue contract, embedded and on RabbitMQ."""
+
+from __future__ import annotations
+
+from chatd.ports import Delivery
+from chatd.service import Backends
+from tests.factories import eventually
+
+
+async def receive_all(backends: Backends, topic: str, count: int, batch: int = 50) -> list[Delivery]:
+    received: list[Delivery] = []
+
+    async def more() -> bool:
+        received.extend(await backends.queue.receive(topic, batch, 0.2))
+        return len(received) >= count
+
+    await eventually(more, timeout=20)
+    return received
+
+
+async def test_publish_receive_ack(backends: Backends) -> None:
+    queue = backends.queue
+    bodies = [f"job {n}".encode() for n in range(120)]
+    await queue.publish("messages", bodies)
+    received = await receive_all(backends, "messages", 120, batch=50)
+    assert sorted(d.body for d in received) == sorted(bodies)
+    await queue.ack("messages", received)
+    assert await queue.receive("messages", 10, 0.3) == []
+    assert await eventually(lambda: _is_zero(queue.depth("messages")))
+
+
+async def _is_zero(depth) -> bool:  # type: ignore[no-untyped-def]
+    return await depth == 0
+
+
+async def test_batches_are_bounded(backends: Backends) -> None:
+    await backends.queue.publish("index", [b"x"] * 30)
+    first = await backends.queue.receive("index", 10, 1.0)
+    assert 1 <= len(first) <= 10
+    rest = await receive_all(backends, "index", 30 - len(first), batch=10)
+    await backends.queue.ack("index", first + rest)
+
+
+async def test_topics_are_separate(backends: Backends) -> None:
+    await backends.queue.publish("chats", [b"chat"])
+    await backends.queue.publish("messages", [b"message"])
+    chats = await receive_all(backends, "chats", 1)
+    assert [d.body for d in chats] == [b"chat"]
+    messages = await receive_all(backends, "messages", 1)
+    assert [d.body for d in messages] == [b"message"]
+    await backends.queue.ack("chats", chats)
+    await backends.queue.ack("messages", messages)
+
+
+async def test_retry_delivers_again_with_more_attempts(backends: Backends) -> None:
+    await backends.queue.publish("messages", [b"again"])
+    first = await receive_all(backends, "messages", 1)
+    assert first[0].attempts == 1
+    await backends.queue.retry("messages", first)
+    second = await receive_all(backends, "messages", 1)
+    assert second[0].body == b"again" and second[0].attempts == 2
+    await backends.queue.ack("messages", second)
+
+
+async def test_dead_letter_removes_the_job(backends: Backends) -> None:
+    await backends.queue.publish("messages", [b"poison", b"fine"])
+    received = await receive_all(backends, "messages", 2)
+    poison = [d for d in received if d.body == b"poison"]
+    await backends.queue.dead_letter("messages", poison)
+    await backends.queue.ack("messages", [d for d in received if d.body == b"fine"])
+    assert await backends.queue.receive("messages", 10, 1.0) == []
+
+
+async def test_unacked_jobs_survive_their_consumer(namespace, backends: Backends) -> None:  # type: ignore[no-untyped-def]
+    """A consumer that dies without acking loses nothing: the jobs come back elsewhere."""
+    await backends.queue.publish("messages", [b"one", b"two"])
+    await receive_all(backends, "messages", 2)
+    await backends.queue.close()  # the consumer goes away holding both jobs, unacked
+    other = await namespace.open_backends()
+    if namespace.backend_set == "embedded":
+        # The embedded queue redelivers when the dead consumer's lease runs out: end it now.
+        await other.queue.db.transaction(lambda conn: conn.execute("UPDATE embedded_jobs SET visible_at = 0"))
+    again = await receive_all(other, "messages", 2)
+    assert sorted(d.body for d in again) == [b"one", b"two"]
+    assert all(d.attempts == 2 for d in again)
+    await other.queue.ack("messages", again)
+    await backends.queue.open()  # so that the fixture can close it

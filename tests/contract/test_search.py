@@ -1,0 +1,93 @@
+"""The SearchIndex contract: the same answers from the embedded index and from Elasticsearch."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatd.service import Backends
+from tests.factories import document
+
+CORPUS = [
+    "Hello, World!",
+    "hello again",
+    "Can you help me?",
+    "The helicopter landed",
+    "HELLO IN CAPITALS",
+    "nothing to see here",
+    "Shell scripts are fun",
+    "Let's meet tomorrow at noon",
+    "The weather is lovely today",
+    "Elasticsearch indexes documents",
+    "café au lait ☕ à Paris",
+    "numbers 12345 and 2026",
+]
+
+CASES = {
+    "hello": [1, 2, 5],
+    "HELLO": [1, 2, 5],
+    "hel": [1, 2, 3, 4, 5],
+    "helo": [1, 2, 3, 5],
+    "hlelo": [1, 2, 5],
+    "helicoptr": [4],
+    "world hello": [1],
+    "hello world": [1],
+    "wrld": [1],
+    "tomorow noon": [8],
+    "xyzzy": [],
+    "café": [11],
+    "paris": [11],
+    "123": [12],
+    "lovely weather": [9],
+    "elastic": [10],
+}
+
+
+@pytest.fixture
+async def corpus(backends: Backends) -> Backends:
+    documents = [document(1, 1, number, text) for number, text in enumerate(CORPUS, start=1)]
+    documents += [document(1, 2, 1, "hello from another chat"), document(2, 1, 1, "hello from another app")]
+    assert await backends.search.index(documents) == []
+    await backends.search.refresh()
+    return backends
+
+
+@pytest.mark.parametrize("query", sorted(CASES))
+async def test_query_semantics(corpus: Backends, query: str) -> None:
+    result = await corpus.search.search(1, 1, query, 1, 100)
+    assert [hit.message_number for hit in result.hits] == CASES[query]
+    assert result.total == len(CASES[query])
+
+
+async def test_hits_carry_content_and_time(corpus: Backends) -> None:
+    result = await corpus.search.search(1, 1, "helicopter", 1, 20)
+    hit = result.hits[0]
+    assert (hit.message_number, hit.content) == (4, "The helicopter landed")
+    assert hit.created_at == document(1, 1, 4, "").created_at
+
+
+async def test_pagination(corpus: Backends) -> None:
+    first = await corpus.search.search(1, 1, "hel", 1, 2)
+    third = await corpus.search.search(1, 1, "hel", 3, 2)
+    assert [h.message_number for h in first.hits] == [1, 2]
+    assert [h.message_number for h in third.hits] == [5]
+    assert first.total == third.total == 5
+    assert (await corpus.search.search(1, 1, "hel", 9, 2)).hits == []
+
+
+async def test_query_without_words_matches_nothing(corpus: Backends) -> None:
+    assert (await corpus.search.search(1, 1, "?!", 1, 20)).total == 0
+
+
+async def test_newer_revision_wins_whatever_the_order(backends: Backends) -> None:
+    await backends.search.index([document(1, 1, 1, "edited text", revision=2)])
+    await backends.search.index([document(1, 1, 1, "original text", revision=1)])
+    await backends.search.refresh()
+    assert (await backends.search.search(1, 1, "original", 1, 20)).total == 0
+    assert [h.content for h in (await backends.search.search(1, 1, "edited", 1, 20)).hits] == ["edited text"]
+
+
+async def test_reindexing_never_duplicates(backends: Backends) -> None:
+    for _ in range(3):
+        await backends.search.index([document(1, 1, 1, "same message")])
+    await backends.search.refresh()
+    assert (await backends.search.search(1, 1, "same", 1, 20)).total == 1

@@ -1,0 +1,130 @@
+"""The Store contract, on SQLite and on MySQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chatd.domain import NumberScope
+from chatd.service import Backends
+from tests.factories import WHEN, chat_job, message_job
+
+
+async def test_applications_round_trip(backends: Backends) -> None:
+    store = backends.store
+    created = await store.create_application("tok-1", "First", WHEN)
+    assert (created.token, created.name, created.chats_count, created.created_at) == ("tok-1", "First", 0, WHEN)
+    assert await store.get_application("tok-1") == created
+    assert await store.get_application("missing") is None
+    renamed = await store.rename_application("tok-1", "Renamed")
+    assert renamed is not None and renamed.name == "Renamed" and renamed.id == created.id
+    assert await store.rename_application("missing", "x") is None
+
+
+async def test_applications_page(backends: Backends) -> None:
+    for index in range(5):
+        await backends.store.create_application(f"tok-{index}", f"App {index}", WHEN)
+    page = await backends.store.list_applications(2, 2)
+    assert [app.name for app in page.items] == ["App 2", "App 3"]
+    assert (page.total, page.total_pages) == (5, 3)
+
+
+async def test_save_chats_is_idempotent_and_counts_once(backends: Backends) -> None:
+    store = backends.store
+    app = await store.create_application("tok", "App", WHEN)
+    await store.save_chats([chat_job(app.id, 1), chat_job(app.id, 2)])
+    await store.save_chats([chat_job(app.id, 2), chat_job(app.id, 3), chat_job(app.id, 3)])
+    folded = await store.reconcile_counts()
+    assert folded.application_tokens == ["tok"]
+    assert (await store.get_application("tok")).chats_count == 3  # type: ignore[union-attr]
+    page = await store.list_chats(app.id, 1, 10)
+    assert [chat.number for chat in page.items] == [1, 2, 3]
+    assert (await store.get_chat(app.id, 2)).created_at == WHEN  # type: ignore[union-attr]
+    assert await store.get_chat(app.id, 9) is None
+
+
+async def test_save_messages_creates_missing_chat_and_returns_every_stored_version(backends: Backends) -> None:
+    store = backends.store
+    app = await store.create_application("tok", "App", WHEN)
+    first = await store.save_messages([message_job(app.id, 1, 1, "hello"), message_job(app.id, 1, 2, "world")])
+    assert [(d.message_number, d.content, d.revision) for d in first] == [(1, "hello", 1), (2, "world", 1)]
+    # A re-delivery with other content changes nothing and still returns the stored version.
+    again = await store.save_messages([message_job(app.id, 1, 1, "changed"), message_job(app.id, 1, 3, "new")])
+    assert [(d.message_number, d.content) for d in again] == [(1, "hello"), (3, "new")]
+    await store.reconcile_counts()
+    chat = await store.get_chat(app.id, 1)
+    assert chat is not None and chat.messages_count == 3
+    assert (await store.get_application("tok")).chats_count == 1  # type: ignore[union-attr]
+    await store.save_chats([chat_job(app.id, 1)])  # the chat job arriving late adds nothing
+    await store.reconcile_counts()
+    assert (await store.get_application("tok")).chats_count == 1  # type: ignore[union-attr]
+
+
+async def test_save_messages_skips_unknown_applications(backends: Backends) -> None:
+    app = await backends.store.create_application("tok", "App", WHEN)
+    documents = await backends.store.save_messages([message_job(app.id, 1, 1), message_job(app.id + 999, 1, 1)])
+    assert [(d.application_id, d.message_number) for d in documents] == [(app.id, 1)]
+
+
+async def test_messages_read_page_and_edit(backends: Backends) -> None:
+    store = backends.store
+    app = await store.create_application("tok", "App", WHEN)
+    await store.save_messages([message_job(app.id, 1, n, f"message {n}") for n in range(1, 6)])
+    page = await store.list_messages(app.id, 1, 2, 2)
+    assert [m.number for m in page.items] == [3, 4] and page.total == 5
+    assert (await store.list_messages(app.id, 7, 1, 2)).total == 0
+    message = await store.get_message(app.id, 1, 4)
+    assert message is not None and message.content == "message 4" and message.created_at == WHEN
+    later = WHEN.replace(minute=45)
+    document = await store.update_message(app.id, 1, 4, "edited", later)
+    assert document is not None and (document.content, document.revision) == ("edited", 2)
+    edited = await store.get_message(app.id, 1, 4)
+    assert edited is not None and (edited.content, edited.updated_at, edited.created_at) == ("edited", later, WHEN)
+    assert await store.update_message(app.id, 1, 99, "x", later) is None
+
+
+async def test_unicode_content_round_trips(backends: Backends) -> None:
+    app = await backends.store.create_application("tok", "Ünïcode 🚀", WHEN)
+    text = "emoji 🎉, Arabic مرحبا, CJK 你好, combining é"
+    await backends.store.save_messages([message_job(app.id, 1, 1, text)])
+    assert (await backends.store.get_message(app.id, 1, 1)).content == text  # type: ignore[union-attr]
+    assert (await backends.store.get_application("tok")).name == "Ünïcode 🚀"  # type: ignore[union-attr]
+
+
+async def test_number_floor_covers_stored_and_reserved_numbers(backends: Backends) -> None:
+    store = backends.store
+    app = await store.create_application("tok", "App", WHEN)
+    chats, messages = NumberScope(app.id), NumberScope(app.id, 1)
+    assert await store.number_floor(chats) == 0
+    await store.save_messages([message_job(app.id, 1, 7)])
+    assert await store.number_floor(chats) == 1
+    assert await store.number_floor(messages) == 7
+    assert await store.reserve_numbers(messages, 100) == 100
+    assert await store.reserve_numbers(messages, 50) == 100  # never lowered
+    assert await store.number_floor(messages) == 100
+    assert await store.number_floor(NumberScope(app.id, 2)) == 0
+
+
+async def test_concurrent_reconcilers_apply_each_delta_once(backends: Backends) -> None:
+    store = backends.store
+    app = await store.create_application("tok", "App", WHEN)
+    for chat in range(1, 21):
+        await store.save_messages([message_job(app.id, chat, n) for n in range(1, 4)])
+    await asyncio.gather(*(store.reconcile_counts(limit=7) for _ in range(8)))
+    while (await store.reconcile_counts(limit=7)).deltas:
+        pass
+    assert (await store.get_application("tok")).chats_count == 20  # type: ignore[union-attr]
+    counts = [chat.messages_count for chat in (await store.list_chats(app.id, 1, 100)).items]
+    assert counts == [3] * 20
+
+
+async def test_recount_all_repairs_counts(backends: Backends) -> None:
+    store = backends.store
+    app = await store.create_application("tok", "App", WHEN)
+    await store.save_messages([message_job(app.id, 1, n) for n in range(1, 4)])
+    await store.recount_all()
+    assert (await store.reconcile_counts()).deltas == 0
+    assert (await store.get_chat(app.id, 1)).messages_count == 3  # type: ignore[union-attr]
+
+
+async def test_migrate_twice_is_a_no_op(backends: Backends) -> None:
+    assert await backends.store.migrate() == []

@@ -1,0 +1,38 @@
+"""Builders for domain records, so tests say only what matters to them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import TypeVar
+
+from chatd.domain import ChatJob, MessageJob, SearchDocument
+
+T = TypeVar("T")
+WHEN = datetime(2026, 11, 11, 10, 30, 0, 123000, tzinfo=timezone.utc)
+
+
+def chat_job(application_id: int, number: int) -> ChatJob:
+    return ChatJob(application_id, number, WHEN)
+
+
+def message_job(application_id: int, chat: int, number: int, content: str = "hello") -> MessageJob:
+    return MessageJob(application_id, chat, number, content, WHEN)
+
+
+def document(application_id: int, chat: int, number: int, content: str, revision: int = 1) -> SearchDocument:
+    return SearchDocument(application_id, chat, number, content, WHEN, revision)
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.05) -> T:
+    """Await ``check()`` until it returns a truthy value, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)

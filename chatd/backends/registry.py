@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from chatd.backends.memory_cache import MemoryCache
-from chatd.backends.sqlite_counters import SqliteCounters, SqliteLock
+from chatd.backends.sqlite_counters import SqliteCache, SqliteCounters, SqliteLock
 from chatd.backends.sqlite_db import path_from_url
 from chatd.backends.sqlite_queue import SqliteQueue
 from chatd.backends.sqlite_search import SqliteSearchIndex
@@ -14,7 +13,7 @@ from chatd.settings import Settings
 
 
 def embedded_path(settings: Settings) -> str:
-    """The SQLite file of the embedded counters, lock and queue: the store's, if it is SQLite."""
+    """The SQLite file of the embedded counters, cache, lock and queue: the store's, if it is SQLite."""
     if settings.database_url.startswith("sqlite://"):
         return path_from_url(settings.database_url)
     return "./chatd-embedded.db"
@@ -42,7 +41,7 @@ def make_backends(settings: Settings) -> Backends:
         connection = RedisConnection(settings.redis_url, prefix=settings.redis_prefix)
         counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
     else:
-        counters, cache, lock = SqliteCounters(embedded), MemoryCache(), SqliteLock(embedded)
+        counters, cache, lock = SqliteCounters(embedded), SqliteCache(embedded), SqliteLock(embedded)
     if settings.amqp_url:
         from chatd.backends.amqp_queue import AmqpQueue
 

@@ -1,4 +1,9 @@
-"""Counters and locks in SQLite: the embedded stand-ins for Redis, shared by every process."""
+"""Counters, locks and the cache in SQLite: the embedded stand-ins for Redis.
+
+Kept in the embedded database file so that every process using it shares them: an api
+process and a worker process see the same counters, locks, cached records and
+idempotency keys, as they would through Redis.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from chatd.backends.sqlite_db import SqliteDatabase
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS embedded_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS embedded_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS embedded_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)",
 )
 
 
@@ -96,3 +102,49 @@ class SqliteLock:
     async def release(self, name: str, owner: str) -> None:
         await self.db.transaction(lambda conn: conn.execute(
             "DELETE FROM embedded_locks WHERE name = ? AND owner = ?", (name, owner)))
+
+
+class SqliteCache:
+    """Entries with an expiry; expired ones read as absent and are swept on write."""
+
+    name = "sqlite-cache"
+
+    def __init__(self, path: str):
+        self.db = SqliteDatabase.shared(path)
+        self._writes = 0
+
+    async def open(self) -> None:
+        await self.db.open()
+        await _create_schema(self.db)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def get(self, key: str) -> bytes | None:
+        row = await self.db.read(lambda conn: conn.execute(
+            "SELECT value FROM embedded_cache WHERE key = ? AND expires > ?", (key, time.time())).fetchone())
+        return None if row is None else bytes(row[0])
+
+    async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        await self.db.transaction(lambda conn: self._put(conn, key, value, ttl_seconds, replace=True))
+
+    async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
+        return await self.db.transaction(lambda conn: self._put(conn, key, value, ttl_seconds, replace=False))
+
+    def _put(self, conn: sqlite3.Connection, key: str, value: bytes, ttl: float, replace: bool) -> bool:
+        now = time.time()
+        self._writes += 1
+        if self._writes % 1000 == 0:
+            conn.execute("DELETE FROM embedded_cache WHERE expires <= ?", (now,))
+        condition = "" if replace else " WHERE embedded_cache.expires <= excluded.expires - ?"
+        cursor = conn.execute(
+            "INSERT INTO embedded_cache (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE"
+            " SET value = excluded.value, expires = excluded.expires" + condition,
+            (key, value, now + ttl) + (() if replace else (ttl,)))
+        return cursor.rowcount == 1
+
+    async def delete(self, key: str) -> None:
+        await self.db.transaction(lambda conn: conn.execute("DELETE FROM embedded_cache WHERE key = ?", (key,)))

@@ -1,0 +1,87 @@
+"""Real ``chatd serve`` processes for end-to-end tests: start, await ready, stop, kill."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from chatd.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``CHATD_*`` variables that reproduce ``settings`` in a child process."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CHATD_")}
+    for name, value in vars(settings).items():
+        if value is not None:
+            env["CHATD_" + name.upper()] = str(value)
+    return env
+
+
+class ChatdProcess:
+    def __init__(self, settings: Settings, role: str, log_dir: Path):
+        self.role = role
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = settings_env(settings.replace(role=role, port=self.port, host="127.0.0.1"))
+        self.log_path = log_dir / f"chatd-{role}-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 30.0) -> ChatdProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
+        self.process = subprocess.Popen([sys.executable, "-m", "chatd", "serve"], env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"chatd {self.role} exited at start:\n{self.log_path.read_text()[-3000:]}")
+                try:
+                    async with session.get(f"{self.url}/readyz") as response:
+                        if response.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"chatd {self.role} not ready:\n{self.log_path.read_text()[-3000:]}")
+                await asyncio.sleep(0.1)
+
+    async def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, and the exit code once it is gone."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    async def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise TimeoutError(f"chatd {self.role} did not exit in {timeout}s")
+            await asyncio.sleep(0.05)
+        return int(self.process.returncode)
+
+    def stop_quietly(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

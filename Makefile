@@ -1,0 +1,48 @@
+# chatd: `make run` serves the embedded default on :8080; `make test` installs and starts
+# everything the suite needs (the real MariaDB, Redis, RabbitMQ and Elasticsearch too) and runs it.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | md5sum | cut -c1-12)
+
+.PHONY: install run run-real test test-embedded test-faults services services-stop lint bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/chatd serve --host 127.0.0.1 --port 8080
+
+# The same program on MariaDB, Redis, RabbitMQ and Elasticsearch (after `make services`).
+run-real: install
+	set -a && eval "$$(bash scripts/services.sh env)" && set +a && $(BIN)/chatd migrate && $(BIN)/chatd serve --host 127.0.0.1 --port 8080
+
+services:
+	bash scripts/services.sh up
+
+services-stop:
+	bash scripts/services.sh stop
+
+test: install services
+	$(BIN)/pytest -p no:cacheprovider
+
+test-embedded: install
+	$(BIN)/pytest -p no:cacheprovider -k "not real"
+
+test-faults: install services
+	$(BIN)/pytest -p no:cacheprovider -m faults
+
+lint: install
+	$(BIN)/ruff check chatd tests
+	$(BIN)/ruff format --check chatd tests
+
+bench: install services
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache chatd.db* chatd-search.db* chatd-embedded.db*

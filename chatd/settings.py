@@ -38,6 +38,8 @@ class Settings:
     worker_batch_size: int = 200
     worker_batch_wait_seconds: float = 0.05
     reconcile_interval_seconds: float = 5.0
+    # Message storage pauses while more index jobs than this wait (search index down or slow).
+    max_index_backlog: int = 100_000
     # A job that fails this many deliveries goes to the dead-letter queue.
     max_delivery_attempts: int = 10
     shutdown_timeout_seconds: float = 20.0

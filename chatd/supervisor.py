@@ -57,7 +57,7 @@ class Supervisor:
         tasks = list(self._tasks.values())
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
         for task in pending:
             logger.warning("background loop %s did not stop in %.0fs; cancelling", task.get_name(),
                            self.shutdown_timeout)

@@ -65,7 +65,8 @@ class SqliteQueue:
         while True:
             event = self._event(topic)
             event.clear()
-            deliveries += await self.db.transaction(lambda conn: self._lease(conn, topic, max_batch - len(deliveries)))
+            wanted = max_batch - len(deliveries)
+            deliveries += await self.db.transaction(lambda conn, wanted=wanted: self._lease(conn, topic, wanted))
             remaining = deadline - time.monotonic()
             if len(deliveries) >= max_batch or remaining <= 0:
                 return deliveries

@@ -49,9 +49,16 @@ class BatchConsumer(Generic[Job]):
         """Do the work of a batch and commit it; anything not in the outcome will be acked."""
         raise NotImplementedError
 
+    async def ready_for_more(self) -> bool:
+        """False while downstream is too far behind to take more work (back-pressure)."""
+        return True
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set; the batch in hand is always finished first."""
         while not stopping.is_set():
+            if not await self.ready_for_more():
+                await sleep_unless_stopping(stopping, 0.5)
+                continue
             deliveries = await self.queue.receive(self.topic, self.batch_size, self.batch_wait)
             if deliveries and not await self.process(deliveries):
                 await sleep_unless_stopping(stopping, self._outage_backoff)

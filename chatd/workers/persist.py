@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from chatd import jobs
 from chatd.domain import ChatJob, MessageJob
 from chatd.ports import Delivery, Queue, Store
 from chatd.workers.consumer import BatchConsumer, Outcome
+
+logger = logging.getLogger(__name__)
 
 
 class ChatConsumer(BatchConsumer[ChatJob]):
@@ -37,9 +40,19 @@ class MessageConsumer(BatchConsumer[MessageJob]):
 
     topic = jobs.MESSAGES
 
-    def __init__(self, queue: Queue, store: Store, **options: float):
+    def __init__(self, queue: Queue, store: Store, max_index_backlog: int = 100_000, **options: float):
         super().__init__(queue, **options)  # type: ignore[arg-type]
         self.store = store
+        self.max_index_backlog = max_index_backlog
+
+    async def ready_for_more(self) -> bool:
+        # While the search index is down the index queue grows; past the bound, messages wait
+        # in their own queue instead (stored later, with nothing lost either way).
+        backlog = await self.queue.depth(jobs.INDEX)
+        if backlog > self.max_index_backlog:
+            logger.warning("index backlog %d over %d: pausing message storage", backlog, self.max_index_backlog)
+            return False
+        return True
 
     def decode(self, body: bytes) -> MessageJob:
         return jobs.decode_message(body)

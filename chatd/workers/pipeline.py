@@ -21,7 +21,8 @@ class Pipeline:
         persist = {"batch_size": settings.worker_batch_size, "batch_wait": settings.worker_batch_wait_seconds,
                    "max_attempts": settings.max_delivery_attempts}
         self.chats = ChatConsumer(backends.queue, backends.store, **persist)
-        self.messages = MessageConsumer(backends.queue, backends.store, **persist)
+        self.messages = MessageConsumer(backends.queue, backends.store,
+                                        max_index_backlog=settings.max_index_backlog, **persist)
         self.indexer = Indexer(backends.queue, backends.search, batch_size=settings.index_batch_size,
                                batch_wait=settings.index_batch_wait_seconds,
                                max_attempts=settings.max_delivery_attempts)

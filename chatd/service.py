@@ -8,7 +8,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -33,7 +33,7 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     """Now, truncated to milliseconds so every backend stores and shows the same instant."""
-    moment = datetime.now(timezone.utc)
+    moment = datetime.now(UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from chatd.domain import ChatJob, MessageJob, SearchDocument
 
 T = TypeVar("T")
-WHEN = datetime(2026, 11, 11, 10, 30, 0, 123000, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 11, 10, 30, 0, 123000, tzinfo=UTC)
 
 
 def chat_job(application_id: int, number: int) -> ChatJob:

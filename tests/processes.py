@@ -41,7 +41,7 @@ class ChatdProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     async def start(self, timeout: float = 30.0) -> ChatdProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
+        log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "chatd", "serve"], env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
         log.close()

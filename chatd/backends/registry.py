@@ -36,7 +36,7 @@ def make_backends(settings: Settings) -> Backends:
     queue: Queue
     search: SearchIndex
     if settings.redis_url:
-        from chatd.backends.redis_backends import RedisCache, RedisCounters, RedisLock, RedisConnection
+        from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisCounters, RedisLock
 
         connection = RedisConnection(settings.redis_url, prefix=settings.redis_prefix)
         counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)

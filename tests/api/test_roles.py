@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chatd.app import create_app
 from chatd import keys
+from chatd.app import create_app
 from tests.conftest import Namespace
 from tests.factories import eventually
 

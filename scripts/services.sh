@@ -32,6 +32,14 @@ set -euo pipefail
 # Newest 8.x of the integ-test-zip that Maven Central serves (checked
 # 2026-11-27 from the artifact's maven-metadata: 8.19.21; no 9.x is published
 # under this groupId).  8.x runs on Java 17, which Debian ships.
+# NOTE: the integ-test-zip is Elastic's *minimal* distribution. Its only
+# modules are transport-netty4, x-pack-core, x-pack-security and apm, so it
+# has no `GET /` or `HEAD /` (rest-root: client ping()/info() fail with 405),
+# no _delete_by_query/_update_by_query/_reindex (reindex), no analysis-common
+# (asciifolding, edge_ngram, language analyzers...), no painless scripts and
+# no search_as_you_type (mapper-extras).  Index/get/search/bulk/aggregations
+# (terms, date_histogram...), standard analyzer + lowercase and
+# _cluster/health all work.  Elastic publishes no fuller distribution there.
 ES_VERSION="${CHATD_ES_VERSION:-8.19.21}"
 ES_GAV="org.elasticsearch.distribution.integ-test-zip:elasticsearch:${ES_VERSION}:zip"
 # Pin the plugin version so `mvn` never resolves a different plugin over time.
@@ -43,7 +51,8 @@ if [[ "${ES_VERSION%%.*}" -ge 9 ]]; then ES_JAVA_HOME_DEFAULT="$JAVA25_HOME"; el
 ES_JAVA_HOME="${ES_JAVA_HOME:-$ES_JAVA_HOME_DEFAULT}"
 ES_HEAP="${CHATD_ES_HEAP:-512m}"
 
-APT_PACKAGES=(mariadb-server mariadb-client redis-server redis-tools rabbitmq-server unzip curl iproute2 procps)
+# Besides the servers: jq for the reference curl script, nginx for the gateway config tests.
+APT_PACKAGES=(mariadb-server mariadb-client redis-server redis-tools rabbitmq-server unzip curl jq nginx iproute2 procps util-linux)
 
 SERVICES_DIR="${CHATD_SERVICES_DIR:-/var/lib/chatd-test}"
 WAIT_SECS="${CHATD_SERVICES_WAIT:-120}"
@@ -76,7 +85,8 @@ ES_HOME="$ES_DIR/elasticsearch-$ES_VERSION"   # unpacked distribution (root-owne
 ES_CONF="$ES_DIR/config-$ES_VERSION"           # writable copy of config/ (ES writes its keystore there)
 ES_DATA="$ES_DIR/data"
 ES_LOGS="$ES_DIR/logs"
-ES_PID="$ES_DIR/es.pid"
+ES_RUN="$ES_DIR/run"                           # pid file lives here: must be writable by the ES user
+ES_PID="$ES_RUN/elasticsearch.pid"
 ES_LOG="$ES_LOGS/elasticsearch.log"
 ES_LAUNCH_LOG="$ES_LOGS/launcher.log"
 
@@ -101,22 +111,51 @@ tail_log() {
 # TCP probe without extra tools; a refused connect on loopback fails at once.
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$BIND/$1" 2>/dev/null; }
 
-pid_alive() {  # pid_alive PIDFILE -> true if the pid in it is a live process
+# proc_running PID -> true if PID is a live, non-zombie process.  A server
+# killed with -9 lingers as a zombie until PID 1 reaps it (not instantly on
+# these machines), and `kill -0` still succeeds on a zombie.
+proc_running() {
+  local st
+  [[ "$1" =~ ^[0-9]+$ ]] || return 1
+  st="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [[ -n "$st" && "$st" != Z* ]]
+}
+
+pid_alive() {  # pid_alive PIDFILE -> true if the pid in it is a running process
   local pid
   [[ -s "$1" ]] || return 1
   pid="$(cat "$1" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+  proc_running "$pid"
 }
 
-# wait_until NAME TIMEOUT PIDFILE|"" CHECK-FUNCTION [LOG...]
-# Polls CHECK until it succeeds; bails out early if the pid file is given and
-# its process died (no point waiting the full timeout for a crashed server).
+# Pids of the processes this run launched, by service name (see spawn).
+declare -A LAUNCHED=()
+launched_alive() { [[ -n "${LAUNCHED[$1]:-}" ]] && proc_running "${LAUNCHED[$1]}"; }
+
+# already_up NAME UP-FUNCTION PIDFILE
+# True if the server answers.  If its process exists but does not answer
+# (another invocation is starting it, or it is going down after a stop or a
+# kill), wait for whichever comes first rather than starting a second copy.
+already_up() {
+  local name="$1" up="$2" pidfile="$3" deadline=$((SECONDS + WAIT_SECS))
+  while :; do
+    "$up" && return 0
+    pid_alive "$pidfile" || return 1
+    (( SECONDS < deadline )) \
+      || die "$name: pid $(cat "$pidfile") is running but not answering after ${WAIT_SECS}s; try: $0 stop-one $name"
+    sleep 0.3
+  done
+}
+
+# wait_until NAME TIMEOUT ALIVE-FUNCTION CHECK-FUNCTION [LOG...]
+# Polls CHECK until it succeeds; bails out early once ALIVE says the server
+# process is gone (no point waiting the full timeout for a crashed server).
 wait_until() {
-  local name="$1" timeout="$2" pidfile="$3" check="$4"; shift 4
-  local deadline=$((SECONDS + timeout)) grace=$((SECONDS + 10))
+  local name="$1" timeout="$2" alive="$3" check="$4"; shift 4
+  local deadline=$((SECONDS + timeout))
   until "$check"; do
-    # The pid file may appear a little after launch; only judge it after a grace period.
-    if [[ -n "$pidfile" ]] && (( SECONDS > grace )) && ! pid_alive "$pidfile"; then
+    if ! "$alive"; then
+      "$check" && break   # it may have answered and daemonized in between
       tail_log "$@"
       die "$name: process exited before it answered (see logs above)"
     fi
@@ -135,7 +174,7 @@ wait_gone() {
   pid="$(cat "$pidfile" 2>/dev/null || true)"
   [[ "$pid" =~ ^[0-9]+$ ]] || { rm -f "$pidfile"; return 0; }
   deadline=$((SECONDS + timeout))
-  while kill -0 "$pid" 2>/dev/null; do
+  while proc_running "$pid"; do
     if (( SECONDS >= deadline )); then
       log "$name: still running after ${timeout}s, sending SIGKILL to $pid"
       kill -KILL "$pid" 2>/dev/null || true
@@ -149,10 +188,12 @@ wait_gone() {
 
 # Run a daemon fully detached: own session, no inherited stdio, so callers
 # such as `make` or CI pipes never hang waiting for our children.
-spawn() {  # spawn LOGFILE CMD...
-  local logfile="$1"; shift
+spawn() {  # spawn NAME LOGFILE CMD...   (records the pid in LAUNCHED[NAME])
+  local name="$1" logfile="$2"; shift 2
   # cd / so no daemon keeps the caller's directory (e.g. a CI checkout) busy.
-  (cd / && exec setsid "$@" >>"$logfile" 2>&1 </dev/null) &
+  # 9>&-: don't hand the lock fd (see main) to a daemon, it would hold the lock forever.
+  (cd / && exec setsid "$@" >>"$logfile" 2>&1 </dev/null 9>&-) &
+  LAUNCHED[$name]=$!
   disown 2>/dev/null || true
 }
 
@@ -166,6 +207,9 @@ install_apt() {
   for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
+  # The dev/CI image ships Maven and JDK 17; a bare Debian 12 gets them from apt.
+  command -v mvn >/dev/null || missing+=(maven)
+  if [[ "$ES_JAVA_HOME" == "$JAVA17_HOME" && ! -x "$JAVA17_HOME/bin/java" ]]; then missing+=(openjdk-17-jre-headless); fi
   if ((${#missing[@]} == 0)); then
     log "apt packages already installed"
     return 0
@@ -187,6 +231,9 @@ install_apt() {
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if ((created_policy)); then rm -f "$policy"; trap - EXIT; fi
+  # Anything that ran rabbitmqctl meanwhile (it auto-starts epmd) would have
+  # left epmd listening on 0.0.0.0 and [::]; don't leave that around.
+  epmd_loopback_only
 }
 
 install_es() {
@@ -201,7 +248,9 @@ install_es() {
     tmp="$(mktemp -d "$ES_DIR/.download.XXXXXX")"
     # The local ~/.m2 keeps the zip, so a re-install after wiping
     # $CHATD_SERVICES_DIR does not download again.
-    if ! mvn -B -q "$MVN_DEPENDENCY_PLUGIN:copy" -Dartifact="$ES_GAV" -DoutputDirectory="$tmp" -Dmdep.useBaseVersion=true; then
+    if ! mvn -B -Dstyle.color=never "$MVN_DEPENDENCY_PLUGIN:copy" -Dartifact="$ES_GAV" \
+        -DoutputDirectory="$tmp" -Dmdep.useBaseVersion=true >"$tmp/mvn.log" 2>&1; then
+      tail_log "$tmp/mvn.log"
       rm -rf "$tmp"
       die "maven could not fetch $ES_GAV"
     fi
@@ -227,8 +276,10 @@ cmd_install() {
 # ---------------------------------------------------------------------------
 # MariaDB
 # ---------------------------------------------------------------------------
-mariadb_client() { mariadb --no-defaults --protocol=socket --socket="$MARIADB_SOCK" -uroot "$@"; }
+mariadb_client() { mariadb --no-defaults --protocol=socket --socket="$MARIADB_SOCK" -uroot; }  # SQL on stdin
 mariadb_up() { mariadb-admin --no-defaults --protocol=tcp -h"$BIND" -P"$MARIADB_PORT" -uchatd -pchatd --connect-timeout=2 ping >/dev/null 2>&1; }
+mariadb_any_up() { mariadb_sock_up || port_open "$MARIADB_PORT"; }
+mariadb_alive() { launched_alive mariadb || pid_alive "$MARIADB_PID"; }
 mariadb_sock_up() { mariadb-admin --no-defaults --protocol=socket --socket="$MARIADB_SOCK" -uroot --connect-timeout=2 ping >/dev/null 2>&1; }
 
 mariadb_write_cnf() {
@@ -255,10 +306,10 @@ EOF
 }
 
 mariadb_launch() {
-  if mariadb_sock_up || port_open "$MARIADB_PORT"; then return 0; fi
-  if pid_alive "$MARIADB_PID"; then return 0; fi   # still starting: just wait for it
+  already_up mariadb mariadb_any_up "$MARIADB_PID" && return 0
   mkdir -p "$MARIADB_DIR"
-  chown mysql:mysql "$MARIADB_DIR"
+  touch "$MARIADB_LOG"
+  chown mysql:mysql "$MARIADB_DIR" "$MARIADB_LOG"   # mariadbd reopens its log as mysql
   mariadb_write_cnf
   if [[ ! -d "$MARIADB_DATA/mysql" ]]; then
     log "mariadb: initializing datadir $MARIADB_DATA"
@@ -271,12 +322,12 @@ mariadb_launch() {
   fi
   rm -f "$MARIADB_SOCK"  # a stale socket after SIGKILL would confuse clients
   log "mariadb: starting on $BIND:$MARIADB_PORT"
-  spawn "$MARIADB_LOG" mariadbd --defaults-file="$MARIADB_CNF" --user=mysql \
+  spawn mariadb "$MARIADB_LOG" mariadbd --defaults-file="$MARIADB_CNF" --user=mysql \
     --bind-address="$BIND" --port="$MARIADB_PORT" --socket="$MARIADB_SOCK" --datadir="$MARIADB_DATA"
 }
 
 mariadb_wait() {
-  wait_until mariadb "$WAIT_SECS" "$MARIADB_PID" mariadb_sock_up "$MARIADB_LOG"
+  wait_until mariadb "$WAIT_SECS" mariadb_alive mariadb_sock_up "$MARIADB_LOG"
   # Idempotent: (re)create the test account every start. The suite creates a
   # fresh database per run, hence ALL on *.* WITH GRANT OPTION.
   mariadb_client <<'SQL'
@@ -288,7 +339,7 @@ GRANT ALL PRIVILEGES ON *.* TO 'chatd'@'127.0.0.1' WITH GRANT OPTION;
 GRANT ALL PRIVILEGES ON *.* TO 'chatd'@'localhost' WITH GRANT OPTION;
 CREATE DATABASE IF NOT EXISTS chatd;
 SQL
-  wait_until mariadb 10 "" mariadb_up "$MARIADB_LOG"
+  wait_until mariadb 10 mariadb_alive mariadb_up "$MARIADB_LOG"
   log "mariadb: up"
 }
 
@@ -305,21 +356,23 @@ mariadb_stop() {
 # ---------------------------------------------------------------------------
 # Redis
 # ---------------------------------------------------------------------------
+# redis daemonizes itself and writes its pid file right away.
+redis_alive() { pid_alive "$REDIS_PID"; }
 redis_up() { [[ "$(redis-cli -h "$BIND" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
 
 redis_launch() {
-  if redis_up || pid_alive "$REDIS_PID"; then return 0; fi
+  already_up redis redis_up "$REDIS_PID" && return 0
   mkdir -p "$REDIS_DIR"
   chown redis:redis "$REDIS_DIR"
   log "redis: starting on $BIND:$REDIS_PORT"
   # Pure cache for tests: no RDB snapshots, no AOF.  Runs as the redis user.
   runuser -u redis -- redis-server --daemonize yes --bind "$BIND" --port "$REDIS_PORT" \
     --save '' --appendonly no --dir "$REDIS_DIR" --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
-    </dev/null >/dev/null 2>&1 || { tail_log "$REDIS_LOG"; die "redis-server failed to start"; }
+    </dev/null >/dev/null 2>&1 9>&- || { tail_log "$REDIS_LOG"; die "redis-server failed to start"; }
 }
 
 redis_wait() {
-  wait_until redis "$WAIT_SECS" "$REDIS_PID" redis_up "$REDIS_LOG"
+  wait_until redis "$WAIT_SECS" redis_alive redis_up "$REDIS_LOG"
   log "redis: up"
 }
 
@@ -361,25 +414,46 @@ rabbit_env() {
   export RABBITMQ_CONF_ENV_FILE="$RABBIT_DIR/rabbitmq-env.conf"
 }
 
+# Any rabbitmqctl/rabbitmq-plugins call (e.g. a plain `rabbitmqctl status`
+# by hand while RabbitMQ is down) auto-starts epmd on ALL interfaces if none
+# is running. Replace such an epmd;
+# `epmd -kill` refuses while nodes are registered, so a live node is safe.
+epmd_loopback_only() {
+  local addrs
+  addrs="$(ss -ltnH 'sport = :4369' 2>/dev/null | awk '{print $4}')"
+  [[ -n "$addrs" ]] || return 0
+  # epmd always adds [::1] next to the address it is given: that is loopback too.
+  if grep -qvE "^($BIND|\[::1\]):" <<<"$addrs"; then
+    log "epmd: listening on a non-loopback address, restarting it on $BIND"
+    if epmd -kill >/dev/null 2>&1; then
+      local _; for _ in $(seq 50); do ss -ltnH 'sport = :4369' | grep -q . || break; sleep 0.1; done
+    else
+      log "epmd: could not stop it (nodes still registered?) - leaving it"
+    fi
+  fi
+}
+
+rabbit_alive() { launched_alive rabbitmq || pid_alive "$RABBIT_PID"; }
 rabbit_up() { port_open "$RABBIT_PORT"; }
 
 rabbit_launch() {
-  if rabbit_up || pid_alive "$RABBIT_PID"; then return 0; fi
+  already_up rabbitmq rabbit_up "$RABBIT_PID" && return 0
   mkdir -p "$RABBIT_DIR/log" "$RABBIT_DIR/mnesia"
   [[ -f "$RABBIT_DIR/enabled_plugins" ]] || echo '[].' >"$RABBIT_DIR/enabled_plugins"  # no management UI needed
   : >"$RABBIT_DIR/rabbitmq-env.conf"
   chown -R rabbitmq:rabbitmq "$RABBIT_DIR"
   rabbit_env
   # epmd must be listening on loopback before the node registers; start it
-  # explicitly so it never inherits a wildcard address from anything else.
-  "${AS_RABBIT[@]}" epmd -address "$BIND" -daemon
+  # explicitly (no-op if ours is already running).
+  epmd_loopback_only
+  "${AS_RABBIT[@]}" epmd -address "$BIND" -daemon 9>&-
   log "rabbitmq: starting on $BIND:$RABBIT_PORT (node $RABBIT_NODE)"
-  spawn "$RABBIT_LOG" "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmq-server"
+  spawn rabbitmq "$RABBIT_LOG" "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmq-server"
 }
 
 rabbit_wait() {
   rabbit_env
-  wait_until rabbitmq "$WAIT_SECS" "$RABBIT_PID" rabbit_up "$RABBIT_LOG" "$RABBIT_DIR/log/$RABBIT_NODE.log"
+  wait_until rabbitmq "$WAIT_SECS" rabbit_alive rabbit_up "$RABBIT_LOG" "$RABBIT_DIR/log/$RABBIT_NODE.log"
   log "rabbitmq: up"
 }
 
@@ -397,15 +471,18 @@ rabbit_stop() {
 # ---------------------------------------------------------------------------
 # Elasticsearch
 # ---------------------------------------------------------------------------
+# With -d the launcher (our spawned pid) exits once the node is up, and the
+# node's own pid file appears only then: alive = either of them.
+es_alive() { launched_alive elasticsearch || pid_alive "$ES_PID"; }
 es_up() { curl -fsS -m 3 "http://$BIND:$ES_PORT/_cluster/health?wait_for_status=yellow&timeout=2s" >/dev/null 2>&1; }
 
 es_launch() {
-  if es_up || pid_alive "$ES_PID"; then return 0; fi
+  already_up elasticsearch es_up "$ES_PID" && return 0
   [[ -x "$ES_HOME/bin/elasticsearch" ]] || die "elasticsearch $ES_VERSION not installed; run: $0 install"
   id -u elasticsearch >/dev/null 2>&1 || die "no elasticsearch user; run: $0 install"
-  mkdir -p "$ES_DATA" "$ES_LOGS" "$ES_DIR/tmp"
+  mkdir -p "$ES_DATA" "$ES_LOGS" "$ES_RUN" "$ES_DIR/tmp"
   [[ -d "$ES_CONF" ]] || cp -a "$ES_HOME/config" "$ES_CONF"
-  chown -R elasticsearch:elasticsearch "$ES_DATA" "$ES_LOGS" "$ES_DIR/tmp" "$ES_CONF"
+  chown -R elasticsearch:elasticsearch "$ES_DATA" "$ES_LOGS" "$ES_RUN" "$ES_DIR/tmp" "$ES_CONF"
   local settings=(
     -E discovery.type=single-node
     -E network.host="$BIND"
@@ -418,23 +495,23 @@ es_launch() {
     # Let tests clean up with wildcard deletes (DELETE /chatd-test-*).
     -E action.destructive_requires_name=false
   )
-  # The integ-test-zip ships without x-pack; these settings only exist when
-  # the matching module is there (an unknown setting aborts startup).
+  # These settings only exist when the matching module is shipped (an unknown
+  # setting aborts startup).  The 8.x integ-test-zip has x-pack-security, and
+  # security is on by default there: turn it off for plain http, no auth.
   if [[ -d "$ES_HOME/modules/x-pack-security" ]]; then settings+=(-E xpack.security.enabled=false); fi
   # No network here: don't try to download GeoIP databases.
   if [[ -d "$ES_HOME/modules/ingest-geoip" ]]; then settings+=(-E ingest.geoip.downloader.enabled=false); fi
   log "elasticsearch: starting $ES_VERSION on $BIND:$ES_PORT (java: $ES_JAVA_HOME, heap $ES_HEAP)"
   rm -f "$ES_PID"
   # -d: daemonize once the node is up; -p: pid file we use for stop/status.
-  spawn "$ES_LAUNCH_LOG" runuser -u elasticsearch -- env \
+  spawn elasticsearch "$ES_LAUNCH_LOG" runuser -u elasticsearch -- env \
     ES_JAVA_HOME="$ES_JAVA_HOME" ES_PATH_CONF="$ES_CONF" ES_TMPDIR="$ES_DIR/tmp" \
-    ES_JAVA_OPTS="-Xms$ES_HEAP -Xmx$ES_HEAP" \
+    ES_JAVA_OPTS="-Xms$ES_HEAP -Xmx$ES_HEAP -Djava.net.preferIPv4Stack=true" \
     "$ES_HOME/bin/elasticsearch" -d -p "$ES_PID" "${settings[@]}"
 }
 
 es_wait() {
-  # No pid-file early exit here: with -d the pid file only appears late.
-  wait_until elasticsearch "$WAIT_SECS" "" es_up "$ES_LAUNCH_LOG" "$ES_LOG"
+  wait_until elasticsearch "$WAIT_SECS" es_alive es_up "$ES_LOG" "$ES_LAUNCH_LOG"
   log "elasticsearch: up"
 }
 
@@ -449,6 +526,14 @@ es_stop() {
 # ---------------------------------------------------------------------------
 # Dispatch helpers
 # ---------------------------------------------------------------------------
+# Checked up front: a `die` inside $(fn_prefix ...) would only leave the subshell.
+check_name() {
+  case "${1:-}" in
+    mariadb|redis|rabbitmq|elasticsearch) ;;
+    *) die "unknown server '${1:-}' (want one of: ${SERVICES[*]})" ;;
+  esac
+}
+
 fn_prefix() {
   case "$1" in
     mariadb) echo mariadb ;;
@@ -500,9 +585,23 @@ EOF
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit "${1:-2}"; }
 
+# Serialize commands that change state: two overlapping `start`s (parallel
+# make, a test's restart racing `make services`) must not launch a server twice.
+take_lock() {
+  mkdir -p "$SERVICES_DIR"
+  exec 9>"$SERVICES_DIR/.lock"
+  flock -w 600 9 || die "another services.sh is still running (lock $SERVICES_DIR/.lock)"
+}
+
 main() {
   local cmd="${1:-}"
   shift || true
+  case "$cmd" in
+    start-one|stop-one|restart-one) [[ $# -eq 1 ]] || usage; check_name "$1" ;;
+  esac
+  case "$cmd" in
+    install|start|stop|restart|up|start-one|stop-one|restart-one) need_root; take_lock ;;
+  esac
   case "$cmd" in
     install) cmd_install ;;
     start) cmd_start "${SERVICES[@]}" ;;
@@ -513,9 +612,9 @@ main() {
     status) cmd_status ;;
     env) cmd_env ;;
     up) cmd_install; cmd_start "${SERVICES[@]}" ;;
-    start-one) [[ $# -eq 1 ]] || usage; cmd_start "$1" ;;
-    stop-one) [[ $# -eq 1 ]] || usage; cmd_stop "$1" ;;
-    restart-one) [[ $# -eq 1 ]] || usage; cmd_stop "$1"; cmd_start "$1" ;;
+    start-one) cmd_start "$1" ;;
+    stop-one) cmd_stop "$1" ;;
+    restart-one) cmd_stop "$1"; cmd_start "$1" ;;
     -h|--help|help) usage 0 ;;
     *) usage ;;
   esac

@@ -94,20 +94,27 @@ class Namespace:
         return backends
 
     async def cleanup(self) -> None:
-        for backends in self._opened:
-            await close_all(backends)
-        if self.backend_set == "real":
-            settings = real_settings(self.name)
-            backends = make_backends(settings)
-            await open_all(backends)
-            try:
-                for backend in backends.all():
-                    destroy = getattr(backend, "destroy", None)
-                    if destroy is not None and backend is not backends.store:
-                        await destroy()
-            finally:
+        try:
+            for backends in self._opened:
                 await close_all(backends)
-            await drop_mysql_database(self.name)
+            if self.backend_set == "real":
+                await self._destroy_namespace()
+        finally:
+            if self._created_database:
+                await drop_mysql_database(self.name)
+
+    async def _destroy_namespace(self) -> None:
+        """Remove this test's keys, queues and index from the shared servers."""
+        backends = make_backends(real_settings(self.name))
+        for backend in backends.all():
+            destroy = getattr(backend, "destroy", None)
+            if destroy is None or backend is backends.store:
+                continue
+            await backend.open()
+            try:
+                await destroy()
+            finally:
+                await backend.close()
 
 
 @pytest.fixture(params=BACKEND_SETS)

@@ -1,0 +1,280 @@
+"""Message search on Elasticsearch, through the official async client (8.x).
+
+Words are cut and lower-cased in Python with ``chatd.searching.words``, the function the
+embedded index uses, and indexed as a whitespace-separated ``words`` field. Elasticsearch's
+standard analyzer would disagree with it on ordinary chat text ("let's", "example.com",
+"3.14" stay one token; Chinese is cut into single characters), and the analyzers that
+could mimic it (``pattern`` tokenizer, ``pattern_replace``) live in the analysis-common
+module, which a core-only server lacks. The query then uses term-level ``prefix`` and
+``fuzzy`` queries, which compare whole words exactly as ``chatd.searching.word_matches``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, SerializationError, TransportError
+
+from chatd.domain import SearchDocument, SearchHit, SearchResult
+from chatd.errors import BackendUnavailable, BadRequest
+from chatd.jobs import format_time, parse_time
+from chatd.searching import allowed_edits, query_words, words
+
+logger = logging.getLogger(__name__)
+
+# Prefixes this long are indexed as terms of their own, so most prefix queries are one term lookup.
+PREFIX_CHARS = (1, 10)
+# Statuses that say "not now" rather than "never": the request or document may be retried.
+_RETRYABLE = frozenset({408, 429})
+# A write block (flood-stage disk watermark, an operator's maintenance block) is lifted in time.
+_RETRYABLE_ITEM_ERRORS = frozenset({"cluster_block_exception"})
+_HIT_FIELDS = ["message_number", "content", "created_at"]
+
+
+def _retryable(status: int) -> bool:
+    return status in _RETRYABLE or status >= 500
+
+
+@contextmanager
+def _outage(action: str) -> Iterator[None]:
+    """Turn "the server cannot answer" into BackendUnavailable; let data errors through."""
+    try:
+        yield
+    except SerializationError:
+        raise
+    except TransportError as exc:  # connection refused or lost, timeout, TLS
+        raise BackendUnavailable(f"elasticsearch {action}: {exc}") from exc
+    except ApiError as exc:
+        if _retryable(exc.meta.status):
+            raise BackendUnavailable(f"elasticsearch {action}: HTTP {exc.meta.status} {exc.message}") from exc
+        raise
+
+
+class SearchRejected(Exception):
+    """Elasticsearch refused documents for a reason that retrying will not fix (a mapping error).
+
+    Raised rather than returned: the indexer then retries the batch job by job, and the job that
+    keeps failing reaches the dead-letter queue after ``max_attempts`` deliveries, where an
+    operator can see it. Returned documents are retried without an attempt limit.
+    """
+
+    def __init__(self, reasons: dict[str, str]):
+        super().__init__(f"{len(reasons)} documents rejected: {reasons}")
+        self.reasons = reasons
+
+
+class ElasticsearchIndex:
+    """Messages in one Elasticsearch index, routed by chat so a search reads a single shard.
+
+    ``shards`` and ``replicas`` apply when ``open()`` creates the index. The defaults suit a
+    production cluster: 3 primaries leave room to grow and to spread chats over nodes;
+    ``replicas=None`` means ``auto_expand_replicas: 0-1``, one copy of every shard once a
+    second node exists, and a green single-node (development) cluster meanwhile. Pass a
+    number to pin the replica count. Searches cannot page past ``max_result_window`` hits
+    (Elasticsearch's from/size limit): deeper pages raise BadRequest.
+    """
+
+    name = "elasticsearch"
+
+    def __init__(self, url: str, index: str = "messages", *, shards: int = 3, replicas: int | None = None,
+                 max_result_window: int = 10_000, request_timeout: float = 10.0, ping_timeout: float = 2.0,
+                 max_retries: int = 2):
+        self.url = url
+        self.index_name = index
+        self.shards = shards
+        self.replicas = replicas
+        self.max_result_window = max_result_window
+        self.request_timeout = request_timeout
+        self.ping_timeout = ping_timeout
+        self.max_retries = max_retries
+        self._client: AsyncElasticsearch | None = None
+
+    @property
+    def client(self) -> AsyncElasticsearch:
+        if self._client is None:
+            raise RuntimeError("ElasticsearchIndex is not open")
+        return self._client
+
+    async def open(self) -> None:
+        # Created here, not in __init__: the client's HTTP session belongs to the running loop.
+        # A timeout is reported, not repeated: the request may be slow rather than lost, and
+        # the caller (a client, the indexer) retries anyway; so a request waits one timeout at most.
+        self._client = AsyncElasticsearch(self.url, request_timeout=self.request_timeout,
+                                          max_retries=self.max_retries, retry_on_timeout=False)
+        try:
+            await self._create_index()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _create_index(self) -> None:
+        with _outage("create index"):
+            try:
+                await self.client.indices.create(index=self.index_name, settings=self._settings(),
+                                                 mappings=_MAPPINGS)
+            except BadRequestError as exc:
+                # Another process (or an earlier run) created it first: same mapping, nothing to do.
+                if exc.error != "resource_already_exists_exception":
+                    raise
+
+    def _settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"number_of_shards": self.shards, "max_result_window": self.max_result_window}
+        if self.replicas is None:
+            settings["auto_expand_replicas"] = "0-1"
+        else:
+            settings["number_of_replicas"] = self.replicas
+        return settings
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def ping(self) -> None:
+        # The server gives up (status red, 408) before the client does: a missing index
+        # reads as "red", not as a timeout.
+        with _outage("ping"):
+            health = await self.client.options(request_timeout=self.ping_timeout).cluster.health(
+                index=self.index_name, timeout=f"{int(self.ping_timeout * 500)}ms")
+        if health["status"] == "red":
+            raise BackendUnavailable(f"elasticsearch index {self.index_name} is red")
+
+    async def destroy(self) -> None:
+        """Delete the index and everything in it."""
+        with _outage("delete index"):
+            await self.client.options(ignore_status=404).indices.delete(index=self.index_name)
+
+    async def refresh(self) -> None:
+        with _outage("refresh"):
+            await self.client.indices.refresh(index=self.index_name)
+
+    async def index(self, documents: Sequence[SearchDocument]) -> list[SearchDocument]:
+        """Bulk-write ``documents``; a stored revision is only ever replaced by one at least as new.
+
+        Returns the documents that failed for a passing reason (overload, a shard not ready).
+        Raises BackendUnavailable if all of them did, and SearchRejected for documents that
+        can never be stored.
+        """
+        if not documents:
+            return []
+        operations: list[dict[str, Any]] = []
+        for doc in documents:
+            operations.append({"index": {"_index": self.index_name, "_id": doc.doc_id, "routing": doc.routing,
+                                         "version": doc.revision, "version_type": "external_gte"}})
+            operations.append(_source(doc))
+        with _outage("bulk index"):
+            response = await self.client.bulk(operations=operations)
+        if not response["errors"]:
+            return []
+        return self._failures(documents, response["items"])
+
+    def _failures(self, documents: Sequence[SearchDocument], items: list[dict[str, Any]]) -> list[SearchDocument]:
+        retry: list[SearchDocument] = []
+        rejected: dict[str, str] = {}
+        for doc, item in zip(documents, items, strict=True):
+            result = item["index"]
+            status = result["status"]
+            if status < 300 or status == 409:
+                continue  # 409: a newer revision is indexed already (external_gte), which is success
+            error_type = result["error"].get("type")
+            reason = f"{status} {error_type}: {result['error'].get('reason')}"
+            if _retryable(status) or error_type in _RETRYABLE_ITEM_ERRORS:
+                retry.append(doc)
+            else:
+                rejected[doc.doc_id] = reason
+                logger.error("elasticsearch refused document %s: %s", doc.doc_id, reason)
+        if rejected:
+            raise SearchRejected(rejected)
+        if len(retry) == len(documents):
+            raise BackendUnavailable(f"elasticsearch refused all {len(documents)} documents, e.g. "
+                                     f"{items[0]['index'].get('error')}")
+        logger.warning("elasticsearch: %d of %d documents to retry", len(retry), len(documents))
+        return retry
+
+    async def search(self, application_id: int, chat_number: int, query: str, page: int,
+                     per_page: int) -> SearchResult:
+        wanted = query_words(query)
+        if not wanted:
+            return SearchResult(0, [])
+        routing = f"{application_id}:{chat_number}"
+        criteria = _query(application_id, chat_number, wanted)
+        start, size = (page - 1) * per_page, per_page
+        if start + size > self.max_result_window:
+            # Elasticsearch refuses windows past max_result_window; the page may still be reachable
+            # (a short last page) or be past the end (empty, as in every backend).
+            total = (await self._search(routing, criteria, 0, 0)).total
+            if start >= total:
+                return SearchResult(total, [])
+            if min(start + size, total) > self.max_result_window:
+                raise BadRequest(f"page too deep: search results stop after the first {self.max_result_window}"
+                                 " matches; narrow the query", code="page_too_deep")
+            size = total - start
+        return await self._search(routing, criteria, start, size)
+
+    async def _search(self, routing: str, criteria: dict[str, Any], start: int, size: int) -> SearchResult:
+        with _outage("search"):
+            response = await self.client.search(
+                index=self.index_name, routing=routing, query=criteria, sort=[{"message_number": "asc"}],
+                from_=start, size=size, track_total_hits=True, source_includes=_HIT_FIELDS,
+                # A total from some shards only would be a wrong answer: fail instead.
+                allow_partial_search_results=False)
+        hits = [SearchHit(hit["_source"]["message_number"], hit["_source"]["content"],
+                          parse_time(hit["_source"]["created_at"])) for hit in response["hits"]["hits"]]
+        return SearchResult(response["hits"]["total"]["value"], hits)
+
+
+_MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    # ``words`` is derived from ``content``; keeping it out of _source halves what is stored.
+    "_source": {"excludes": ["words"]},
+    "properties": {
+        "application_id": {"type": "long"},
+        "chat_number": {"type": "integer"},
+        "message_number": {"type": "long"},
+        # Returned with hits, never searched: ``words`` is what queries read.
+        "content": {"type": "text", "index": False},
+        # Lower-cased words joined by spaces; only term-level queries read them, so neither
+        # frequencies, positions nor norms are needed.
+        "words": {"type": "text", "analyzer": "whitespace", "index_options": "docs", "norms": False,
+                  "index_prefixes": {"min_chars": PREFIX_CHARS[0], "max_chars": PREFIX_CHARS[1]}},
+        "created_at": {"type": "date"},
+        "revision": {"type": "long"},
+    },
+}
+
+
+def _source(doc: SearchDocument) -> dict[str, Any]:
+    return {
+        "application_id": doc.application_id,
+        "chat_number": doc.chat_number,
+        "message_number": doc.message_number,
+        "content": doc.content,
+        # Each distinct word once: only whether a message has a word matters.
+        "words": " ".join(dict.fromkeys(words(doc.content))),
+        "created_at": format_time(doc.created_at),
+        "revision": doc.revision,
+    }
+
+
+def _word_query(word: str) -> dict[str, Any]:
+    """``word`` as a prefix of a message word, or within ``allowed_edits`` of one."""
+    clauses: list[dict[str, Any]] = [{"prefix": {"words": {"value": word}}}]
+    edits = allowed_edits(word)
+    if edits:
+        # constant_score reads every matching term; the default rewrite keeps only the best
+        # 50 (max_expansions) of the whole shard, which may all belong to other chats.
+        clauses.append({"fuzzy": {"words": {"value": word, "fuzziness": edits, "transpositions": True,
+                                            "prefix_length": 0, "rewrite": "constant_score"}}})
+    return {"bool": {"should": clauses, "minimum_should_match": 1}}
+
+
+def _query(application_id: int, chat_number: int, wanted: list[str]) -> dict[str, Any]:
+    # Filter context throughout: hits are ordered by number, so scores would be wasted work.
+    return {"bool": {"filter": [
+        {"term": {"application_id": application_id}},
+        {"term": {"chat_number": chat_number}},
+        *(_word_query(word) for word in wanted),
+    ]}}

@@ -50,6 +50,9 @@ class Settings:
     redis_prefix: str = "chatd:"
     amqp_prefix: str = "chatd"
     elasticsearch_index: str = "messages"
+    # Applied when chatd creates the index; unset replicas means auto-expand 0-1.
+    elasticsearch_shards: int = 3
+    elasticsearch_replicas: int | None = None
     log_level: str = "INFO"
 
     def replace(self, **changes: Any) -> Settings:

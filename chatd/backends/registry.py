@@ -52,7 +52,8 @@ def make_backends(settings: Settings) -> Backends:
     if settings.elasticsearch_url:
         from chatd.backends.elasticsearch_search import ElasticsearchIndex
 
-        search = ElasticsearchIndex(settings.elasticsearch_url, index=settings.elasticsearch_index)
+        search = ElasticsearchIndex(settings.elasticsearch_url, index=settings.elasticsearch_index,
+                                    shards=settings.elasticsearch_shards, replicas=settings.elasticsearch_replicas)
     else:
         search = SqliteSearchIndex(settings.search_path)
     return Backends(make_store(settings), counters, cache, queue, search, lock)

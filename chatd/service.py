@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -110,14 +111,11 @@ class ChatService:
 
     async def create_chat(self, token: str, idempotency_key: str | None = None) -> int:
         app = await self.application(token)
-        scope = NumberScope(app.id)
 
-        async def allocate() -> int:
-            number = await self._next_number(scope)
-            await self.queue.publish(jobs.CHATS, [jobs.encode_chat(ChatJob(app.id, number, self.clock()))])
-            return number
+        async def make_job(number: int) -> bytes:
+            return jobs.encode_chat(ChatJob(app.id, number, self.clock()))
 
-        return await self._once(f"{scope.key}:{idempotency_key}" if idempotency_key else None, allocate)
+        return await self._accept(NumberScope(app.id), jobs.CHATS, make_job, idempotency_key)
 
     async def chat(self, token: str, number: int) -> Chat:
         app = await self.application(token)
@@ -138,15 +136,11 @@ class ChatService:
                              idempotency_key: str | None = None) -> int:
         app = await self.application(token)
         await self._require_chat(app, chat_number)
-        scope = NumberScope(app.id, chat_number)
 
-        async def allocate() -> int:
-            number = await self._next_number(scope)
-            job = MessageJob(app.id, chat_number, number, content, self.clock())
-            await self.queue.publish(jobs.MESSAGES, [jobs.encode_message(job)])
-            return number
+        async def make_job(number: int) -> bytes:
+            return jobs.encode_message(MessageJob(app.id, chat_number, number, content, self.clock()))
 
-        return await self._once(f"{scope.key}:{idempotency_key}" if idempotency_key else None, allocate)
+        return await self._accept(NumberScope(app.id, chat_number), jobs.MESSAGES, make_job, idempotency_key)
 
     async def message(self, token: str, chat_number: int, number: int) -> Message:
         app = await self.application(token)
@@ -218,27 +212,48 @@ class ChatService:
         if not await self._was_handed_out(NumberScope(app.id), chat_number):
             raise NotFound(f"chat {chat_number} does not exist", code="chat_not_found")
 
-    async def _once(self, key: str | None, allocate: Callable[[], Awaitable[int]]) -> int:
-        """Run ``allocate`` once per idempotency key; a retry gets the first call's number."""
-        if key is None:
-            return await allocate()
-        cache_key = f"idem:{key}"
-        if await self.cache.add(cache_key, b"", self.idempotency_ttl):
-            try:
-                number = await allocate()
-            except BaseException:
-                await self.cache.delete(cache_key)
-                raise
-            await self.cache.set(cache_key, str(number).encode(), self.idempotency_ttl)
+    async def _accept(self, scope: NumberScope, topic: str, make_job: Callable[[int], Awaitable[bytes]],
+                      idempotency_key: str | None) -> int:
+        """Take a number, queue the job durably, and return the number.
+
+        With an idempotency key, the job is recorded under the key before it is published,
+        and a retry publishes the recorded job again (workers store it once) and returns its
+        number: whatever point the first attempt died at, the client's number ends up stored.
+        """
+        if idempotency_key is None:
+            number = await self._next_number(scope)
+            await self.queue.publish(topic, [await make_job(number)])
             return number
-        for _ in range(50):
-            value = await self.cache.get(cache_key)
-            if value:
-                return int(value)
-            if value is None:  # the first request failed and released the key: take over
-                return await self._once(key, allocate)
-            await asyncio.sleep(0.1)
-        raise Conflict("a request with this Idempotency-Key is still in progress", code="idempotency_in_progress")
+        key = f"idem:{scope.key}:{idempotency_key}"
+        recorded = await self._recorded_job(key)
+        if recorded is None:
+            number = await self._next_number(scope)
+            recorded = orjson.dumps({"number": number, "job": (await make_job(number)).decode()})
+            await self.cache.set(key, recorded, self.idempotency_ttl)
+        data = orjson.loads(recorded)
+        await self.queue.publish(topic, [data["job"].encode()])
+        return int(data["number"])
+
+    async def _recorded_job(self, key: str) -> bytes | None:
+        """The job recorded under ``key``; None once this request has claimed the key.
+
+        A claim that its request never completed expires after ``_CLAIM_SECONDS``.
+        """
+        deadline = time.monotonic() + _CLAIM_SECONDS
+        while True:
+            if await self.cache.add(key, _CLAIMED, _CLAIM_SECONDS):
+                return None
+            value = await self.cache.get(key)
+            if value not in (None, _CLAIMED):
+                return value
+            if time.monotonic() > deadline:
+                raise Conflict("a request with this Idempotency-Key is still in progress",
+                               code="idempotency_in_progress")
+            await asyncio.sleep(0.05)
+
+
+_CLAIMED = b"claimed"
+_CLAIM_SECONDS = 10.0
 
 
 def _application_to_cache(app: Application) -> bytes:

@@ -1,0 +1,286 @@
+"""Counters, cache and lock on Redis (redis.asyncio), sharing one client per process.
+
+Every key lives under the connection's prefix and a per-port namespace
+(``<prefix>counter:``, ``<prefix>cache:``, ``<prefix>lock:``), so several deployments or
+test runs can share a server and ``destroy()`` can remove exactly what one of them made.
+
+The read-modify-write operations are Lua scripts, so each is atomic on the server and
+costs one round trip. redis-py sends them with EVALSHA and falls back to loading them
+again when the server answers NOSCRIPT (after SCRIPT FLUSH or a restart).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chatd.errors import BackendUnavailable
+
+T = TypeVar("T")
+
+# Errors that mean "the server cannot be reached right now", not "this request is wrong".
+# OSError covers socket errors redis-py lets through and asyncio's TimeoutError.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+
+# Client defaults; options in the URL's query string (``?socket_timeout=1``) override them.
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 3.0,
+    # PING a pooled connection idle this long before using it, so one that died while idle
+    # (server restart, NAT timeout) is replaced instead of failing a request.
+    "health_check_interval": 30,
+    # Bounded pool: a burst of requests waits for a free connection for up to ``timeout``
+    # seconds instead of opening a socket each.
+    "max_connections": 64,
+    "timeout": 2.0,
+}
+_RETRIES = 2
+_DESTROY_BATCH = 500
+
+
+def _make_client(url: str) -> aioredis.Redis:
+    # Retry connection errors only (a stale pooled socket, a server restarting): retrying
+    # a timeout would resend a command the server may have run, against a server already
+    # too slow. Jittered backoff, capped, so a dead server fails a request within ~0.5 s.
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), _RETRIES,
+                  supported_errors=(RedisConnectionError,))
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, **{**_CLIENT_DEFAULTS, "retry": retry, "decode_responses": False, "client_name": "chatd"})
+    return aioredis.Redis.from_pool(pool)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def _milliseconds(seconds: float) -> int:
+    # PX rejects 0; a positive TTL under a millisecond still means "expire almost at once".
+    return max(1, math.ceil(seconds * 1000))
+
+
+class RedisConnection:
+    """One redis.asyncio client, shared by the Redis adapters of a process.
+
+    The registry opens and closes each adapter separately: the client is created by the
+    first ``open()`` and closed by the last ``close()``. Connections are made on demand,
+    so opening succeeds while Redis is down; requests then fail with BackendUnavailable
+    and ``/readyz`` reports it until Redis is back.
+    """
+
+    def __init__(self, url: str, prefix: str = "chatd:"):
+        if not prefix:
+            raise ValueError("a Redis key prefix is required (destroy() deletes everything under it)")
+        self.url = url
+        self.prefix = prefix
+        self._client: aioredis.Redis | None = None
+        self._users = 0
+        self._scripts: dict[str, AsyncScript] = {}
+
+    async def open(self) -> None:
+        if self._client is None:
+            self._client = _make_client(self.url)
+        self._users += 1
+
+    async def close(self) -> None:
+        if self._users == 0:
+            return
+        self._users -= 1
+        if self._users == 0 and self._client is not None:
+            client, self._client = self._client, None
+            self._scripts.clear()
+            await client.aclose()
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("RedisConnection is not open")
+        return self._client
+
+    def key(self, namespace: str, key: str) -> str:
+        return f"{self.prefix}{namespace}{key}"
+
+    def script(self, source: str) -> AsyncScript:
+        """The script registered on the current client (registering is local: no round trip)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.client.register_script(source)
+        return script
+
+    async def run(self, command: Awaitable[T]) -> T:
+        """Await a client call, reporting an unreachable server as BackendUnavailable."""
+        try:
+            return await command
+        except _UNAVAILABLE as exc:
+            raise BackendUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self.run(self.client.ping())
+
+    async def destroy(self, namespace: str = "") -> None:
+        """Delete every key under the prefix (and ``namespace``), in batches; works closed too."""
+        pattern = _glob_escape(self.prefix + namespace) + "*"
+        async with self._maintenance_client() as client:
+            await self.run(self._delete_matching(client, pattern))
+
+    @staticmethod
+    async def _delete_matching(client: aioredis.Redis, pattern: str) -> None:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=pattern, count=_DESTROY_BATCH):
+            batch.append(key)
+            if len(batch) >= _DESTROY_BATCH:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+
+    @asynccontextmanager
+    async def _maintenance_client(self) -> AsyncIterator[aioredis.Redis]:
+        # Tests tear down after the app closed its backends: borrow a client if none is open.
+        if self._client is not None:
+            yield self._client
+            return
+        client = _make_client(self.url)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+class _RedisPort:
+    """Lifecycle shared by the three ports: each holds one reference to the connection."""
+
+    name = "redis"
+    namespace = ""
+
+    def __init__(self, connection: RedisConnection):
+        self.connection = connection
+        self._opened = False
+
+    async def open(self) -> None:
+        if not self._opened:
+            await self.connection.open()
+            self._opened = True
+
+    async def close(self) -> None:
+        # Idempotent, so a second close() cannot release another port's reference.
+        if self._opened:
+            self._opened = False
+            await self.connection.close()
+
+    async def ping(self) -> None:
+        await self.connection.ping()
+
+    async def destroy(self) -> None:
+        """Delete every key this port made under the connection's prefix."""
+        await self.connection.destroy(self.namespace)
+
+    def _key(self, key: str) -> str:
+        return self.connection.key(self.namespace, key)
+
+
+# Increment only a counter that exists: a missing one must be seeded from the store first
+# (after a FLUSHDB or a restart without persistence), which INCR alone would hide.
+_INCREMENT_EXISTING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return redis.call('INCR', KEYS[1])
+end
+return false
+"""
+
+_RAISE_TO = """
+local current = redis.call('GET', KEYS[1])
+if current == false or tonumber(current) < tonumber(ARGV[1]) then
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+class RedisCounters(_RedisPort):
+    """Counters as plain integer keys with no expiry; INCR is atomic across processes."""
+
+    name = "redis-counters"
+    namespace = "counter:"
+
+    async def increment(self, key: str) -> int | None:
+        value = await self.connection.run(self.connection.script(_INCREMENT_EXISTING)(keys=[self._key(key)]))
+        return None if value is None else int(value)
+
+    async def current(self, key: str) -> int | None:
+        value = await self.connection.run(self.connection.client.get(self._key(key)))
+        return None if value is None else int(value)
+
+    async def raise_to(self, key: str, floor: int) -> None:
+        await self.connection.run(self.connection.script(_RAISE_TO)(keys=[self._key(key)], args=[int(floor)]))
+
+
+class RedisCache(_RedisPort):
+    """Values with a TTL (millisecond precision); ``add`` is SET NX, atomic across processes."""
+
+    name = "redis-cache"
+    namespace = "cache:"
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self.connection.run(self.connection.client.get(self._key(key)))
+        # decode_responses=False: the client hands back the stored bytes, never str.
+        return cast("bytes | None", value)
+
+    async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        await self.connection.run(self.connection.client.set(self._key(key), value, px=_milliseconds(ttl_seconds)))
+
+    async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
+        stored = await self.connection.run(
+            self.connection.client.set(self._key(key), value, px=_milliseconds(ttl_seconds), nx=True))
+        return bool(stored)
+
+    async def delete(self, key: str) -> None:
+        await self.connection.run(self.connection.client.delete(self._key(key)))
+
+
+# Take a free lease, or extend one this owner already holds; in one script, so a retried
+# acquire by the same owner still succeeds.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+"""
+
+# Compare-and-delete: an owner whose lease expired and was taken must not free the new one.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisLock(_RedisPort):
+    """Leases as keys holding the owner, expiring after their TTL unless extended."""
+
+    name = "redis-lock"
+    namespace = "lock:"
+
+    async def acquire(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        taken = await self.connection.run(self.connection.script(_ACQUIRE)(
+            keys=[self._key(name)], args=[owner, _milliseconds(ttl_seconds)]))
+        return bool(taken)
+
+    async def release(self, name: str, owner: str) -> None:
+        await self.connection.run(self.connection.script(_RELEASE)(keys=[self._key(name)], args=[owner]))

@@ -1,0 +1,364 @@
+"""The Redis adapters against real servers: what only a real Redis shows.
+
+Most tests use the shared server (``CHATD_TEST_REDIS_URL``) under a unique key prefix.
+Tests that wipe or stop a server (FLUSHDB, SCRIPT FLUSH, restart) run their own
+``redis-server`` on a free port, so they never disturb anyone else using the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisCounters, RedisLock
+from chatd.errors import BackendUnavailable
+from tests.factories import eventually
+
+pytestmark = pytest.mark.real
+
+REDIS_URL = os.environ.get("CHATD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unique_prefix() -> str:
+    return f"chatd_t_{uuid.uuid4().hex[:12]}:"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server this test owns: started, stopped and restarted on one port."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        assert server, "redis-server is not installed (scripts/services.sh install)"
+        self.process = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            assert self.process.poll() is None, (self.folder / "redis.log").read_text()
+            assert time.monotonic() < deadline, "private redis-server did not answer within 10s"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def make_connection() -> AsyncIterator[Callable[..., Awaitable[RedisConnection]]]:
+    """Factory of opened connections; every one is destroyed and closed at teardown."""
+    opened: list[RedisConnection] = []
+
+    async def make(url: str = REDIS_URL, prefix: str | None = None) -> RedisConnection:
+        connection = RedisConnection(url, prefix=prefix or unique_prefix())
+        await connection.open()
+        opened.append(connection)
+        return connection
+
+    yield make
+    for connection in opened:
+        try:
+            await connection.destroy()
+        except BackendUnavailable:
+            pass  # a test pointed it at a server that is gone on purpose
+        await connection.close()
+
+
+async def raw_keys(connection: RedisConnection) -> set[bytes]:
+    """Every key under the prefix, compared literally (a prefix may hold glob characters)."""
+    prefix = connection.prefix.encode()
+    return {key async for key in connection.client.scan_iter(count=1000) if key.startswith(prefix)}
+
+
+# Counters
+
+
+async def test_concurrent_increments_from_many_tasks_and_two_clients(make_connection: Any) -> None:
+    first = await make_connection()
+    second = await make_connection(prefix=first.prefix)  # a second client, as in another process
+    counters = [RedisCounters(first), RedisCounters(second)]
+    await counters[0].raise_to("chats:1", 0)
+    numbers = await asyncio.gather(*(counters[n % 2].increment("chats:1") for n in range(1000)))
+    assert sorted(number or 0 for number in numbers) == list(range(1, 1001))
+    assert await counters[1].current("chats:1") == 1000
+    assert await first.client.pttl(first.key("counter:", "chats:1")) == -1  # counters never expire
+
+
+async def test_increment_of_a_missing_key_returns_none_and_creates_nothing(make_connection: Any) -> None:
+    connection = await make_connection()
+    counters = RedisCounters(connection)
+    assert await counters.increment("messages:1:1") is None
+    assert await counters.current("messages:1:1") is None
+    assert await raw_keys(connection) == set()
+
+
+async def test_raise_to_never_lowers(make_connection: Any) -> None:
+    counters = RedisCounters(await make_connection())
+    await counters.raise_to("k", 10)
+    await counters.raise_to("k", 5)
+    assert await counters.current("k") == 10
+    await counters.raise_to("k", 10)
+    assert await counters.increment("k") == 11
+    await counters.raise_to("k", 100)
+    assert await counters.increment("k") == 101
+
+
+async def test_a_flushed_redis_is_detected_and_reseeded(private_redis: PrivateRedis, make_connection: Any) -> None:
+    counters = RedisCounters(await make_connection(private_redis.url))
+    await counters.raise_to("chats:7", 0)
+    assert [await counters.increment("chats:7") for _ in range(3)] == [1, 2, 3]
+    await counters.connection.client.flushdb()
+    assert await counters.increment("chats:7") is None  # how chatd notices the loss
+    await counters.raise_to("chats:7", 50)  # the store's floor
+    assert await counters.increment("chats:7") == 51
+
+
+async def test_scripts_are_reloaded_after_script_flush(private_redis: PrivateRedis, make_connection: Any) -> None:
+    connection = await make_connection(private_redis.url)
+    counters, lock = RedisCounters(connection), RedisLock(connection)
+    await counters.raise_to("k", 0)
+    assert await counters.increment("k") == 1
+    await connection.client.script_flush()
+    assert await counters.increment("k") == 2  # EVALSHA answered NOSCRIPT; redis-py loaded it again
+    assert await lock.acquire("l", "me", 30)
+    await lock.release("l", "me")
+    assert await raw_keys(connection) == {connection.key("counter:", "k").encode()}
+
+
+# Lock
+
+
+async def test_lock_is_exclusive_across_clients(make_connection: Any) -> None:
+    first = await make_connection()
+    second = await make_connection(prefix=first.prefix)
+    one, two = RedisLock(first), RedisLock(second)
+    assert await one.acquire("reconciler", "one", 30)
+    assert not await two.acquire("reconciler", "two", 30)
+    await two.release("reconciler", "two")  # not the owner: nothing happens
+    assert await first.client.get(first.key("lock:", "reconciler")) == b"one"
+    assert not await two.acquire("reconciler", "two", 30)
+    await one.release("reconciler", "one")
+    assert await first.client.exists(first.key("lock:", "reconciler")) == 0
+    assert await two.acquire("reconciler", "two", 30)
+
+
+async def test_only_one_of_many_concurrent_owners_gets_the_lock(make_connection: Any) -> None:
+    first = await make_connection()
+    second = await make_connection(prefix=first.prefix)
+    locks = [RedisLock(first), RedisLock(second)]
+    results = await asyncio.gather(*(locks[n % 2].acquire("job", f"owner-{n}", 30) for n in range(40)))
+    assert results.count(True) == 1
+
+
+async def test_reacquiring_extends_the_lease(make_connection: Any) -> None:
+    connection = await make_connection()
+    lock = RedisLock(connection)
+    key = connection.key("lock:", "job")
+    assert await lock.acquire("job", "one", 5)
+    assert 0 < await connection.client.pttl(key) <= 5000
+    assert await lock.acquire("job", "one", 60)
+    assert 5000 < await connection.client.pttl(key) <= 60_000
+    assert not await lock.acquire("job", "two", 600)
+    assert await connection.client.pttl(key) <= 60_000  # a refused owner does not extend it
+
+
+async def test_an_expired_lease_lets_another_owner_in(make_connection: Any) -> None:
+    lock = RedisLock(await make_connection())
+    assert await lock.acquire("job", "one", 0.2)
+    assert not await lock.acquire("job", "two", 30)
+    assert await eventually(lambda: lock.acquire("job", "two", 30), timeout=5, interval=0.02)
+    await lock.release("job", "one")  # the old owner's late release must not free it
+    assert not await lock.acquire("job", "three", 30)
+
+
+# Cache
+
+
+async def test_cache_entries_expire_after_their_ttl(make_connection: Any) -> None:
+    connection = await make_connection()
+    cache = RedisCache(connection)
+    await cache.set("app:t", b"cached", 0.25)
+    assert await cache.get("app:t") == b"cached"
+    assert 0 < await connection.client.pttl(connection.key("cache:", "app:t")) <= 250  # milliseconds, not s
+
+    async def gone() -> bool:
+        return await cache.get("app:t") is None
+
+    assert await eventually(gone, timeout=5, interval=0.02)
+
+
+async def test_add_sets_only_an_absent_key(make_connection: Any) -> None:
+    cache = RedisCache(await make_connection())
+    assert await cache.add("idem:x", b"", 30)
+    assert not await cache.add("idem:x", b"other", 30)
+    assert await cache.get("idem:x") == b""  # empty values are stored, and not replaced
+    await cache.set("idem:x", b"7", 30)
+    assert await cache.get("idem:x") == b"7"
+    await cache.delete("idem:x")
+    assert await cache.add("idem:x", b"8", 0.1)
+    assert await eventually(lambda: cache.add("idem:x", b"9", 30), timeout=5, interval=0.02)
+    assert await cache.get("idem:x") == b"9"
+
+
+async def test_exactly_one_concurrent_add_wins(make_connection: Any) -> None:
+    first = await make_connection()
+    second = await make_connection(prefix=first.prefix)
+    caches = [RedisCache(first), RedisCache(second)]
+    results = await asyncio.gather(*(caches[n % 2].add("idem:k", str(n).encode(), 30) for n in range(50)))
+    assert results.count(True) == 1
+    assert await caches[0].get("idem:k") == str(results.index(True)).encode()
+
+
+# Namespaces and lifecycle
+
+
+async def test_destroy_removes_only_its_prefix_even_with_glob_characters(make_connection: Any) -> None:
+    base = unique_prefix()
+    mine = await make_connection(prefix=base[:-1] + "*:")
+    neighbour = await make_connection(prefix=base[:-1] + "X:")  # matched by the unescaped glob
+    for connection in (mine, neighbour):
+        await RedisCounters(connection).raise_to("k", 1)
+        await RedisCache(connection).set("k", b"v", 30)
+        await RedisLock(connection).acquire("k", "me", 30)
+    await RedisCache(mine).destroy()
+    assert await RedisCache(mine).get("k") is None
+    assert await RedisCounters(mine).current("k") == 1  # another port's namespace stays
+    await mine.destroy()
+    assert await raw_keys(mine) == set()
+    assert len(await neighbour.client.keys(f"{neighbour.prefix}*")) == 3
+
+
+async def test_ports_share_the_client_until_the_last_one_closes() -> None:
+    connection = RedisConnection(REDIS_URL, prefix=unique_prefix())
+    counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
+    for port in (counters, cache, lock):
+        await port.open()
+    client = connection.client
+    await counters.close()
+    await counters.close()  # a second close must not release another port's reference
+    await cache.close()
+    assert connection.client is client
+    await lock.acquire("job", "me", 30)
+    await lock.close()
+    with pytest.raises(RuntimeError):
+        connection.client  # noqa: B018
+    observer = RedisConnection(REDIS_URL, prefix=connection.prefix)
+    await observer.open()
+    try:
+        assert not await RedisLock(observer).acquire("job", "other", 30)  # the lease outlived the client
+        await lock.destroy()  # a closed port still cleans up, with a client of its own
+        assert await raw_keys(observer) == set()
+    finally:
+        await observer.close()
+
+
+# Outages
+
+
+async def assert_every_operation_is_unavailable(connection: RedisConnection, within: float) -> None:
+    counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
+    operations: list[Callable[[], Awaitable[object]]] = [
+        counters.ping, lambda: counters.increment("k"), lambda: counters.current("k"),
+        lambda: counters.raise_to("k", 1), lambda: cache.get("k"), lambda: cache.set("k", b"v", 1),
+        lambda: cache.add("k", b"v", 1), lambda: cache.delete("k"), lambda: lock.acquire("k", "me", 1),
+        lambda: lock.release("k", "me"), connection.destroy,
+    ]
+    for operation in operations:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await operation()
+        assert time.monotonic() - started < within
+
+
+async def test_a_closed_port_is_unavailable_quickly(make_connection: Any) -> None:
+    await assert_every_operation_is_unavailable(await make_connection("redis://127.0.0.1:1/0"), within=2.0)
+
+
+async def test_a_server_that_never_answers_times_out() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept, read, never answer
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0?socket_timeout=0.3&socket_connect_timeout=0.3"
+    connection = RedisConnection(url, prefix=unique_prefix())
+    await connection.open()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await RedisCounters(connection).increment("k")
+        assert time.monotonic() - started < 3.0  # the URL's timeouts apply; timeouts are not retried
+    finally:
+        await connection.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_recovers_after_a_server_restart(private_redis: PrivateRedis, make_connection: Any) -> None:
+    connection = await make_connection(private_redis.url)
+    counters, lock = RedisCounters(connection), RedisLock(connection)
+    await counters.raise_to("chats:1", 0)
+    assert await asyncio.gather(*(counters.increment("chats:1") for _ in range(20)))  # fill the pool
+    await asyncio.to_thread(private_redis.stop)
+    await assert_every_operation_is_unavailable(connection, within=2.0)
+    await asyncio.to_thread(private_redis.start)
+    # The same client, its pooled sockets dead: it reconnects, and finds the data gone.
+    assert await counters.increment("chats:1") is None
+    await counters.raise_to("chats:1", 20)
+    assert await counters.increment("chats:1") == 21
+    assert await lock.acquire("job", "me", 30)  # scripts are loaded again on the new server
+
+
+async def test_dead_pooled_connections_are_replaced_without_an_error(
+        private_redis: PrivateRedis, make_connection: Any) -> None:
+    connection = await make_connection(private_redis.url)
+    counters = RedisCounters(connection)
+    await counters.raise_to("k", 0)
+    assert await asyncio.gather(*(counters.increment("k") for _ in range(20)))  # fill the pool
+    await asyncio.to_thread(private_redis.stop)
+    await asyncio.to_thread(private_redis.start)
+    # Every pooled socket is dead; the retry on connection errors reconnects, so callers see no outage.
+    assert await asyncio.gather(*(counters.current("k") for _ in range(20))) == [None] * 20

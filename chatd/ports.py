@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from chatd.domain import (
     Application,
@@ -99,16 +99,33 @@ class Store(Backend, Protocol):
         """Recompute every count from the stored rows (repair; not on any hot path)."""
 
 
-class Counters(Backend, Protocol):
-    """Atomic per-key counters that hand out numbers."""
+class CounterTick(NamedTuple):
+    """A number from a counter, and the generation of the counter that gave it."""
 
-    async def increment(self, key: str) -> int | None:
+    number: int
+    generation: str
+
+
+class Counters(Backend, Protocol):
+    """Atomic per-key counters that hand out numbers.
+
+    Each counter has a generation, a random id chosen when ``raise_to`` creates it. A
+    counter that is lost (a wiped or failed-over server) comes back with a new
+    generation, which tells a caller holding a number from the old one.
+    """
+
+    async def increment(self, key: str) -> CounterTick | None:
         """Add one and return the new value, or None if the key does not exist yet."""
 
     async def current(self, key: str) -> int | None: ...
 
+    async def generation(self, key: str) -> str | None: ...
+
     async def raise_to(self, key: str, floor: int) -> None:
-        """Set the key to ``floor`` unless it already holds more (never lowers it)."""
+        """Set the key to ``floor`` unless it already holds more (never lowers it).
+
+        Creating a missing key gives it a new generation.
+        """
 
 
 class Cache(Backend, Protocol):

@@ -180,17 +180,24 @@ class ChatService:
         """Take the next number of ``scope``, never one handed out before, even after counter loss.
 
         The store keeps a reservation ahead of the counter: a counter that restarts empty
-        resumes above it, so numbers still queued and not yet stored are never reissued.
+        resumes above it, so numbers still queued and not yet stored are never reissued. A
+        number above this process' known reservation is handed out only once the store has
+        reserved it and the counter that gave it is still the same generation; otherwise it
+        is dropped (a gap) and the next one taken.
         """
         key = scope.key
-        number = await self.counters.increment(key)
-        while number is None:
-            await self.counters.raise_to(key, await self.store.number_floor(scope))
-            number = await self.counters.increment(key)
-        if number > self._reserved.get(key, 0):
-            reserved = await self.store.reserve_numbers(scope, number + self.number_block)
+        while True:
+            tick = await self.counters.increment(key)
+            while tick is None:
+                await self.counters.raise_to(key, await self.store.number_floor(scope))
+                tick = await self.counters.increment(key)
+            if tick.number <= self._reserved.get(key, 0):
+                return tick.number
+            reserved = await self.store.reserve_numbers(scope, tick.number + self.number_block)
             self._remember_reservation(key, reserved)
-        return number
+            if await self.counters.generation(key) == tick.generation:
+                return tick.number
+            logger.warning("counter %s was lost while reserving; dropping number %d", key, tick.number)
 
     def _remember_reservation(self, key: str, reserved: int) -> None:
         self._reserved[key] = reserved

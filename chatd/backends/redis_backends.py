@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
@@ -26,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatd.errors import BackendUnavailable
+from chatd.ports import CounterTick
 
 T = TypeVar("T")
 
@@ -190,40 +192,52 @@ class _RedisPort:
         return self.connection.key(self.namespace, key)
 
 
+# A counter is a hash {n: value, g: generation}: one key, so eviction or a wipe takes both.
 # Increment only a counter that exists: a missing one must be seeded from the store first
-# (after a FLUSHDB or a restart without persistence), which INCR alone would hide.
+# (after a FLUSHDB or a restart without persistence), which HINCRBY alone would hide.
 _INCREMENT_EXISTING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-    return redis.call('INCR', KEYS[1])
+    return {redis.call('HINCRBY', KEYS[1], 'n', 1), redis.call('HGET', KEYS[1], 'g')}
 end
 return false
 """
 
+# Creating the counter gives it a new generation (ARGV[2]); raising an existing one keeps it.
 _RAISE_TO = """
-local current = redis.call('GET', KEYS[1])
-if current == false or tonumber(current) < tonumber(ARGV[1]) then
-    redis.call('SET', KEYS[1], ARGV[1])
+local current = redis.call('HGET', KEYS[1], 'n')
+if current == false then
+    redis.call('HSET', KEYS[1], 'n', ARGV[1], 'g', ARGV[2])
+elseif tonumber(current) < tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[1], 'n', ARGV[1])
 end
 return 0
 """
 
 
 class RedisCounters(_RedisPort):
-    """Counters as plain integer keys with no expiry; INCR is atomic across processes."""
+    """Counters as small hashes with no expiry; HINCRBY is atomic across processes."""
 
     name = "redis-counters"
     namespace = "counter:"
 
-    async def increment(self, key: str) -> int | None:
+    async def increment(self, key: str) -> CounterTick | None:
         value = await self.connection.run(self.connection.script(_INCREMENT_EXISTING)(keys=[self._key(key)]))
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        number, generation = value
+        return CounterTick(int(number), generation.decode() if generation else "")
 
     async def current(self, key: str) -> int | None:
-        value = await self.connection.run(self.connection.client.get(self._key(key)))
+        value = await self.connection.run(self.connection.client.hget(self._key(key), "n"))
         return None if value is None else int(value)
 
+    async def generation(self, key: str) -> str | None:
+        value = await self.connection.run(self.connection.client.hget(self._key(key), "g"))
+        return None if value is None else bytes(value).decode()
+
     async def raise_to(self, key: str, floor: int) -> None:
-        await self.connection.run(self.connection.script(_RAISE_TO)(keys=[self._key(key)], args=[int(floor)]))
+        await self.connection.run(self.connection.script(_RAISE_TO)(
+            keys=[self._key(key)], args=[int(floor), secrets.token_hex(8)]))
 
 
 class RedisCache(_RedisPort):

@@ -7,13 +7,16 @@ idempotency keys, as they would through Redis.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 
 from chatd.backends.sqlite_db import SqliteDatabase
+from chatd.ports import CounterTick
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS embedded_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS embedded_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL,"
+    " generation TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS embedded_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS embedded_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)",
 )
@@ -45,12 +48,12 @@ class SqliteCounters:
     async def ping(self) -> None:
         await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
-    async def increment(self, key: str) -> int | None:
-        def incr(conn: sqlite3.Connection) -> int | None:
+    async def increment(self, key: str) -> CounterTick | None:
+        def incr(conn: sqlite3.Connection) -> CounterTick | None:
             # fetchall, not fetchone: a RETURNING statement must run to completion before COMMIT.
-            rows = conn.execute("UPDATE embedded_counters SET value = value + 1 WHERE key = ? RETURNING value",
-                                (key,)).fetchall()
-            return int(rows[0][0]) if rows else None
+            rows = conn.execute("UPDATE embedded_counters SET value = value + 1 WHERE key = ?"
+                                " RETURNING value, generation", (key,)).fetchall()
+            return CounterTick(int(rows[0][0]), rows[0][1]) if rows else None
 
         return await self.db.transaction(incr)
 
@@ -59,10 +62,15 @@ class SqliteCounters:
             "SELECT value FROM embedded_counters WHERE key = ?", (key,)).fetchone())
         return None if row is None else int(row[0])
 
+    async def generation(self, key: str) -> str | None:
+        row = await self.db.read(lambda conn: conn.execute(
+            "SELECT generation FROM embedded_counters WHERE key = ?", (key,)).fetchone())
+        return None if row is None else str(row[0])
+
     async def raise_to(self, key: str, floor: int) -> None:
         await self.db.transaction(lambda conn: conn.execute(
-            "INSERT INTO embedded_counters (key, value) VALUES (?, ?) ON CONFLICT (key)"
-            " DO UPDATE SET value = MAX(value, excluded.value)", (key, floor)))
+            "INSERT INTO embedded_counters (key, value, generation) VALUES (?, ?, ?) ON CONFLICT (key)"
+            " DO UPDATE SET value = MAX(value, excluded.value)", (key, floor, secrets.token_hex(8))))
 
     async def wipe(self) -> None:
         """Forget every counter (tests use it to play a counter server losing its data)."""

@@ -6,6 +6,7 @@ import asyncio
 
 from chatd.domain import NumberScope
 from tests.conftest import Api
+from tests.contract.test_counters import wipe_counters
 
 
 async def test_concurrent_chat_creations_get_1_to_n(api: Api) -> None:
@@ -35,21 +36,13 @@ async def test_concurrent_messages_across_chats_get_1_to_n_per_chat(api: Api) ->
         assert found["total"] == 100
 
 
-async def wipe_counters(api: Api) -> None:
-    counters = api.service.counters
-    if hasattr(counters, "wipe"):
-        await counters.wipe()
-    else:
-        await counters.destroy()
-
-
 async def test_lost_counters_never_reissue_a_number(api: Api) -> None:
     """A counter that restarts empty resumes above every number handed out, stored or still queued."""
     token = await api.create_application()
     chat = await api.create_chat(token)
     await api.settle()
     handed = [await api.create_message(token, chat, f"before {n}") for n in range(5)]  # queued, not stored
-    await wipe_counters(api)
+    await wipe_counters(api.service.backends)
     api.service._reserved.clear()  # a fresh api process knows nothing either
     after = [await api.create_message(token, chat, f"after {n}") for n in range(5)]
     assert not set(handed) & set(after)
@@ -66,3 +59,32 @@ async def test_counters_seed_from_the_store(api: Api) -> None:
     await api.service.store.save_messages([])  # nothing
     await api.service.store.reserve_numbers(NumberScope(app.id), 40)
     assert await api.create_chat(token) == 41
+
+
+async def test_counter_lost_while_reserving_drops_the_number(api: Api) -> None:
+    """Another process reseeds a wiped counter before this one's reservation commits."""
+    from chatd.service import ChatService
+
+    token = await api.create_application()
+    chat = await api.create_chat(token)
+    service = api.service
+    other = ChatService(service.backends)  # a second api process
+    store = service.store
+    reserve = store.reserve_numbers
+    taken_by_other: list[int] = []
+    wiped = False
+
+    async def reserve_after_a_wipe(scope, upto):  # type: ignore[no-untyped-def]
+        nonlocal wiped
+        if not wiped:
+            wiped = True
+            await wipe_counters(service.backends)
+            taken_by_other.append(await other.create_message(token, chat, "from the other process"))
+        return await reserve(scope, upto)
+
+    store.reserve_numbers = reserve_after_a_wipe  # type: ignore[method-assign]
+    try:
+        mine = await service.create_message(token, chat, "from this process")
+    finally:
+        store.reserve_numbers = reserve  # type: ignore[method-assign]
+    assert mine != taken_by_other[0]

@@ -120,7 +120,8 @@ async def test_concurrent_increments_from_many_tasks_and_two_clients(make_connec
     second = await make_connection(prefix=first.prefix)  # a second client, as in another process
     counters = [RedisCounters(first), RedisCounters(second)]
     await counters[0].raise_to("chats:1", 0)
-    numbers = await asyncio.gather(*(counters[n % 2].increment("chats:1") for n in range(1000)))
+    ticks = await asyncio.gather(*(counters[n % 2].increment("chats:1") for n in range(1000)))
+    numbers = [tick.number for tick in ticks if tick]
     assert sorted(number or 0 for number in numbers) == list(range(1, 1001))
     assert await counters[1].current("chats:1") == 1000
     assert await first.client.pttl(first.key("counter:", "chats:1")) == -1  # counters never expire
@@ -140,28 +141,28 @@ async def test_raise_to_never_lowers(make_connection: Any) -> None:
     await counters.raise_to("k", 5)
     assert await counters.current("k") == 10
     await counters.raise_to("k", 10)
-    assert await counters.increment("k") == 11
+    assert (await counters.increment("k")).number == 11
     await counters.raise_to("k", 100)
-    assert await counters.increment("k") == 101
+    assert (await counters.increment("k")).number == 101
 
 
 async def test_a_flushed_redis_is_detected_and_reseeded(private_redis: PrivateRedis, make_connection: Any) -> None:
     counters = RedisCounters(await make_connection(private_redis.url))
     await counters.raise_to("chats:7", 0)
-    assert [await counters.increment("chats:7") for _ in range(3)] == [1, 2, 3]
+    assert [(await counters.increment("chats:7")).number for _ in range(3)] == [1, 2, 3]
     await counters.connection.client.flushdb()
     assert await counters.increment("chats:7") is None  # how chatd notices the loss
     await counters.raise_to("chats:7", 50)  # the store's floor
-    assert await counters.increment("chats:7") == 51
+    assert (await counters.increment("chats:7")).number == 51
 
 
 async def test_scripts_are_reloaded_after_script_flush(private_redis: PrivateRedis, make_connection: Any) -> None:
     connection = await make_connection(private_redis.url)
     counters, lock = RedisCounters(connection), RedisLock(connection)
     await counters.raise_to("k", 0)
-    assert await counters.increment("k") == 1
+    assert (await counters.increment("k")).number == 1
     await connection.client.script_flush()
-    assert await counters.increment("k") == 2  # EVALSHA answered NOSCRIPT; redis-py loaded it again
+    assert (await counters.increment("k")).number == 2  # EVALSHA answered NOSCRIPT; redis-py loaded it again
     assert await lock.acquire("l", "me", 30)
     await lock.release("l", "me")
     assert await raw_keys(connection) == {connection.key("counter:", "k").encode()}
@@ -348,7 +349,7 @@ async def test_recovers_after_a_server_restart(private_redis: PrivateRedis, make
     # The same client, its pooled sockets dead: it reconnects, and finds the data gone.
     assert await counters.increment("chats:1") is None
     await counters.raise_to("chats:1", 20)
-    assert await counters.increment("chats:1") == 21
+    assert (await counters.increment("chats:1")).number == 21
     assert await lock.acquire("job", "me", 30)  # scripts are loaded again on the new server
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -234,9 +235,15 @@ class ChatService:
         key = f"idem:{scope.key}:{idempotency_key}"
         recorded = await self._recorded_job(key)
         if recorded is None:
-            number = await self._next_number(scope)
-            recorded = orjson.dumps({"number": number, "job": (await make_job(number)).decode()})
-            await self.cache.set(key, recorded, self.idempotency_ttl)
+            try:
+                number = await self._next_number(scope)
+                recorded = orjson.dumps({"number": number, "job": (await make_job(number)).decode()})
+                await self.cache.set(key, recorded, self.idempotency_ttl)
+            except BaseException:
+                # Nothing was recorded, so nothing was published: free the key for the retry.
+                with contextlib.suppress(Exception):
+                    await self.cache.delete(key)
+                raise
         data = orjson.loads(recorded)
         await self.queue.publish(topic, [data["job"].encode()])
         return int(data["number"])

@@ -33,12 +33,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 class ChatdProcess:
     def __init__(self, settings: Settings, role: str, log_dir: Path):
+        self.settings = settings
+        self.log_dir = log_dir
         self.role = role
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = settings_env(settings.replace(role=role, port=self.port, host="127.0.0.1"))
         self.log_path = log_dir / f"chatd-{role}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def like(cls, other: ChatdProcess) -> ChatdProcess:
+        """A new process with the same settings and role (on a new port)."""
+        return cls(other.settings, other.role, other.log_dir)
 
     async def start(self, timeout: float = 30.0) -> ChatdProcess:
         log = open(self.log_path, "ab")

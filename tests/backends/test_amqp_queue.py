@@ -1,0 +1,447 @@
+"""AmqpQueue against a real RabbitMQ: what only a real broker shows.
+
+Every test uses its own queue prefix on the shared broker (``CHATD_TEST_AMQP_URL``) and
+deletes its queues at teardown. The broker-restart test runs a private RabbitMQ node on free
+ports instead, so that bouncing it never disturbs anyone else using the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from chatd.backends.amqp_queue import AmqpQueue
+from chatd.errors import BackendUnavailable
+from chatd.ports import Delivery
+from tests.factories import eventually
+
+pytestmark = pytest.mark.real
+
+AMQP_URL = os.environ.get("CHATD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+class QueueNamespace:
+    """Queues under one fresh prefix: opens adapters, inspects the broker, cleans up."""
+
+    def __init__(self, url: str = AMQP_URL):
+        self.url = url
+        self.prefix = "chatd_t_" + uuid.uuid4().hex[:12]
+        self._opened: list[AmqpQueue] = []
+
+    async def open(self, **options: Any) -> AmqpQueue:
+        queue = AmqpQueue(self.url, prefix=self.prefix, **options)
+        await queue.open()
+        self._opened.append(queue)
+        return queue
+
+    @asynccontextmanager
+    async def channel(self) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+        """A channel on a connection of its own, to look at the broker from outside."""
+        connection = await aio_pika.connect(self.url)
+        try:
+            yield await connection.channel()
+        finally:
+            await connection.close()
+
+    async def message_count(self, name: str) -> int:
+        """Ready messages in ``{prefix}.{name}``."""
+        async with self.channel() as channel:
+            declared = await channel.declare_queue(f"{self.prefix}.{name}", passive=True)
+            return int(declared.declaration_result.message_count or 0)
+
+    async def delete_queue(self, name: str) -> None:
+        async with self.channel() as channel:
+            await channel.queue_delete(f"{self.prefix}.{name}")
+
+    async def get_one(self, name: str) -> aio_pika.abc.AbstractIncomingMessage | None:
+        async with self.channel() as channel:
+            queue = await channel.declare_queue(f"{self.prefix}.{name}", passive=True)
+            return await queue.get(no_ack=True, fail=False)
+
+    async def cleanup(self) -> None:
+        for queue in self._opened:
+            await queue.close()
+        cleaner = AmqpQueue(self.url, prefix=self.prefix)
+        await cleaner.open()
+        try:
+            await cleaner.destroy()
+        finally:
+            await cleaner.close()
+
+
+@pytest.fixture
+async def space() -> AsyncIterator[QueueNamespace]:
+    namespace = QueueNamespace()
+    try:
+        yield namespace
+    finally:
+        await namespace.cleanup()
+
+
+async def receive_all(queue: AmqpQueue, topic: str, count: int, max_batch: int = 50,
+                      timeout: float = 20.0) -> list[Delivery]:
+    """Receive until ``count`` jobs arrived, checking every batch respects ``max_batch``."""
+    received: list[Delivery] = []
+
+    async def more() -> bool:
+        batch = await queue.receive(topic, max_batch, 0.2)
+        assert len(batch) <= max_batch
+        received.extend(batch)
+        return len(received) >= count
+
+    await eventually(more, timeout=timeout, interval=0)
+    return received
+
+
+def bodies(deliveries: list[Delivery]) -> list[bytes]:
+    return sorted(delivery.body for delivery in deliveries)
+
+
+async def test_round_trip_then_nothing_is_left(space: QueueNamespace) -> None:
+    queue = await space.open()
+    jobs = [f"job {n}".encode() for n in range(50)]
+    await queue.publish("messages", jobs)
+    received = await receive_all(queue, "messages", 50, max_batch=20)
+    assert bodies(received) == sorted(jobs)
+    assert all(delivery.attempts == 1 for delivery in received)
+    await queue.ack("messages", received)
+    assert await queue.receive("messages", 10, 0.3) == []
+    assert await queue.depth("messages") == 0
+
+
+async def test_publish_returns_once_the_broker_holds_every_job(space: QueueNamespace) -> None:
+    queue = await space.open()
+    await queue.publish("index", [b"x%d" % n for n in range(300)])
+    # Confirmed means queued: no waiting for the count to catch up.
+    assert await space.message_count("index") == 300
+    assert await queue.depth("index") == 300
+
+
+async def test_unacked_jobs_come_back_after_their_consumer_disconnects(space: QueueNamespace) -> None:
+    worker = await space.open()
+    await worker.publish("chats", [b"one", b"two", b"three"])
+    held = await receive_all(worker, "chats", 3)
+    assert [delivery.attempts for delivery in held] == [1, 1, 1]
+    await worker.close()  # the worker goes away holding all three, unacked
+
+    other = await space.open()
+    again = await receive_all(other, "chats", 3)
+    assert bodies(again) == [b"one", b"three", b"two"]
+    assert [delivery.attempts for delivery in again] == [2, 2, 2]
+    await other.ack("chats", again)
+    assert await other.depth("chats") == 0
+
+
+async def test_settling_on_a_lost_channel_is_harmless_and_the_job_returns(space: QueueNamespace) -> None:
+    worker = await space.open()
+    await worker.publish("messages", [b"a", b"b", b"c", b"d"])
+    held = await receive_all(worker, "messages", 1, max_batch=1)
+    # Cut the AMQP connection under the robust wrapper: what a network failure does.
+    transport = worker._connection.transport  # type: ignore[union-attr]
+    assert transport is not None
+    await transport.connection.close()
+
+    await worker.ack("messages", held)  # its channel is gone: logged, not raised
+    await worker.retry("messages", held)
+    await worker.dead_letter("messages", held)
+    # The connection heals by itself; the stale prefetched jobs are dropped, and the broker
+    # delivers everything again, the job we held with one more attempt.
+    again = await receive_all(worker, "messages", 4, timeout=30)
+    assert bodies(again) == [b"a", b"b", b"c", b"d"]
+    assert {d.body: d.attempts for d in again}[held[0].body] == 2
+    await worker.ack("messages", again)
+    assert await worker.receive("messages", 10, 0.3) == []
+    assert await space.message_count("messages.dead") == 0
+
+
+async def test_retry_waits_before_delivering_again(space: QueueNamespace) -> None:
+    queue = await space.open()
+    await queue.publish("messages", [b"flaky"])
+    first = await receive_all(queue, "messages", 1)
+    retried_at = time.monotonic()
+    await queue.retry("messages", first)
+    # No hot loop: the retry queue holds the job for its delay.
+    assert await queue.receive("messages", 10, 0.2) == []
+    second = await receive_all(queue, "messages", 1)
+    assert time.monotonic() - retried_at >= 0.4
+    assert [(d.body, d.attempts) for d in second] == [(b"flaky", 2)]
+    await queue.retry("messages", second)
+    third = await receive_all(queue, "messages", 1)
+    assert [(d.body, d.attempts) for d in third] == [(b"flaky", 3)]
+    await queue.ack("messages", third)
+    assert await queue.receive("messages", 10, 1.0) == []
+    assert await space.message_count("delayed-retries") == 0
+
+
+async def test_attempts_add_up_across_crashes_and_retries(space: QueueNamespace) -> None:
+    worker = await space.open()
+    await worker.publish("messages", [b"job"])
+    await receive_all(worker, "messages", 1)
+    await worker.close()  # crash: attempt 1 lost
+    worker = await space.open()
+    second = await receive_all(worker, "messages", 1)
+    assert second[0].attempts == 2
+    await worker.retry("messages", second)
+    third = await receive_all(worker, "messages", 1)
+    assert third[0].attempts == 3
+    await worker.ack("messages", third)
+
+
+async def test_dead_letter_moves_the_job_to_the_dead_queue(space: QueueNamespace) -> None:
+    queue = await space.open()
+    await queue.publish("messages", [b"poison", b"fine"])
+    received = await receive_all(queue, "messages", 2)
+    await queue.dead_letter("messages", [d for d in received if d.body == b"poison"])
+    await queue.ack("messages", [d for d in received if d.body == b"fine"])
+
+    async def dead() -> int:
+        return await space.message_count("messages.dead")
+
+    assert await eventually(dead) == 1
+    assert await queue.depth("messages") == 0
+    assert await queue.receive("messages", 10, 0.5) == []
+    buried = await space.get_one("messages.dead")
+    assert buried is not None and buried.body == b"poison"
+
+
+async def test_a_job_that_keeps_killing_its_consumer_is_dead_lettered(space: QueueNamespace) -> None:
+    await (await space.open(max_attempts=3)).publish("index", [b"killer"])
+    for attempt in (1, 2, 3):
+        worker = await space.open(max_attempts=3)
+        held = await receive_all(worker, "index", 1)
+        assert held[0].attempts == attempt
+        await worker.close()  # the consumer dies while handling it
+
+    async def dead() -> int:
+        return await space.message_count("index.dead")
+
+    assert await eventually(dead) == 1
+    survivor = await space.open(max_attempts=3)
+    assert await survivor.receive("index", 10, 0.5) == []
+
+
+async def test_jobs_survive_a_consumer_restart(space: QueueNamespace) -> None:
+    await (await space.open()).publish("messages", [b"%02d" % n for n in range(20)])
+    worker = await space.open()
+    first = await receive_all(worker, "messages", 5, max_batch=5)
+    await worker.ack("messages", first)
+    await worker.close()  # it had prefetched more than it handed out: those go back
+
+    restarted = await space.open()
+    rest = await receive_all(restarted, "messages", 15)
+    assert sorted(bodies(first) + bodies(rest)) == [b"%02d" % n for n in range(20)]
+    await restarted.ack("messages", rest)
+    assert await restarted.depth("messages") == 0
+
+
+async def test_depth_counts_prefetched_jobs_until_handed_out(space: QueueNamespace) -> None:
+    queue = await space.open()
+    await queue.publish("chats", [b"%d" % n for n in range(10)])
+    handed = await queue.receive("chats", 2, 5.0)  # the rest is prefetched into the buffer
+    assert 1 <= len(handed) <= 2
+    assert await queue.depth("chats") == 10 - len(handed)
+    rest = await receive_all(queue, "chats", 10 - len(handed), max_batch=2)
+    assert await queue.depth("chats") == 0
+    await queue.ack("chats", handed + rest)
+
+
+async def test_a_thousand_jobs_in_bounded_batches(space: QueueNamespace) -> None:
+    queue = await space.open()
+    jobs = [b"job-%04d" % n for n in range(1000)]
+    await queue.publish("index", jobs)
+    received: list[Delivery] = []
+    while len(received) < 1000:
+        batch = await queue.receive("index", 64, 5.0)
+        assert 1 <= len(batch) <= 64
+        await queue.ack("index", batch)
+        received.extend(batch)
+    assert bodies(received) == jobs
+
+    async def drained() -> bool:
+        return await queue.depth("index") == 0
+
+    assert await eventually(drained)
+    assert await queue.receive("index", 64, 0.3) == []
+
+
+async def test_an_unreachable_broker_fails_fast(space: QueueNamespace) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the socket is closed
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable):
+        await AmqpQueue(f"amqp://guest:guest@127.0.0.1:{port}/", prefix=space.prefix).open()
+    assert time.monotonic() - started < 5
+
+    closed = await space.open()
+    await closed.close()
+    with pytest.raises(BackendUnavailable):
+        await closed.publish("messages", [b"x"])
+    with pytest.raises(BackendUnavailable):
+        await closed.ping()
+
+
+async def test_queues_are_declared_on_first_use_and_destroyed(space: QueueNamespace) -> None:
+    queue = await space.open()
+    await queue.ping()
+    # Opening declares no queue: most processes and tests never use some topics.
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await space.message_count("messages")
+    await queue.publish("messages", [b"x"])
+    await queue.retry("messages", await receive_all(queue, "messages", 1))
+    assert await space.message_count("messages.dead") == 0
+    await queue.destroy()
+    for name in ("messages", "messages.dead", "delayed-retries"):
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await space.message_count(name)
+    with pytest.raises(BackendUnavailable):
+        await queue.ping()  # its exchange is gone too
+
+
+async def test_a_queue_deleted_behind_its_back_is_declared_again(space: QueueNamespace) -> None:
+    queue = await space.open()
+    await queue.publish("chats", [b"first"])
+    await space.delete_queue("chats")
+    with pytest.raises(BackendUnavailable):
+        await queue.publish("chats", [b"unroutable"])  # the broker returned it: not queued
+    await queue.publish("chats", [b"second"])
+    assert await space.message_count("chats") == 1
+
+
+# -- a private broker, restarted under a running publisher and consumer ----------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PrivateBroker:
+    """A RabbitMQ node of our own (own ports, own data directory) that a test may stop."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        (folder / "enabled_plugins").write_text("[].")
+        (folder / "rabbitmq-env.conf").write_text("")
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": f"chatd_t_{uuid.uuid4().hex[:8]}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(folder / "log"),
+            "RABBITMQ_PID_FILE": str(folder / "rabbit.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    async def start(self) -> None:
+        with open(self.folder / "server.log", "ab") as log:
+            self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=log, stderr=log,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not self.listening():
+            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "private RabbitMQ did not start within 60 s"
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        """A clean shutdown (SIGTERM): the node stops accepting and closes every connection."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.process.wait), 30)
+        except TimeoutError:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+        self.process = None
+
+
+@pytest.fixture
+async def private_broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
+    if not os.path.exists(RABBITMQ_SERVER) or shutil.which("erl") is None:
+        pytest.fail(f"{RABBITMQ_SERVER} is needed to run a private broker (scripts/services.sh install)")
+    broker = PrivateBroker(tmp_path)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+async def private_space(private_broker: PrivateBroker) -> AsyncIterator[QueueNamespace]:
+    namespace = QueueNamespace(private_broker.url)
+    try:
+        yield namespace
+    finally:
+        if private_broker.process is None:
+            await private_broker.start()  # a test that failed while it was down
+        await namespace.cleanup()
+
+
+@pytest.mark.faults
+async def test_publisher_and_consumer_recover_from_a_broker_restart(private_broker: PrivateBroker,
+                                                                     private_space: QueueNamespace) -> None:
+    space = private_space
+    publisher, consumer, leaving = await space.open(), await space.open(), await space.open()
+    await publisher.publish("messages", [b"before-1", b"before-2", b"before-3"])
+    held = await receive_all(consumer, "messages", 1, max_batch=1)
+    await leaving.receive("chats", 10, 0.0)
+
+    await private_broker.stop()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable):
+        await publisher.publish("messages", [b"during"])  # fails fast: no wait for the reconnection
+    assert time.monotonic() - started < 1
+    with pytest.raises(BackendUnavailable):
+        await consumer.ping()
+    with pytest.raises(BackendUnavailable):
+        await consumer.depth("messages")
+    await consumer.ack("messages", held)  # its channel died with the broker: no error
+    assert await consumer.receive("messages", 10, 0.3) == []  # stale prefetched jobs are dropped
+    await asyncio.wait_for(leaving.close(), 5)  # shutting down does not wait for the broker
+
+    await private_broker.start()
+
+    async def published() -> bool:
+        try:
+            await publisher.publish("messages", [b"after"])
+            return True
+        except BackendUnavailable:
+            return False
+
+    await eventually(published, timeout=30, interval=0.2)
+    # Durable queues and persistent jobs outlive the broker; the consumer re-subscribes by itself.
+    received = await receive_all(consumer, "messages", 4, timeout=30)
+    assert bodies(received) == [b"after", b"before-1", b"before-2", b"before-3"]
+    await consumer.ack("messages", received)
+    await consumer.ping()
+    assert await consumer.depth("messages") == 0

@@ -448,6 +448,9 @@ rabbit_launch() {
   epmd_loopback_only
   "${AS_RABBIT[@]}" epmd -address "$BIND" -daemon 9>&-
   log "rabbitmq: starting on $BIND:$RABBIT_PORT (node $RABBIT_NODE)"
+  # RabbitMQ sizes its file-handle budget from this limit (1024 by default here); each quorum
+  # queue takes about 3, so a few hundred left-over test queues stop it accepting connections.
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   spawn rabbitmq "$RABBIT_LOG" "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmq-server"
 }
 

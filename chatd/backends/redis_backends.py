@@ -233,7 +233,7 @@ class RedisCounters(_RedisPort):
 
     async def generation(self, key: str) -> str | None:
         value = await self.connection.run(self.connection.client.hget(self._key(key), "g"))
-        return None if value is None else bytes(value).decode()
+        return None if value is None else cast("bytes", value).decode()
 
     async def raise_to(self, key: str, floor: int) -> None:
         await self.connection.run(self.connection.script(_RAISE_TO)(

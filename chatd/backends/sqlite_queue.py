@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
+from functools import partial
 
 from chatd.backends.sqlite_db import SqliteDatabase
 from chatd.ports import Delivery
@@ -65,8 +66,8 @@ class SqliteQueue:
         while True:
             event = self._event(topic)
             event.clear()
-            wanted = max_batch - len(deliveries)
-            deliveries += await self.db.transaction(lambda conn, wanted=wanted: self._lease(conn, topic, wanted))
+            deliveries += await self.db.transaction(partial(self._lease, topic=topic,
+                                                            limit=max_batch - len(deliveries)))
             remaining = deadline - time.monotonic()
             if len(deliveries) >= max_batch or remaining <= 0:
                 return deliveries

@@ -1,0 +1,333 @@
+"""What the deploy tests share: paths, chatd's view of a command line, and the file parsers.
+
+docker-compose.yml, deploy/Dockerfile, deploy/nginx.conf and deploy/systemd/*.service are read
+as data here so the test modules can compare them with what chatd really accepts: its Settings
+fields, its command line, its backend URL schemes, its port and body limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatd.cli import _parser
+from chatd.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+SYSTEMD = ROOT / "deploy" / "systemd"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+# Only what these variables must be set to for the compose file to resolve at all.
+REQUIRED_ENV = {"CHATD_ADMIN_TOKEN": "test-admin-token"}
+# Data services by image, with the port their image listens on and where it keeps its data.
+DATA_IMAGES = {
+    "mariadb": (3306, "/var/lib/mysql"),
+    "mysql": (3306, "/var/lib/mysql"),
+    "redis": (6379, "/data"),
+    "rabbitmq": (5672, "/var/lib/rabbitmq"),
+    "elasticsearch": (9200, "/usr/share/elasticsearch/data"),
+}
+# Which data service a backend URL scheme may point at (what chatd/backends/registry.py builds).
+URL_SCHEMES = {
+    "database_url": ({"mysql"}, {"mariadb", "mysql"}),
+    "redis_url": ({"redis", "rediss"}, {"redis"}),
+    "amqp_url": ({"amqp", "amqps"}, {"rabbitmq"}),
+    "elasticsearch_url": ({"http", "https"}, {"elasticsearch"}),
+}
+REAL_BACKENDS = {"mysql", "redis-counters", "redis-cache", "redis-lock", "rabbitmq", "elasticsearch"}
+SETTING_VARS = {"CHATD_" + f.name.upper() for f in dataclasses.fields(Settings)}
+
+
+def chatd_environment_reads() -> set[str]:
+    """``CHATD_*`` variables the package reads itself, outside Settings (CHATD_SQL_DIR)."""
+    pattern = re.compile(r"""environ(?:\.get\(|\[)\s*["'](CHATD_[A-Z0-9_]+)["']""")
+    return {name for path in (ROOT / "chatd").rglob("*.py") for name in pattern.findall(path.read_text())}
+
+
+KNOWN_VARS = SETTING_VARS | chatd_environment_reads()
+
+
+def parse_chatd(argv: list[str]) -> Any:
+    """``chatd``'s own argument parser over ``argv`` (a command line that starts with chatd)."""
+    assert argv and Path(argv[0]).name == "chatd", f"not a chatd command: {argv}"
+    try:
+        return _parser().parse_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"chatd rejects the command line {argv}")
+
+
+def effective_settings(env: dict[str, str], argv: list[str]) -> Settings:
+    """The settings a ``chatd serve`` process ends up with: env first, flags over it (as cli.main)."""
+    args = parse_chatd(argv)
+    settings = Settings.from_env(env)
+    if args.command != "serve":
+        return settings
+    return settings.replace(**{name: getattr(args, name) for name in ("host", "port", "role") if getattr(args, name)})
+
+
+def duration_seconds(text: str) -> float:
+    """A compose or systemd duration ("30s", "1m30s", "1min 30s", "90") in seconds."""
+    units = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", str(text))
+    assert parts and "".join(n + u for n, u in parts) == re.sub(r"\s", "", str(text)), f"bad duration {text!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+# --- docker-compose.yml ----------------------------------------------------------------------
+
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def interpolate(text: str, env: dict[str, str], seen: list[tuple[str, str, str]] | None = None) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` (and ``-``/``?``) substitution."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        if match.group(2):
+            name, operator, argument = match.group(2), "", ""
+        else:
+            parsed = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])(.*))?", match.group(1), re.S)
+            assert parsed, f"invalid interpolation {match.group(0)!r}"
+            name, operator, argument = parsed.group(1), parsed.group(2) or "", parsed.group(3) or ""
+        if seen is not None:
+            seen.append((name, operator, argument))
+        value = env.get(name)
+        missing = value is None or (operator.startswith(":") and value == "")
+        if operator in (":-", "-"):
+            return argument if missing else str(value)
+        if operator in (":?", "?") and missing:
+            raise KeyError(f"{name} is required: {argument}")
+        if operator in (":+", "+"):
+            return "" if missing else argument
+        return "" if value is None else value
+
+    return _INTERPOLATION.sub(substitute, text)
+
+
+def resolve(node: Any, env: dict[str, str], seen: list[tuple[str, str, str]] | None = None) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env, seen)
+    if isinstance(node, dict):
+        return {key: resolve(value, env, seen) for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolve(value, env, seen) for value in node]
+    return node
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # the KEY=value list form
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def image_name(service: dict[str, Any]) -> str:
+    """``docker.elastic.co/elasticsearch/elasticsearch:8.19.21`` -> ``elasticsearch``."""
+    return str(service.get("image", "")).rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+
+
+def chatd_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    built = {
+        str(s.get("image")) for s in compose["services"].values()
+        if isinstance(s.get("build"), dict) and s["build"].get("dockerfile") == "deploy/Dockerfile"
+    }
+    return {name: s for name, s in compose["services"].items()
+            if s.get("image") in built or (isinstance(s.get("build"), dict)
+                                           and s["build"].get("dockerfile") == "deploy/Dockerfile")}
+
+
+def data_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose["services"].items() if image_name(s) in DATA_IMAGES}
+
+
+def gateway(compose: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    gateways = [(name, s) for name, s in compose["services"].items() if image_name(s) == "nginx"]
+    assert len(gateways) == 1, "one nginx gateway service"
+    return gateways[0]
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    cmd = service.get("command")
+    assert cmd, "every chatd service says which chatd command it runs"
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd]
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {name: "service_started" for name in deps}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """``(host_ip, published, target)`` for each entry of ``ports``, short or long syntax."""
+    result = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            result.append((str(entry.get("host_ip", "")), str(entry.get("published", "")), int(entry["target"])))
+            continue
+        parts = str(entry).split("/")[0].rsplit(":", 2)
+        host_ip, published, target = ([""] * (3 - len(parts)) + parts) if len(parts) < 3 else parts
+        result.append((host_ip, published, int(target)))
+    return result
+
+
+def serve_settings(compose: dict[str, Any]) -> dict[str, Settings]:
+    return {name: effective_settings(environment(s), command(s)) for name, s in chatd_services(compose).items()
+            if parse_chatd(command(s)).command == "serve"}
+
+
+# --- deploy/Dockerfile and .dockerignore ---------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """``[(INSTRUCTION, arguments), ...]`` per build stage; continuation lines joined."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in DOCKERFILE.read_text().splitlines()
+                                          if not line.lstrip().startswith("#")))
+    stages: list[list[tuple[str, str]]] = [[]]
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        instruction, _, arguments = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def dockerfile_instructions(final_stage: bool = False) -> list[str]:
+    stages = dockerfile_stages()
+    return [name for stage in (stages[-1:] if final_stage else stages) for name, _ in stage]
+
+
+def final(instruction: str) -> list[str]:
+    return [arguments for name, arguments in dockerfile_stages()[-1] if name == instruction]
+
+
+def assignments(text: str) -> dict[str, str]:
+    """``A=1 B="two words"`` (Dockerfile ENV, systemd Environment=) as a dict."""
+    return dict(tuple(item.split("=", 1)) for item in shlex.split(text))  # type: ignore[misc]
+
+
+def dockerfile_env() -> dict[str, str]:
+    return {key: value for arguments in final("ENV") for key, value in assignments(arguments).items()}
+
+
+def dockerfile_exposed() -> set[int]:
+    return {int(port.split("/")[0]) for arguments in final("EXPOSE") for port in arguments.split()}
+
+
+# --- deploy/nginx.conf ---------------------------------------------------------------------------
+
+
+@dataclass
+class Directive:
+    name: str
+    args: list[str]
+    block: list[Directive] | None = None
+    line: int = 0
+
+    def find(self, name: str) -> list[Directive]:
+        return [d for d in self.block or [] if d.name == name]
+
+    def walk(self) -> Iterator[Directive]:
+        for child in self.block or []:
+            yield child
+            yield from child.walk()
+
+
+def nginx_parse(text: str) -> Directive:
+    """nginx's grammar: words and quoted strings, ``;`` ends a directive, ``{ }`` a block."""
+    tokens: list[tuple[str, int]] = []
+    for match in re.finditer(r"#[^\n]*|\"((?:\\.|[^\"\\])*)\"|'((?:\\.|[^'\\])*)'|([{};])|([^\s{};\"'#][^\s{};]*)",
+                             text):
+        if match.group(0).startswith("#"):
+            continue
+        line = text.count("\n", 0, match.start()) + 1
+        word = next(g for g in match.groups() if g is not None)
+        tokens.append((("\0" + word) if match.group(3) else word, line))
+    root = Directive("main", [], [])
+    stack, words = [root], list[str]()
+    for token, line in tokens:
+        if token in ("\0;", "\0{"):
+            assert words, f"nginx.conf:{line}: empty directive"
+            directive = Directive(words[0], words[1:], [] if token == "\0{" else None, line)
+            stack[-1].block.append(directive)  # type: ignore[union-attr]
+            if token == "\0{":
+                stack.append(directive)
+            words = []
+        elif token == "\0}":
+            assert not words and len(stack) > 1, f"nginx.conf:{line}: unbalanced '}}'"
+            stack.pop()
+        else:
+            words.append(token)
+    assert len(stack) == 1 and not words, "nginx.conf: unclosed block or missing ';'"
+    return root
+
+
+def http_block(nginx: Directive) -> Directive:
+    (http,) = nginx.find("http")
+    return http
+
+
+def server_block(nginx: Directive) -> Directive:
+    (server,) = http_block(nginx).find("server")
+    return server
+
+
+# --- deploy/systemd ------------------------------------------------------------------------------
+
+
+@dataclass
+class Unit:
+    path: Path
+    sections: dict[str, dict[str, list[str]]]
+    documented_env: dict[str, str]
+
+    def values(self, section: str, key: str) -> list[str]:
+        return self.sections.get(section, {}).get(key, [])
+
+    def value(self, section: str, key: str) -> str:
+        values = self.values(section, key)
+        assert values, f"{self.path.name}: no {key}= in [{section}]"
+        return values[-1]
+
+
+def parse_unit(path: Path) -> Unit:
+    sections: dict[str, dict[str, list[str]]] = {}
+    documented = {}
+    current = None
+    for line in re.sub(r"\\\n", " ", path.read_text()).splitlines():
+        line = line.strip()
+        documented_line = re.match(r"#\s+(CHATD_[A-Z0-9_]+)=(.*)", line)
+        if documented_line:
+            documented[documented_line.group(1)] = documented_line.group(2).strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        assert current is not None and "=" in line, f"{path.name}: {line!r}"
+        key, value = (part.strip() for part in line.split("=", 1))
+        current.setdefault(key, []).append(value)
+    return Unit(path, sections, documented)
+
+
+def units() -> dict[str, Unit]:
+    return {path.stem: parse_unit(path) for path in sorted(SYSTEMD.glob("*.service"))}
+
+
+def unit_environment(unit: Unit) -> dict[str, str]:
+    return {key: value for text in unit.values("Service", "Environment") for key, value in assignments(text).items()}

@@ -1,0 +1,317 @@
+"""deploy/nginx.conf: parsed and compared with chatd and the compose file, then run for real.
+
+The configuration is also run by the real nginx binary (apt package ``nginx``), which must be
+installed: a gateway test skipped in CI would be a gateway never tested.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatd.handlers.middleware import _HTTP_CODES
+from tests.deploy.helpers import (
+    NGINX_CONF,
+    Directive,
+    depends_on,
+    gateway,
+    http_block,
+    published_ports,
+    serve_settings,
+    server_block,
+)
+from tests.processes import free_port
+
+
+def select_location(server: Directive, path: str) -> Directive:
+    """The location nginx picks: exact, then longest prefix (^~ stops), then first regex, else prefix."""
+    locations = server.find("location")
+    for location in locations:
+        if location.args[0] == "=" and location.args[1] == path:
+            return location
+    prefixes = [loc for loc in locations if len(loc.args) == 1 or loc.args[0] == "^~"]
+    matching = sorted((loc for loc in prefixes if path.startswith(loc.args[-1])), key=lambda loc: -len(loc.args[-1]))
+    if matching and matching[0].args[0] == "^~":
+        return matching[0]
+    for location in locations:
+        if location.args[0] in ("~", "~*") and re.search(location.args[1], path,
+                                                         re.I if location.args[0] == "~*" else 0):
+            return location
+    assert matching, f"no location for {path}"
+    return matching[0]
+
+
+def zones(nginx: Directive) -> dict[str, str]:
+    defined = {}
+    for zone in http_block(nginx).find("limit_req_zone"):
+        options = dict(arg.split("=", 1) for arg in zone.args if "=" in arg)
+        defined[options["zone"].split(":")[0]] = options["rate"]
+    return defined
+
+
+def zone_of(limit_req: Directive) -> str:
+    (zone,) = [arg.split("=", 1)[1] for arg in limit_req.args if arg.startswith("zone=")]
+    return zone
+
+
+def limits(location: Directive) -> set[str]:
+    return {zone_of(d) for d in location.find("limit_req")}
+
+
+def test_nginx_rate_limits_as_the_reference(nginx: Directive) -> None:
+    defined = zones(nginx)
+    used = {zone_of(d) for d in nginx.walk() if d.name == "limit_req"}
+    assert used == set(defined), f"zones defined {set(defined)}, used {used}"
+    assert sorted(defined.values()) == ["100r/s", "50r/s"]
+    server = server_block(nginx)
+    by_rate = {rate: name for name, rate in defined.items()}
+    for path in ["/applications/tok/chats", "/applications/tok/chats/", "/applications/tok/chats/7",
+                 "/applications/tok/chats/7/messages", "/applications/tok/chats/7/messages/search"]:
+        assert by_rate["50r/s"] in limits(select_location(server, path)), f"{path} is not held to 50 r/s"
+    for path in ["/applications", "/applications/tok", "/applications/tok/chatsx", "/healthz", "/readyz"]:
+        location = select_location(server, path)
+        assert limits(location) == {by_rate["100r/s"]}, f"{path}: {limits(location)}"
+    assert http_block(nginx).find("limit_req_status")[0].args == ["429"]
+
+
+def test_nginx_balances_least_connections_over_the_api(nginx: Directive, compose: dict[str, Any]) -> None:
+    upstreams = {u.args[0]: u for u in http_block(nginx).find("upstream")}
+    assert len(upstreams) == 1
+    (name, upstream), = upstreams.items()
+    assert upstream.find("least_conn")
+    servers = serve_settings(compose)
+    for server in upstream.find("server"):
+        host, _, port = server.args[0].rpartition(":")
+        assert host in servers and servers[host].role in ("api", "all"), f"upstream {host} is no api service"
+        assert int(port) == servers[host].port, f"upstream port {port}, api listens on {servers[host].port}"
+    proxied = [d for d in nginx.walk() if d.name == "proxy_pass"]
+    assert proxied and all(d.args == [f"http://{name}"] for d in proxied)
+
+
+def test_nginx_retries_only_idempotent_requests(nginx: Directive) -> None:
+    directives = [d for d in nginx.walk() if d.name == "proxy_next_upstream"]
+    assert directives
+    for directive in directives:
+        assert {"error", "timeout"} <= set(directive.args)
+        assert "non_idempotent" not in directive.args, "a POST must never reach two replicas"
+
+
+def test_nginx_body_limit_matches_chatd(nginx: Directive, compose: dict[str, Any]) -> None:
+    (size,) = [d.args[0] for d in nginx.walk() if d.name == "client_max_body_size"]
+    number, unit = re.fullmatch(r"(\d+)([kKmM]?)", size).groups()  # type: ignore[union-attr]
+    limit = int(number) * {"": 1, "k": 1024, "m": 1024 * 1024}[unit.lower()]
+    for name, settings in serve_settings(compose).items():
+        if settings.role in ("api", "all"):
+            assert limit == settings.max_body_bytes, f"nginx takes {limit} bytes, {name} {settings.max_body_bytes}"
+
+
+def test_nginx_errors_are_chatd_shaped_json(nginx: Directive) -> None:
+    server = server_block(nginx)
+    assert http_block(nginx).find("default_type")[0].args == ["application/json"]
+    pages = {code: d.args[-1] for d in server.find("error_page") for code in d.args[:-1] if code.isdigit()}
+    expected = {"413": _HTTP_CODES[413], "429": "rate_limited", "502": None, "503": None, "504": None}
+    named = {loc.args[0]: loc for loc in server.find("location")}
+    for code, error_code in expected.items():
+        assert code in pages, f"nginx answers {code} with its HTML page"
+        (returned,) = named[pages[code]].find("return")
+        assert returned.args[0] == code
+        body = json.loads(returned.args[1])
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+        assert error_code is None or body["error"]["code"] == error_code
+        headers = {d.args[0] for d in named[pages[code]].find("add_header")}
+        assert "X-Request-Id" in headers
+
+
+def test_nginx_passes_the_request_id(nginx: Directive) -> None:
+    server = server_block(nginx)
+    headers = {d.args[0].lower(): d.args[1] for d in server.find("proxy_set_header")}
+    variable = headers.get("x-request-id", "")
+    (mapping,) = [m for m in http_block(nginx).find("map") if m.args[1] == variable]
+    assert mapping.args[0] == "$http_x_request_id"
+    entries = {d.name: d.args[0] for d in mapping.block or []}
+    assert entries == {"default": "$http_x_request_id", "": "$request_id"}
+    for location in server.find("location"):
+        # One proxy_set_header in a location drops every inherited one.
+        assert not location.find("proxy_set_header"), f"location {location.args} drops the X-Request-Id"
+
+
+def test_nginx_is_wired_into_compose(nginx: Directive, compose: dict[str, Any]) -> None:
+    _, service = gateway(compose)
+    mounts = [str(v).split(":") for v in service.get("volumes") or []]
+    assert ["./deploy/nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
+    listens = {int(d.args[0].rsplit(":", 1)[-1]) for d in server_block(nginx).find("listen")}
+    assert {target for _, _, target in published_ports(service)} <= listens
+    assert depends_on(service) and all(
+        serve_settings(compose)[name].role in ("api", "all") for name in depends_on(service))
+
+
+# --- nginx itself: syntax and behaviour --------------------------------------------------------
+
+
+def nginx_binary() -> str:
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if binary is None:
+        pytest.fail("the nginx binary is missing: apt-get install -y nginx (Makefile install step)")
+    return binary
+
+
+def local_nginx_conf(tmp_path: Path, listen: int, upstream: int) -> Path:
+    """deploy/nginx.conf with the compose host names and ports made local, and temp paths writable."""
+    text = NGINX_CONF.read_text()
+    text, upstreams = re.subn(r"(\bserver\s+)api:\d+", rf"\g<1>127.0.0.1:{upstream}", text)
+    text, listens = re.subn(r"\blisten\s+\d+;", f"listen 127.0.0.1:{listen};", text)
+    assert upstreams == 1 and listens == 1
+    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
+                                                                               "uwsgi", "scgi"))
+    text = text.replace("http {\n", "http {\n" + temp, 1)
+    path = tmp_path / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def nginx_command(conf: Path) -> list[str]:
+    return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", str(conf.parent / "error.log"),
+            "-g", f"pid {conf.parent}/nginx.pid;"]
+
+
+def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
+    conf = local_nginx_conf(tmp_path, free_port(), free_port())
+    result = subprocess.run([*nginx_command(conf), "-t"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+@dataclass
+class EchoUpstream:
+    """A stand-in api replica: answers every request with the headers it received."""
+
+    seen: list[dict[str, str]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> int:
+        seen, stopped = self.seen, self.stopped
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes
+
+            def answer(self) -> None:
+                if stopped.is_set():  # a connection nginx keeps alive: hang up, as a dead replica
+                    self.close_connection = True
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+                body = json.dumps({"headers": seen[-1]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def gateway_port(tmp_path: Path) -> Iterator[tuple[int, EchoUpstream]]:
+    upstream = EchoUpstream()
+    port = free_port()
+    conf = local_nginx_conf(tmp_path, port, upstream.start())
+    with open(tmp_path / "stderr.log", "wb") as log:
+        process = subprocess.Popen([*nginx_command(conf), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert process.poll() is None, (tmp_path / "stderr.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.05)
+        yield port, upstream
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        upstream.stop()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, connection: http.client.HTTPConnection | None = None,
+            ) -> tuple[int, dict[str, str], bytes]:
+    conn = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        if connection is None:
+            conn.close()
+
+
+def test_gateway_behaviour(gateway_port: tuple[int, EchoUpstream]) -> None:
+    port, upstream = gateway_port
+    # The client's request id reaches the api; without one, nginx makes one up.
+    status, _, body = request(port, "GET", "/applications", headers={"X-Request-Id": "req-42"})
+    assert status == 200 and json.loads(body)["headers"]["x-request-id"] == "req-42"
+    status, _, body = request(port, "GET", "/applications")
+    assert status == 200 and re.fullmatch(r"[0-9a-f]{32}", json.loads(body)["headers"]["x-request-id"])
+    # Bodies over chatd's limit stop at the gateway, in chatd's error shape.
+    status, headers, body = request(port, "POST", "/applications", body=b"x" * (64 * 1024 + 1),
+                                    headers={"Content-Type": "application/json", "X-Request-Id": "big"})
+    assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large"
+    assert headers["content-type"].startswith("application/json") and headers["x-request-id"] == "big"
+    status, _, body = request(port, "GET", "/metrics")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+    # 150 requests fit the general limit (100 r/s, burst 200) however fast they come; 400 to the
+    # chat endpoints run into their 50 r/s (burst 100) unless they took over 6 s.
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    general = Counter(request(port, "GET", "/applications", connection=connection)[0] for _ in range(150))
+    assert general == {200: 150}, general
+    chats: Counter[int] = Counter()
+    limited: tuple[dict[str, str], bytes] | None = None
+    started = time.monotonic()
+    for _ in range(400):
+        status, headers, body = request(port, "GET", "/applications/tok/chats", connection=connection)
+        chats[status] += 1
+        limited = (headers, body) if status == 429 else limited
+    elapsed = time.monotonic() - started
+    connection.close()
+    assert chats[429] > 0 and set(chats) <= {200, 429}, f"{chats} in {elapsed:.2f}s"
+    assert limited is not None
+    headers, body = limited
+    assert json.loads(body)["error"]["code"] == "rate_limited"
+    assert headers["content-type"].startswith("application/json") and headers["retry-after"] == "1"
+    # No replica answering is a JSON 502 too.
+    upstream.stop()
+    status, headers, body = request(port, "GET", "/applications", headers={"X-Request-Id": "down"})
+    assert status == 502 and json.loads(body)["error"]["code"] == "bad_gateway"
+    assert headers["x-request-id"] == "down"

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from chatd import keys
 from chatd.backends.registry import close_all, make_backends, open_all
-from chatd.handlers import applications, chats, health, messages
+from chatd.handlers import applications, chats, docs, health, messages
 from chatd.handlers.middleware import error_middleware
 from chatd.service import Backends, ChatService, Clock, utc_now
 from chatd.settings import Settings
@@ -31,7 +31,7 @@ def create_app(settings: Settings, *, backends: Backends | None = None, run_work
     app[keys.SETTINGS] = settings
     app.router.add_routes(health.routes)
     if settings.role in ("all", "api"):
-        for module in (applications, chats, messages):
+        for module in (applications, chats, messages, docs):
             app.router.add_routes(module.routes)
     workers = settings.role in ("all", "worker") if run_workers is None else run_workers
     app.cleanup_ctx.append(_backends_context(backends or make_backends(settings), clock))

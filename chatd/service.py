@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ class ChatService:
         self.clock = clock
         # Highest number this process knows to be reserved in the store, per counter key.
         self._reserved: OrderedDict[str, int] = OrderedDict()
+        # One store write at a time per counter; waiters usually find their number covered.
+        self._reserving: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # Applications
 
@@ -182,23 +185,33 @@ class ChatService:
 
         The store keeps a reservation ahead of the counter: a counter that restarts empty
         resumes above it, so numbers still queued and not yet stored are never reissued. A
-        number above this process' known reservation is handed out only once the store has
-        reserved it and the counter that gave it is still the same generation; otherwise it
-        is dropped (a gap) and the next one taken.
+        number is handed out at once if a reservation covering it was committed before it
+        was taken. Otherwise it waits for one (concurrent requests share a single store
+        write), and is handed out only if the counter that gave it is still the same
+        generation; a number from a counter lost meanwhile is dropped (a gap).
         """
         key = scope.key
         while True:
+            reserved_before = self._reserved.get(key, 0)
             tick = await self.counters.increment(key)
             while tick is None:
                 await self.counters.raise_to(key, await self.store.number_floor(scope))
                 tick = await self.counters.increment(key)
-            if tick.number <= self._reserved.get(key, 0):
+            if tick.number <= reserved_before:
                 return tick.number
-            reserved = await self.store.reserve_numbers(scope, tick.number + self.number_block)
-            self._remember_reservation(key, reserved)
+            async with self._reservation_lock(key):
+                if tick.number > self._reserved.get(key, 0):
+                    reserved = await self.store.reserve_numbers(scope, tick.number + self.number_block)
+                    self._remember_reservation(key, reserved)
             if await self.counters.generation(key) == tick.generation:
                 return tick.number
             logger.warning("counter %s was lost while reserving; dropping number %d", key, tick.number)
+
+    def _reservation_lock(self, key: str) -> asyncio.Lock:
+        lock = self._reserving.get(key)
+        if lock is None:
+            lock = self._reserving[key] = asyncio.Lock()
+        return lock
 
     def _remember_reservation(self, key: str, reserved: int) -> None:
         self._reserved[key] = reserved

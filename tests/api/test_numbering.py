@@ -88,3 +88,25 @@ async def test_counter_lost_while_reserving_drops_the_number(api: Api) -> None:
     finally:
         store.reserve_numbers = reserve  # type: ignore[method-assign]
     assert mine != taken_by_other[0]
+
+
+async def test_concurrent_requests_share_reservations(api: Api) -> None:
+    """A burst on one chat writes the store once per block of numbers, not once per request."""
+    token = await api.create_application()
+    chat = await api.create_chat(token)
+    store = api.service.store
+    reserve = store.reserve_numbers
+    calls = 0
+
+    async def counted(scope, upto):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return await reserve(scope, upto)
+
+    store.reserve_numbers = counted  # type: ignore[method-assign]
+    try:
+        numbers = await asyncio.gather(*(api.service.create_message(token, chat, "burst") for _ in range(300)))
+    finally:
+        store.reserve_numbers = reserve  # type: ignore[method-assign]
+    assert sorted(numbers) == list(range(1, 301))
+    assert calls <= 300 // api.service.number_block + 3, calls

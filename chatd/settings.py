@@ -25,6 +25,9 @@ class Settings:
     elasticsearch_url: str | None = None
     # Where the embedded search index keeps its SQLite file when Elasticsearch is not used.
     search_path: str = "./chatd-search.db"
+    # The embedded counters, cache, lock and queue live in the store's file when the store is
+    # SQLite, and in this file when it is MySQL but some of Redis/RabbitMQ are not configured.
+    embedded_path: str = "./chatd-embedded.db"
     admin_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080

@@ -63,9 +63,13 @@ def embedded_settings(folder: Path, **overrides: object) -> Settings:
 
 
 def real_settings(name: str, **overrides: object) -> Settings:
-    return Settings(database_url=f"{MYSQL_URL}/{name}", redis_url=REDIS_URL, redis_prefix=f"{name}:",
-                    amqp_url=AMQP_URL, amqp_prefix=name, elasticsearch_url=ELASTICSEARCH_URL,
-                    elasticsearch_index=name.replace("_", "-"), **overrides)  # type: ignore[arg-type]
+    values: dict[str, object] = {
+        "database_url": f"{MYSQL_URL}/{name}", "redis_url": REDIS_URL, "redis_prefix": f"{name}:",
+        "amqp_url": AMQP_URL, "amqp_prefix": name, "elasticsearch_url": ELASTICSEARCH_URL,
+        "elasticsearch_index": name.replace("_", "-"),
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 class Namespace:

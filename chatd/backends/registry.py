@@ -16,7 +16,7 @@ def embedded_path(settings: Settings) -> str:
     """The SQLite file of the embedded counters, cache, lock and queue: the store's, if it is SQLite."""
     if settings.database_url.startswith("sqlite://"):
         return path_from_url(settings.database_url)
-    return "./chatd-embedded.db"
+    return settings.embedded_path
 
 
 def make_store(settings: Settings) -> Store:

@@ -45,4 +45,4 @@ bench: install services
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache chatd.db* chatd-search.db* chatd-embedded.db*
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .hypothesis chatd.db* chatd-search.db* chatd-embedded.db*

@@ -62,8 +62,10 @@ async def load(api: str, messages: int, concurrency: int) -> dict[str, float]:
 
         async def searchable() -> bool:
             for chat in range(1, chats + 1):
-                async with session.get(f"{api}/applications/{token}/chats/{chat}/messages/search",
-                                       params={"query": "benchmark", "per_page": "1"}) as response:
+                async with session.get(
+                    f"{api}/applications/{token}/chats/{chat}/messages/search",
+                    params={"query": "benchmark", "per_page": "1"},
+                ) as response:
                     if (await response.json()).get("total") != messages // chats:
                         return False
             return True
@@ -73,12 +75,21 @@ async def load(api: str, messages: int, concurrency: int) -> dict[str, float]:
                 raise TimeoutError("messages did not become searchable in 600 s")
             await asyncio.sleep(0.1)
         all_searchable = time.perf_counter() - started
-        searches = [await timed(session, "GET", f"{api}/applications/{token}/chats/{n % chats + 1}/messages/search",
-                                params={"query": q}) for n, q in enumerate(["bench", "mesage", "benchmark 42"] * 30)]
-    return {"req_per_s": messages / elapsed, "p50_ms": percentile(latencies, 0.5) * 1000,
-            "p95_ms": percentile(latencies, 0.95) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
-            "all_searchable_s": all_searchable, "search_p50_ms": statistics.median(searches) * 1000,
-            "search_p95_ms": percentile(searches, 0.95) * 1000}
+        searches = [
+            await timed(
+                session, "GET", f"{api}/applications/{token}/chats/{n % chats + 1}/messages/search", params={"query": q}
+            )
+            for n, q in enumerate(["bench", "mesage", "benchmark 42"] * 30)
+        ]
+    return {
+        "req_per_s": messages / elapsed,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p95_ms": percentile(latencies, 0.95) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "all_searchable_s": all_searchable,
+        "search_p50_ms": statistics.median(searches) * 1000,
+        "search_p95_ms": percentile(searches, 0.95) * 1000,
+    }
 
 
 async def run_set(name: str, messages: int, concurrency: int, folder: Path) -> dict[str, float]:

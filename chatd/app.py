@@ -19,8 +19,9 @@ from chatd.workers.pipeline import Pipeline
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, backends: Backends | None = None, run_workers: bool | None = None,
-               clock: Clock = utc_now) -> web.Application:
+def create_app(
+    settings: Settings, *, backends: Backends | None = None, run_workers: bool | None = None, clock: Clock = utc_now
+) -> web.Application:
     """Build the application for ``settings.role``.
 
     ``api`` serves the HTTP API, ``worker`` runs the background loops (and serves only the
@@ -50,9 +51,13 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
                 applied = await backends.store.migrate()
                 if applied:
                     logger.info("applied migrations: %s", ", ".join(applied))
-            service = ChatService(backends, cache_ttl=settings.cache_ttl_seconds,
-                                  number_block=settings.number_block_size,
-                                  idempotency_ttl=settings.idempotency_ttl_seconds, clock=clock)
+            service = ChatService(
+                backends,
+                cache_ttl=settings.cache_ttl_seconds,
+                number_block=settings.number_block_size,
+                idempotency_ttl=settings.idempotency_ttl_seconds,
+                clock=clock,
+            )
             app[keys.BACKENDS] = backends
             app[keys.SERVICE] = service
             app[keys.PIPELINE] = Pipeline(service, settings)

@@ -52,8 +52,14 @@ def serve(settings: Settings) -> int:
     app = create_app(settings)
     # aiohttp handles SIGTERM/SIGINT: stop accepting, finish in-flight requests within the
     # grace period, then run the cleanup contexts (which drain the background loops).
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
-                shutdown_timeout=settings.shutdown_timeout_seconds, print=None)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+        print=None,
+    )
     return 0
 
 

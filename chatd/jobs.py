@@ -29,20 +29,38 @@ def parse_time(text: str) -> datetime:
 
 
 def encode_chat(job: ChatJob) -> bytes:
-    return orjson.dumps({"application_id": job.application_id, "chat_number": job.chat_number,
-                         "created_at": format_time(job.created_at)})
+    return orjson.dumps(
+        {
+            "application_id": job.application_id,
+            "chat_number": job.chat_number,
+            "created_at": format_time(job.created_at),
+        }
+    )
 
 
 def encode_message(job: MessageJob) -> bytes:
-    return orjson.dumps({"application_id": job.application_id, "chat_number": job.chat_number,
-                         "message_number": job.message_number, "content": job.content,
-                         "created_at": format_time(job.created_at)})
+    return orjson.dumps(
+        {
+            "application_id": job.application_id,
+            "chat_number": job.chat_number,
+            "message_number": job.message_number,
+            "content": job.content,
+            "created_at": format_time(job.created_at),
+        }
+    )
 
 
 def encode_document(doc: SearchDocument) -> bytes:
-    return orjson.dumps({"application_id": doc.application_id, "chat_number": doc.chat_number,
-                         "message_number": doc.message_number, "content": doc.content,
-                         "created_at": format_time(doc.created_at), "revision": doc.revision})
+    return orjson.dumps(
+        {
+            "application_id": doc.application_id,
+            "chat_number": doc.chat_number,
+            "message_number": doc.message_number,
+            "content": doc.content,
+            "created_at": format_time(doc.created_at),
+            "revision": doc.revision,
+        }
+    )
 
 
 def _fields(body: bytes) -> dict[str, Any]:
@@ -66,8 +84,13 @@ def decode_chat(body: bytes) -> ChatJob:
 def decode_message(body: bytes) -> MessageJob:
     data = _fields(body)
     try:
-        return MessageJob(int(data["application_id"]), int(data["chat_number"]), int(data["message_number"]),
-                          str(data["content"]), parse_time(data["created_at"]))
+        return MessageJob(
+            int(data["application_id"]),
+            int(data["chat_number"]),
+            int(data["message_number"]),
+            str(data["content"]),
+            parse_time(data["created_at"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise PoisonJob(f"bad message job: {exc!r}") from exc
 
@@ -75,7 +98,13 @@ def decode_message(body: bytes) -> MessageJob:
 def decode_document(body: bytes) -> SearchDocument:
     data = _fields(body)
     try:
-        return SearchDocument(int(data["application_id"]), int(data["chat_number"]), int(data["message_number"]),
-                              str(data["content"]), parse_time(data["created_at"]), int(data["revision"]))
+        return SearchDocument(
+            int(data["application_id"]),
+            int(data["chat_number"]),
+            int(data["message_number"]),
+            str(data["content"]),
+            parse_time(data["created_at"]),
+            int(data["revision"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise PoisonJob(f"bad index job: {exc!r}") from exc

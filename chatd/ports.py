@@ -70,9 +70,7 @@ class Store(Backend, Protocol):
 
     async def get_message(self, application_id: int, chat_number: int, number: int) -> Message | None: ...
 
-    async def list_messages(
-        self, application_id: int, chat_number: int, page: int, per_page: int
-    ) -> Page[Message]: ...
+    async def list_messages(self, application_id: int, chat_number: int, page: int, per_page: int) -> Page[Message]: ...
 
     async def update_message(
         self, application_id: int, chat_number: int, number: int, content: str, updated_at: datetime
@@ -188,9 +186,7 @@ class SearchIndex(Backend, Protocol):
     async def index(self, documents: Sequence[SearchDocument]) -> list[SearchDocument]:
         """Write documents in bulk; return those that failed and should be retried."""
 
-    async def search(
-        self, application_id: int, chat_number: int, query: str, page: int, per_page: int
-    ) -> SearchResult:
+    async def search(self, application_id: int, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
         """Matches ordered by message number."""
 
     async def refresh(self) -> None:

@@ -64,8 +64,15 @@ class ChatService:
     the job goes to a durable queue, and the workers store it later.
     """
 
-    def __init__(self, backends: Backends, *, cache_ttl: float = 1800.0, number_block: int = 100,
-                 idempotency_ttl: float = 86400.0, clock: Clock = utc_now):
+    def __init__(
+        self,
+        backends: Backends,
+        *,
+        cache_ttl: float = 1800.0,
+        number_block: int = 100,
+        idempotency_ttl: float = 86400.0,
+        clock: Clock = utc_now,
+    ):
         self.backends = backends
         self.store = backends.store
         self.counters = backends.counters
@@ -136,8 +143,9 @@ class ChatService:
 
     # Messages
 
-    async def create_message(self, token: str, chat_number: int, content: str,
-                             idempotency_key: str | None = None) -> int:
+    async def create_message(
+        self, token: str, chat_number: int, content: str, idempotency_key: str | None = None
+    ) -> int:
         app = await self.application(token)
         await self._require_chat(app, chat_number)
 
@@ -233,8 +241,9 @@ class ChatService:
         if not await self._was_handed_out(NumberScope(app.id), chat_number):
             raise NotFound(f"chat {chat_number} does not exist", code="chat_not_found")
 
-    async def _accept(self, scope: NumberScope, topic: str, make_job: Callable[[int], Awaitable[bytes]],
-                      idempotency_key: str | None) -> int:
+    async def _accept(
+        self, scope: NumberScope, topic: str, make_job: Callable[[int], Awaitable[bytes]], idempotency_key: str | None
+    ) -> int:
         """Take a number, queue the job durably, and return the number.
 
         With an idempotency key, the job is recorded under the key before it is published,
@@ -274,8 +283,9 @@ class ChatService:
             if value not in (None, _CLAIMED):
                 return value
             if time.monotonic() > deadline:
-                raise Conflict("a request with this Idempotency-Key is still in progress",
-                               code="idempotency_in_progress")
+                raise Conflict(
+                    "a request with this Idempotency-Key is still in progress", code="idempotency_in_progress"
+                )
             await asyncio.sleep(0.05)
 
 
@@ -284,11 +294,19 @@ _CLAIM_SECONDS = 10.0
 
 
 def _application_to_cache(app: Application) -> bytes:
-    return orjson.dumps({"id": app.id, "token": app.token, "name": app.name,
-                         "chats_count": app.chats_count, "created_at": app.created_at.isoformat()})
+    return orjson.dumps(
+        {
+            "id": app.id,
+            "token": app.token,
+            "name": app.name,
+            "chats_count": app.chats_count,
+            "created_at": app.created_at.isoformat(),
+        }
+    )
 
 
 def _application_from_cache(raw: bytes) -> Application:
     data = orjson.loads(raw)
-    return Application(data["id"], data["token"], data["name"], data["chats_count"],
-                       datetime.fromisoformat(data["created_at"]))
+    return Application(
+        data["id"], data["token"], data["name"], data["chats_count"], datetime.fromisoformat(data["created_at"])
+    )

@@ -59,8 +59,9 @@ class Supervisor:
             return
         _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
         for task in pending:
-            logger.warning("background loop %s did not stop in %.0fs; cancelling", task.get_name(),
-                           self.shutdown_timeout)
+            logger.warning(
+                "background loop %s did not stop in %.0fs; cancelling", task.get_name(), self.shutdown_timeout
+            )
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._tasks.clear()

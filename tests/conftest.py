@@ -35,8 +35,13 @@ async def create_mysql_database(name: str) -> None:
     import aiomysql
 
     parts = urlsplit(MYSQL_URL)
-    conn = await aiomysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username,
-                                  password=parts.password or "", autocommit=True)
+    conn = await aiomysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username,
+        password=parts.password or "",
+        autocommit=True,
+    )
     try:
         async with conn.cursor() as cursor:
             await cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
@@ -48,8 +53,13 @@ async def drop_mysql_database(name: str) -> None:
     import aiomysql
 
     parts = urlsplit(MYSQL_URL)
-    conn = await aiomysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username,
-                                  password=parts.password or "", autocommit=True)
+    conn = await aiomysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username,
+        password=parts.password or "",
+        autocommit=True,
+    )
     try:
         async with conn.cursor() as cursor:
             await cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
@@ -58,14 +68,17 @@ async def drop_mysql_database(name: str) -> None:
 
 
 def embedded_settings(folder: Path, **overrides: object) -> Settings:
-    return Settings(database_url=f"sqlite:///{folder}/chatd.db", search_path=f"{folder}/search.db",
-                    **overrides)  # type: ignore[arg-type]
+    return Settings(database_url=f"sqlite:///{folder}/chatd.db", search_path=f"{folder}/search.db", **overrides)  # type: ignore[arg-type]
 
 
 def real_settings(name: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "database_url": f"{MYSQL_URL}/{name}", "redis_url": REDIS_URL, "redis_prefix": f"{name}:",
-        "amqp_url": AMQP_URL, "amqp_prefix": name, "elasticsearch_url": ELASTICSEARCH_URL,
+        "database_url": f"{MYSQL_URL}/{name}",
+        "redis_url": REDIS_URL,
+        "redis_prefix": f"{name}:",
+        "amqp_url": AMQP_URL,
+        "amqp_prefix": name,
+        "elasticsearch_url": ELASTICSEARCH_URL,
         "elasticsearch_index": name.replace("_", "-"),
     }
     values.update(overrides)

@@ -49,8 +49,9 @@ class ChatdProcess:
 
     async def start(self, timeout: float = 30.0) -> ChatdProcess:
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "chatd", "serve"], env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chatd", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:

@@ -28,8 +28,7 @@ async def start_processes(namespace: Namespace, tmp_path: Path, apis: int, worke
     return processes
 
 
-async def test_two_apis_and_two_workers_number_store_and_index_everything(namespace: Namespace,
-                                                                         tmp_path: Path) -> None:
+async def test_two_apis_and_two_workers_number_store_and_index_everything(namespace: Namespace, tmp_path: Path) -> None:
     processes = await start_processes(namespace, tmp_path, apis=2, workers=2)
     api_urls = [p.url for p in processes if p.role == "api"]
     total = 2000 if namespace.backend_set == "real" else 800

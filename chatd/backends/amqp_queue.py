@@ -154,7 +154,8 @@ class AmqpQueue:
         options: dict[str, Any] = {} if "reconnect_interval" in URL(self.url).query else {"reconnect_interval": 1}
         try:
             connection = await asyncio.wait_for(
-                aio_pika.connect_robust(self.url, timeout=CONNECT_TIMEOUT, **options), CONNECT_TIMEOUT * 2)
+                aio_pika.connect_robust(self.url, timeout=CONNECT_TIMEOUT, **options), CONNECT_TIMEOUT * 2
+            )
         except _OUTAGE as exc:
             raise BackendUnavailable(f"rabbitmq: cannot connect: {exc!r}") from exc
         self._connection = connection
@@ -162,10 +163,12 @@ class AmqpQueue:
             self._publishing = await self._bounded(connection.channel(publisher_confirms=True, on_return_raises=True))
             self._admin = await self._bounded(connection.channel(publisher_confirms=False))
             # Exchanges cost the broker next to nothing: declare them now, queues when needed.
-            self._retry_exchange = await self._bounded(self._publishing.declare_exchange(
-                self._retries, aio_pika.ExchangeType.DIRECT, durable=True))
-            await self._bounded(self._admin.declare_exchange(
-                self._dead_letters, aio_pika.ExchangeType.DIRECT, durable=True))
+            self._retry_exchange = await self._bounded(
+                self._publishing.declare_exchange(self._retries, aio_pika.ExchangeType.DIRECT, durable=True)
+            )
+            await self._bounded(
+                self._admin.declare_exchange(self._dead_letters, aio_pika.ExchangeType.DIRECT, durable=True)
+            )
         except BaseException:
             await self.close()
             raise
@@ -217,8 +220,9 @@ class AmqpQueue:
         outcomes = await self._publish(self._publishing.default_exchange, self._queue(topic), messages, topic)
         failures = [failure for failure in outcomes if failure is not None]
         if failures:
-            raise BackendUnavailable(f"rabbitmq: {len(failures)} of {len(messages)} jobs unconfirmed:"
-                                     f" {failures[0]!r}") from failures[0]
+            raise BackendUnavailable(
+                f"rabbitmq: {len(failures)} of {len(messages)} jobs unconfirmed: {failures[0]!r}"
+            ) from failures[0]
 
     async def receive(self, topic: str, max_batch: int, max_wait: float) -> list[Delivery]:
         consumer = await self._consumer(topic, max_batch)
@@ -241,12 +245,17 @@ class AmqpQueue:
     async def retry(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         live = [delivery for delivery in deliveries if _is_live(delivery.tag)]
         if len(live) < len(deliveries):
-            logger.warning("%s: %d jobs to retry lost their channel; the broker delivers them again",
-                           topic, len(deliveries) - len(live))
+            logger.warning(
+                "%s: %d jobs to retry lost their channel; the broker delivers them again",
+                topic,
+                len(deliveries) - len(live),
+            )
         if not live:
             return
-        copies = [aio_pika.Message(delivery.body, delivery_mode=PERSISTENT,
-                                   headers={ATTEMPTS_HEADER: delivery.attempts}) for delivery in live]
+        copies = [
+            aio_pika.Message(delivery.body, delivery_mode=PERSISTENT, headers={ATTEMPTS_HEADER: delivery.attempts})
+            for delivery in live
+        ]
         try:
             await self._ensure_topic(topic)  # the retry queue's binding for this topic
             assert self._retry_exchange is not None
@@ -257,8 +266,12 @@ class AmqpQueue:
         undelayed = [d for d, failure in zip(live, outcomes) if failure is not None]
         if undelayed:
             # Without a delayed copy, an immediate redelivery is the next best thing.
-            logger.warning("%s: could not delay %d retries (%r); requeueing them", topic, len(undelayed),
-                           next(failure for failure in outcomes if failure is not None))
+            logger.warning(
+                "%s: could not delay %d retries (%r); requeueing them",
+                topic,
+                len(undelayed),
+                next(failure for failure in outcomes if failure is not None),
+            )
             await self._settle(topic, undelayed, "requeue")
 
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
@@ -323,13 +336,24 @@ class AmqpQueue:
             # Poison jobs are parked, not worked: a classic queue is enough, and cheaper.
             dead_queue = await self._declare(admin, dead, {"x-queue-type": "classic"})
             await self._bounded(dead_queue.bind(self._dead_letters, routing_key=dead))
-            retries = await self._declare(admin, self._retries, {
-                **quorum, **at_least_once, "x-message-ttl": RETRY_DELAY_MS, "x-dead-letter-exchange": ""})
+            retries = await self._declare(
+                admin,
+                self._retries,
+                {**quorum, **at_least_once, "x-message-ttl": RETRY_DELAY_MS, "x-dead-letter-exchange": ""},
+            )
             await self._bounded(retries.bind(self._retries, routing_key=work))
             # The limit counts returns; the first delivery is not one.
-            await self._declare(admin, work, {
-                **quorum, **at_least_once, "x-delivery-limit": max(self.max_attempts - 1, 1),
-                "x-dead-letter-exchange": self._dead_letters, "x-dead-letter-routing-key": dead})
+            await self._declare(
+                admin,
+                work,
+                {
+                    **quorum,
+                    **at_least_once,
+                    "x-delivery-limit": max(self.max_attempts - 1, 1),
+                    "x-dead-letter-exchange": self._dead_letters,
+                    "x-dead-letter-routing-key": dead,
+                },
+            )
             self._declared.add(topic)
 
     async def _declare(self, admin: AbstractRobustChannel, name: str, arguments: dict[str, Any]) -> Any:
@@ -352,13 +376,18 @@ class AmqpQueue:
             await self._quietly(probe.close())
         return await self._bounded(admin.declare_queue(name, durable=True, arguments=arguments))
 
-    async def _publish(self, exchange: AbstractExchange, routing_key: str, messages: list[aio_pika.Message],
-                       topic: str) -> list[BaseException | None]:
+    async def _publish(
+        self, exchange: AbstractExchange, routing_key: str, messages: list[aio_pika.Message], topic: str
+    ) -> list[BaseException | None]:
         """Publish concurrently; once the broker answered for every message, each one's failure or None."""
         self._admin_channel()  # fail fast while disconnected
-        results = await asyncio.gather(*(
-            asyncio.wait_for(exchange.publish(message, routing_key, mandatory=True), CONFIRM_TIMEOUT)
-            for message in messages), return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                asyncio.wait_for(exchange.publish(message, routing_key, mandatory=True), CONFIRM_TIMEOUT)
+                for message in messages
+            ),
+            return_exceptions=True,
+        )
         outcomes = [result if isinstance(result, BaseException) else None for result in results]
         for failure in outcomes:
             if isinstance(failure, PublishError):
@@ -387,8 +416,9 @@ class AmqpQueue:
             if isinstance(result, BaseException) and not isinstance(result, _OUTAGE):
                 raise result  # settling a job twice, say: a bug, not an outage
         if lost:
-            logger.warning("%s: could not %s %d jobs (%r); they will be delivered again",
-                           topic, how, len(lost), lost[0])
+            logger.warning(
+                "%s: could not %s %d jobs (%r); they will be delivered again", topic, how, len(lost), lost[0]
+            )
 
     async def _consumer(self, topic: str, max_batch: int) -> _Consumer:
         if topic in self._consumers:

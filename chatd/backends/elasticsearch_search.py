@@ -79,9 +79,18 @@ class ElasticsearchIndex:
 
     name = "elasticsearch"
 
-    def __init__(self, url: str, index: str = "messages", *, shards: int = 3, replicas: int | None = None,
-                 max_result_window: int = 10_000, request_timeout: float = 10.0, ping_timeout: float = 2.0,
-                 max_retries: int = 2):
+    def __init__(
+        self,
+        url: str,
+        index: str = "messages",
+        *,
+        shards: int = 3,
+        replicas: int | None = None,
+        max_result_window: int = 10_000,
+        request_timeout: float = 10.0,
+        ping_timeout: float = 2.0,
+        max_retries: int = 2,
+    ):
         self.url = url
         self.index_name = index
         self.shards = shards
@@ -102,8 +111,9 @@ class ElasticsearchIndex:
         # Created here, not in __init__: the client's HTTP session belongs to the running loop.
         # A timeout is reported, not repeated: the request may be slow rather than lost, and
         # the caller (a client, the indexer) retries anyway; so a request waits one timeout at most.
-        self._client = AsyncElasticsearch(self.url, request_timeout=self.request_timeout,
-                                          max_retries=self.max_retries, retry_on_timeout=False)
+        self._client = AsyncElasticsearch(
+            self.url, request_timeout=self.request_timeout, max_retries=self.max_retries, retry_on_timeout=False
+        )
         try:
             await self._create_index()
         except BaseException:
@@ -113,8 +123,7 @@ class ElasticsearchIndex:
     async def _create_index(self) -> None:
         with _outage("create index"):
             try:
-                await self.client.indices.create(index=self.index_name, settings=self._settings(),
-                                                 mappings=_MAPPINGS)
+                await self.client.indices.create(index=self.index_name, settings=self._settings(), mappings=_MAPPINGS)
             except BadRequestError as exc:
                 # Another process (or an earlier run) created it first: same mapping, nothing to do.
                 if exc.error != "resource_already_exists_exception":
@@ -138,7 +147,8 @@ class ElasticsearchIndex:
         # reads as "red", not as a timeout.
         with _outage("ping"):
             health = await self.client.options(request_timeout=self.ping_timeout).cluster.health(
-                index=self.index_name, timeout=f"{int(self.ping_timeout * 500)}ms")
+                index=self.index_name, timeout=f"{int(self.ping_timeout * 500)}ms"
+            )
         if health["status"] == "red":
             raise BackendUnavailable(f"elasticsearch index {self.index_name} is red")
 
@@ -162,8 +172,17 @@ class ElasticsearchIndex:
             return []
         operations: list[dict[str, Any]] = []
         for doc in documents:
-            operations.append({"index": {"_index": self.index_name, "_id": doc.doc_id, "routing": doc.routing,
-                                         "version": doc.revision, "version_type": "external_gte"}})
+            operations.append(
+                {
+                    "index": {
+                        "_index": self.index_name,
+                        "_id": doc.doc_id,
+                        "routing": doc.routing,
+                        "version": doc.revision,
+                        "version_type": "external_gte",
+                    }
+                }
+            )
             operations.append(_source(doc))
         with _outage("bulk index"):
             response = await self.client.bulk(operations=operations)
@@ -189,13 +208,13 @@ class ElasticsearchIndex:
         if rejected:
             raise SearchRejected(rejected)
         if len(retry) == len(documents):
-            raise BackendUnavailable(f"elasticsearch refused all {len(documents)} documents, e.g. "
-                                     f"{items[0]['index'].get('error')}")
+            raise BackendUnavailable(
+                f"elasticsearch refused all {len(documents)} documents, e.g. {items[0]['index'].get('error')}"
+            )
         logger.warning("elasticsearch: %d of %d documents to retry", len(retry), len(documents))
         return retry
 
-    async def search(self, application_id: int, chat_number: int, query: str, page: int,
-                     per_page: int) -> SearchResult:
+    async def search(self, application_id: int, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
         wanted = query_words(query)
         if not wanted:
             return SearchResult(0, [])
@@ -209,20 +228,34 @@ class ElasticsearchIndex:
             if start >= total:
                 return SearchResult(total, [])
             if min(start + size, total) > self.max_result_window:
-                raise BadRequest(f"page too deep: search results stop after the first {self.max_result_window}"
-                                 " matches; narrow the query", code="page_too_deep")
+                raise BadRequest(
+                    f"page too deep: search results stop after the first {self.max_result_window}"
+                    " matches; narrow the query",
+                    code="page_too_deep",
+                )
             size = total - start
         return await self._search(routing, criteria, start, size)
 
     async def _search(self, routing: str, criteria: dict[str, Any], start: int, size: int) -> SearchResult:
         with _outage("search"):
             response = await self.client.search(
-                index=self.index_name, routing=routing, query=criteria, sort=[{"message_number": "asc"}],
-                from_=start, size=size, track_total_hits=True, source_includes=_HIT_FIELDS,
+                index=self.index_name,
+                routing=routing,
+                query=criteria,
+                sort=[{"message_number": "asc"}],
+                from_=start,
+                size=size,
+                track_total_hits=True,
+                source_includes=_HIT_FIELDS,
                 # A total from some shards only would be a wrong answer: fail instead.
-                allow_partial_search_results=False)
-        hits = [SearchHit(hit["_source"]["message_number"], hit["_source"]["content"],
-                          parse_time(hit["_source"]["created_at"])) for hit in response["hits"]["hits"]]
+                allow_partial_search_results=False,
+            )
+        hits = [
+            SearchHit(
+                hit["_source"]["message_number"], hit["_source"]["content"], parse_time(hit["_source"]["created_at"])
+            )
+            for hit in response["hits"]["hits"]
+        ]
         return SearchResult(response["hits"]["total"]["value"], hits)
 
 
@@ -238,8 +271,13 @@ _MAPPINGS: dict[str, Any] = {
         "content": {"type": "text", "index": False},
         # Lower-cased words joined by spaces; only term-level queries read them, so neither
         # frequencies, positions nor norms are needed.
-        "words": {"type": "text", "analyzer": "whitespace", "index_options": "docs", "norms": False,
-                  "index_prefixes": {"min_chars": PREFIX_CHARS[0], "max_chars": PREFIX_CHARS[1]}},
+        "words": {
+            "type": "text",
+            "analyzer": "whitespace",
+            "index_options": "docs",
+            "norms": False,
+            "index_prefixes": {"min_chars": PREFIX_CHARS[0], "max_chars": PREFIX_CHARS[1]},
+        },
         "created_at": {"type": "date"},
         "revision": {"type": "long"},
     },
@@ -266,15 +304,30 @@ def _word_query(word: str) -> dict[str, Any]:
     if edits:
         # constant_score reads every matching term; the default rewrite keeps only the best
         # 50 (max_expansions) of the whole shard, which may all belong to other chats.
-        clauses.append({"fuzzy": {"words": {"value": word, "fuzziness": edits, "transpositions": True,
-                                            "prefix_length": 0, "rewrite": "constant_score"}}})
+        clauses.append(
+            {
+                "fuzzy": {
+                    "words": {
+                        "value": word,
+                        "fuzziness": edits,
+                        "transpositions": True,
+                        "prefix_length": 0,
+                        "rewrite": "constant_score",
+                    }
+                }
+            }
+        )
     return {"bool": {"should": clauses, "minimum_should_match": 1}}
 
 
 def _query(application_id: int, chat_number: int, wanted: list[str]) -> dict[str, Any]:
     # Filter context throughout: hits are ordered by number, so scores would be wasted work.
-    return {"bool": {"filter": [
-        {"term": {"application_id": application_id}},
-        {"term": {"chat_number": chat_number}},
-        *(_word_query(word) for word in wanted),
-    ]}}
+    return {
+        "bool": {
+            "filter": [
+                {"term": {"application_id": application_id}},
+                {"term": {"chat_number": chat_number}},
+                *(_word_query(word) for word in wanted),
+            ]
+        }
+    }

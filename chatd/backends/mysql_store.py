@@ -75,11 +75,16 @@ class MysqlTarget:
         if not database or "/" in database:
             raise ValueError("a mysql URL names its database: mysql://user:pass@host:port/dbname")
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-        return cls(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
-                   user=unquote(parts.username or "root"), password=unquote(parts.password or ""),
-                   database=database, pool_size=int(query.get("pool_size", 10)),
-                   timeout=float(query.get("timeout", 30.0)),
-                   connect_timeout=float(query.get("connect_timeout", 5.0)))
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=database,
+            pool_size=int(query.get("pool_size", 10)),
+            timeout=float(query.get("timeout", 30.0)),
+            connect_timeout=float(query.get("connect_timeout", 5.0)),
+        )
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -118,15 +123,23 @@ class MysqlStore:
         target = self.target
         try:
             self._pool = await aiomysql.create_pool(
-                minsize=1, maxsize=target.pool_size,
+                minsize=1,
+                maxsize=target.pool_size,
                 # Idle connections older than this are replaced (below any server wait_timeout);
                 # connections the server closed are dropped by the pool on acquire.
                 pool_recycle=3600,
-                host=target.host, port=target.port, user=target.user, password=target.password,
-                db=target.database, charset="utf8mb4", autocommit=False, connect_timeout=target.connect_timeout,
+                host=target.host,
+                port=target.port,
+                user=target.user,
+                password=target.password,
+                db=target.database,
+                charset="utf8mb4",
+                autocommit=False,
+                connect_timeout=target.connect_timeout,
                 # No CLIENT.FOUND_ROWS: affected rows must count rows inserted, not rows matched.
                 client_flag=0,
-                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            )
         except Exception as exc:
             if is_connection_error(exc):
                 raise BackendUnavailable(f"mysql unreachable: {exc}") from exc
@@ -179,8 +192,10 @@ class MysqlStore:
         stamp = to_db(created_at)
 
         async def insert(cursor: aiomysql.Cursor) -> Application:
-            await cursor.execute("INSERT INTO applications (token, name, created_at, updated_at)"
-                                 " VALUES (%s, %s, %s, %s)", (token, name, stamp, stamp))
+            await cursor.execute(
+                "INSERT INTO applications (token, name, created_at, updated_at) VALUES (%s, %s, %s, %s)",
+                (token, name, stamp, stamp),
+            )
             return Application(int(cursor.lastrowid), token, name, 0, from_db(stamp))
 
         return await self._run(insert, commit=True)
@@ -193,16 +208,20 @@ class MysqlStore:
         async def query(cursor: aiomysql.Cursor) -> Page[Application]:
             await cursor.execute("SELECT COUNT(*) FROM applications")
             total = (await cursor.fetchone())[0]
-            await cursor.execute(f"SELECT {_APP_COLUMNS} FROM applications ORDER BY id LIMIT %s OFFSET %s",
-                                 (per_page, (page - 1) * per_page))
+            await cursor.execute(
+                f"SELECT {_APP_COLUMNS} FROM applications ORDER BY id LIMIT %s OFFSET %s",
+                (per_page, (page - 1) * per_page),
+            )
             return Page([_application(row) for row in await cursor.fetchall()], page, per_page, int(total))
 
         return await self._run(query, commit=False)
 
     async def rename_application(self, token: str, name: str) -> Application | None:
         async def update(cursor: aiomysql.Cursor) -> Application | None:
-            await cursor.execute("UPDATE applications SET name = %s, updated_at = %s WHERE token = %s",
-                                 (name, to_db(datetime.now(UTC)), token))
+            await cursor.execute(
+                "UPDATE applications SET name = %s, updated_at = %s WHERE token = %s",
+                (name, to_db(datetime.now(UTC)), token),
+            )
             await cursor.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE token = %s", (token,))
             row = await cursor.fetchone()
             return None if row is None else _application(row)
@@ -221,17 +240,21 @@ class MysqlStore:
             await self._run(save, commit=True)
 
     async def get_chat(self, application_id: int, number: int) -> Chat | None:
-        row = await self._fetchone("SELECT number, messages_count, created_at FROM chats"
-                                   " WHERE application_id = %s AND number = %s", (application_id, number))
+        row = await self._fetchone(
+            "SELECT number, messages_count, created_at FROM chats WHERE application_id = %s AND number = %s",
+            (application_id, number),
+        )
         return None if row is None else Chat(int(row[0]), int(row[1]), from_db(row[2]))
 
     async def list_chats(self, application_id: int, page: int, per_page: int) -> Page[Chat]:
         async def query(cursor: aiomysql.Cursor) -> Page[Chat]:
             await cursor.execute("SELECT COUNT(*) FROM chats WHERE application_id = %s", (application_id,))
             total = (await cursor.fetchone())[0]
-            await cursor.execute("SELECT number, messages_count, created_at FROM chats WHERE application_id = %s"
-                                 " ORDER BY number LIMIT %s OFFSET %s",
-                                 (application_id, per_page, (page - 1) * per_page))
+            await cursor.execute(
+                "SELECT number, messages_count, created_at FROM chats WHERE application_id = %s"
+                " ORDER BY number LIMIT %s OFFSET %s",
+                (application_id, per_page, (page - 1) * per_page),
+            )
             items = [Chat(int(r[0]), int(r[1]), from_db(r[2])) for r in await cursor.fetchall()]
             return Page(items, page, per_page, int(total))
 
@@ -249,38 +272,46 @@ class MysqlStore:
         row = await self._fetchone(
             "SELECT m.number, m.content, m.created_at, m.updated_at FROM chats c"
             " JOIN messages m ON m.chat_id = c.id WHERE c.application_id = %s AND c.number = %s AND m.number = %s",
-            (application_id, chat_number, number))
+            (application_id, chat_number, number),
+        )
         return None if row is None else Message(int(row[0]), row[1], from_db(row[2]), from_db(row[3]))
 
-    async def list_messages(self, application_id: int, chat_number: int, page: int,
-                            per_page: int) -> Page[Message]:
+    async def list_messages(self, application_id: int, chat_number: int, page: int, per_page: int) -> Page[Message]:
         async def query(cursor: aiomysql.Cursor) -> Page[Message]:
             chat_id = await writes.chat_id(cursor, application_id, chat_number)
             if chat_id is None:
                 return Page([], page, per_page, 0)
             await cursor.execute("SELECT COUNT(*) FROM messages WHERE chat_id = %s", (chat_id,))
             total = (await cursor.fetchone())[0]
-            await cursor.execute("SELECT number, content, created_at, updated_at FROM messages WHERE chat_id = %s"
-                                 " ORDER BY number LIMIT %s OFFSET %s", (chat_id, per_page, (page - 1) * per_page))
+            await cursor.execute(
+                "SELECT number, content, created_at, updated_at FROM messages WHERE chat_id = %s"
+                " ORDER BY number LIMIT %s OFFSET %s",
+                (chat_id, per_page, (page - 1) * per_page),
+            )
             items = [Message(int(r[0]), r[1], from_db(r[2]), from_db(r[3])) for r in await cursor.fetchall()]
             return Page(items, page, per_page, int(total))
 
         return await self._run(query, commit=False)
 
-    async def update_message(self, application_id: int, chat_number: int, number: int, content: str,
-                             updated_at: datetime) -> SearchDocument | None:
+    async def update_message(
+        self, application_id: int, chat_number: int, number: int, content: str, updated_at: datetime
+    ) -> SearchDocument | None:
         async def update(cursor: aiomysql.Cursor) -> SearchDocument | None:
             chat_id = await writes.chat_id(cursor, application_id, chat_number)
             if chat_id is None:
                 return None
             # Lock the row first so that the revision we return is the one we wrote.
-            await cursor.execute("SELECT id, created_at, revision FROM messages WHERE chat_id = %s AND number = %s"
-                                 " FOR UPDATE", (chat_id, number))
+            await cursor.execute(
+                "SELECT id, created_at, revision FROM messages WHERE chat_id = %s AND number = %s FOR UPDATE",
+                (chat_id, number),
+            )
             row = await cursor.fetchone()
             if row is None:
                 return None
-            await cursor.execute("UPDATE messages SET content = %s, revision = revision + 1, updated_at = %s"
-                                 " WHERE id = %s", (content, to_db(updated_at), row[0]))
+            await cursor.execute(
+                "UPDATE messages SET content = %s, revision = revision + 1, updated_at = %s WHERE id = %s",
+                (content, to_db(updated_at), row[0]),
+            )
             return SearchDocument(application_id, chat_number, number, content, from_db(row[1]), int(row[2]) + 1)
 
         return await self._run(update, commit=True)
@@ -292,21 +323,27 @@ class MysqlStore:
             stored = "SELECT MAX(number) FROM chats WHERE application_id = %s"
             args: tuple[Any, ...] = (scope.application_id,)
         else:
-            stored = ("SELECT MAX(m.number) FROM chats c JOIN messages m ON m.chat_id = c.id"
-                      " WHERE c.application_id = %s AND c.number = %s")
+            stored = (
+                "SELECT MAX(m.number) FROM chats c JOIN messages m ON m.chat_id = c.id"
+                " WHERE c.application_id = %s AND c.number = %s"
+            )
             args = (scope.application_id, scope.chat_number)
         row = await self._fetchone(
             f"SELECT GREATEST(COALESCE(({stored}), 0), COALESCE((SELECT reserved_upto FROM number_reservations"
-            " WHERE scope = %s), 0))", (*args, scope.key))
+            " WHERE scope = %s), 0))",
+            (*args, scope.key),
+        )
         return int(row[0]) if row else 0
 
     async def reserve_numbers(self, scope: NumberScope, upto: int) -> int:
         async def reserve(cursor: aiomysql.Cursor) -> int:
             # GREATEST(...) with the value passed twice, not VALUES(): deprecated on MySQL 8,
             # and its replacement (``AS new``) does not exist on MariaDB.
-            await cursor.execute("INSERT INTO number_reservations (scope, reserved_upto) VALUES (%s, %s)"
-                                 " ON DUPLICATE KEY UPDATE reserved_upto = GREATEST(reserved_upto, %s)",
-                                 (scope.key, upto, upto))
+            await cursor.execute(
+                "INSERT INTO number_reservations (scope, reserved_upto) VALUES (%s, %s)"
+                " ON DUPLICATE KEY UPDATE reserved_upto = GREATEST(reserved_upto, %s)",
+                (scope.key, upto, upto),
+            )
             await cursor.execute("SELECT reserved_upto FROM number_reservations WHERE scope = %s", (scope.key,))
             return int((await cursor.fetchone())[0])
 

@@ -76,8 +76,9 @@ async def _counted_statements(cursor: aiomysql.Cursor, statements: Sequence[Stat
         end, size = start, 0
         while end < len(statements):
             # At most 4 bytes per character, escaped or not: an upper bound of what is sent.
-            size += len(statements[end][1]) + sum(len(arg) * 4 if isinstance(arg, str) else 24
-                                                  for arg in statements[end][2])
+            size += len(statements[end][1]) + sum(
+                len(arg) * 4 if isinstance(arg, str) else 24 for arg in statements[end][2]
+            )
             if end > start and size > _BYTES_PER_ROUND_TRIP:
                 break
             end += 1
@@ -91,23 +92,28 @@ async def _counted_statements(cursor: aiomysql.Cursor, statements: Sequence[Stat
     return counts
 
 
-def _insert_statements(table: str, columns: str, key_column: str,
-                       rows: dict[Any, list[tuple[Any, ...]]]) -> list[Statement]:
+def _insert_statements(
+    table: str, columns: str, key_column: str, rows: dict[Any, list[tuple[Any, ...]]]
+) -> list[Statement]:
     statements = []
     for key, values in rows.items():
         for start in range(0, len(values), _ROWS_PER_INSERT):
-            chunk = values[start:start + _ROWS_PER_INSERT]
+            chunk = values[start : start + _ROWS_PER_INSERT]
             placeholders = _marks(len(chunk), f"({_marks(len(chunk[0]))})")
-            sql = (f"INSERT INTO {table} ({columns}) VALUES {placeholders}"
-                   f" ON DUPLICATE KEY UPDATE {key_column} = {key_column}")
+            sql = (
+                f"INSERT INTO {table} ({columns}) VALUES {placeholders}"
+                f" ON DUPLICATE KEY UPDATE {key_column} = {key_column}"
+            )
             statements.append((key, sql, [arg for row in chunk for arg in row]))
     return statements
 
 
 async def _insert_deltas(cursor: aiomysql.Cursor, deltas: Sequence[tuple[int, int | None, int]]) -> None:
     if deltas:
-        await cursor.execute("INSERT INTO count_deltas (application_id, chat_id, delta) VALUES "
-                             + _marks(len(deltas), "(%s, %s, %s)"), [arg for row in deltas for arg in row])
+        await cursor.execute(
+            "INSERT INTO count_deltas (application_id, chat_id, delta) VALUES " + _marks(len(deltas), "(%s, %s, %s)"),
+            [arg for row in deltas for arg in row],
+        )
 
 
 async def _chat_ids(cursor: aiomysql.Cursor, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int]:
@@ -117,14 +123,16 @@ async def _chat_ids(cursor: aiomysql.Cursor, keys: Iterable[tuple[int, int]]) ->
 
 
 async def chat_id(cursor: aiomysql.Cursor, application_id: int, chat_number: int) -> int | None:
-    await cursor.execute("SELECT id FROM chats WHERE application_id = %s AND number = %s",
-                         (application_id, chat_number))
+    await cursor.execute(
+        "SELECT id FROM chats WHERE application_id = %s AND number = %s", (application_id, chat_number)
+    )
     row = await cursor.fetchone()
     return None if row is None else int(row[0])
 
 
-async def insert_chats(cursor: aiomysql.Cursor, chats: Sequence[tuple[int, int, datetime]],
-                        want_ids: bool = False) -> dict[tuple[int, int], int]:
+async def insert_chats(
+    cursor: aiomysql.Cursor, chats: Sequence[tuple[int, int, datetime]], want_ids: bool = False
+) -> dict[tuple[int, int], int]:
     """Insert the chats not stored yet, with one count delta per application for those inserted here.
 
     Chats of unknown applications are skipped. Returns the ids of the chats that exist,
@@ -145,8 +153,9 @@ async def insert_chats(cursor: aiomysql.Cursor, chats: Sequence[tuple[int, int, 
         rows: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
         for app_id, number in missing:
             rows[app_id].append((app_id, number, wanted[(app_id, number)]))
-        added = await _counted_statements(cursor, _insert_statements(
-            "chats", "application_id, number, created_at", "number", rows))
+        added = await _counted_statements(
+            cursor, _insert_statements("chats", "application_id, number, created_at", "number", rows)
+        )
         await _insert_deltas(cursor, [(app_id, None, count) for app_id, count in added.items() if count])
         if want_ids:
             ids.update(await _chat_ids(cursor, missing))
@@ -155,8 +164,9 @@ async def insert_chats(cursor: aiomysql.Cursor, chats: Sequence[tuple[int, int, 
 
 async def insert_messages(cursor: aiomysql.Cursor, jobs: Sequence[MessageJob]) -> list[SearchDocument]:
     # A message may overtake its chat's job in the queues: its chat is created here if needed.
-    chat_ids = await insert_chats(cursor, [(job.application_id, job.chat_number, to_db(job.created_at))
-                                            for job in jobs], want_ids=True)
+    chat_ids = await insert_chats(
+        cursor, [(job.application_id, job.chat_number, to_db(job.created_at)) for job in jobs], want_ids=True
+    )
     firsts: dict[tuple[int, int], MessageJob] = {}
     for job in jobs:
         chat_id = chat_ids.get((job.application_id, job.chat_number))
@@ -168,28 +178,36 @@ async def insert_messages(cursor: aiomysql.Cursor, jobs: Sequence[MessageJob]) -
     for (chat_id, number), job in sorted(firsts.items(), key=lambda item: item[0]):
         stamp = to_db(job.created_at)
         rows[chat_id].append((chat_id, number, job.content, stamp, stamp))
-    added = await _counted_statements(cursor, _insert_statements(
-        "messages", "chat_id, number, content, created_at, updated_at", "number", rows))
+    added = await _counted_statements(
+        cursor, _insert_statements("messages", "chat_id, number, content, created_at, updated_at", "number", rows)
+    )
     application_of = {chat_id: app_id for (app_id, _), chat_id in chat_ids.items()}
-    await _insert_deltas(cursor, [(application_of[chat_id], chat_id, count)
-                                  for chat_id, count in added.items() if count])
+    await _insert_deltas(
+        cursor, [(application_of[chat_id], chat_id, count) for chat_id, count in added.items() if count]
+    )
     # A chat whose rows were all inserted here holds exactly what the jobs say; only the others
     # (re-deliveries, races with another worker) are read back.
-    stored = {(chat_id, row[1]): (row[2], from_db(row[3]), 1)
-              for chat_id, chat_rows in rows.items() if added[chat_id] == len(chat_rows) for row in chat_rows}
+    stored = {
+        (chat_id, row[1]): (row[2], from_db(row[3]), 1)
+        for chat_id, chat_rows in rows.items()
+        if added[chat_id] == len(chat_rows)
+        for row in chat_rows
+    }
     stored.update(await _stored_versions(cursor, [key for key in firsts if key not in stored]))
     documents = []
     for job in jobs:
         chat_id = chat_ids.get((job.application_id, job.chat_number))
         if chat_id is not None:
             content, created_at, revision = stored[(chat_id, job.message_number)]
-            documents.append(SearchDocument(job.application_id, job.chat_number, job.message_number, content,
-                                            created_at, revision))
+            documents.append(
+                SearchDocument(job.application_id, job.chat_number, job.message_number, content, created_at, revision)
+            )
     return documents
 
 
-async def _stored_versions(cursor: aiomysql.Cursor,
-                           keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], tuple[str, datetime, int]]:
+async def _stored_versions(
+    cursor: aiomysql.Cursor, keys: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], tuple[str, datetime, int]]:
     if not keys:
         return {}
     where, args = _where_pairs(keys, "chat_id", "number")
@@ -201,11 +219,15 @@ async def _add_counts(cursor: aiomysql.Cursor, table: str, column: str, deltas: 
     statements: list[Statement] = []
     ids = sorted(deltas)  # one lock order for every reconciler
     for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
+        chunk = ids[start : start + 500]
         cases = " ".join(["WHEN %s THEN %s"] * len(chunk))
-        statements.append((None, f"UPDATE {table} SET {column} = {column} + CASE id {cases} END"
-                                 f" WHERE id IN ({_marks(len(chunk))})",
-                           [arg for row_id in chunk for arg in (row_id, deltas[row_id])] + chunk))
+        statements.append(
+            (
+                None,
+                f"UPDATE {table} SET {column} = {column} + CASE id {cases} END WHERE id IN ({_marks(len(chunk))})",
+                [arg for row_id in chunk for arg in (row_id, deltas[row_id])] + chunk,
+            )
+        )
     if statements:
         await _counted_statements(cursor, statements)
 
@@ -213,8 +235,10 @@ async def _add_counts(cursor: aiomysql.Cursor, table: str, column: str, deltas: 
 async def fold_deltas(cursor: aiomysql.Cursor, limit: int) -> CountsReconciled:
     # SKIP LOCKED: a second reconciler takes the next deltas instead of waiting for (or, once
     # they are deleted, missing) those the first one holds; no delta is read by two of them.
-    await cursor.execute("SELECT id, application_id, chat_id, delta FROM count_deltas ORDER BY id LIMIT %s"
-                         " FOR UPDATE SKIP LOCKED", (limit,))
+    await cursor.execute(
+        "SELECT id, application_id, chat_id, delta FROM count_deltas ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+        (limit,),
+    )
     rows = await cursor.fetchall()
     if not rows:
         return CountsReconciled(0, [])
@@ -239,8 +263,7 @@ async def fold_deltas(cursor: aiomysql.Cursor, limit: int) -> CountsReconciled:
 _RECOUNT = (
     "DELETE FROM count_deltas",
     "UPDATE chats SET messages_count = (SELECT COUNT(*) FROM messages WHERE messages.chat_id = chats.id)",
-    "UPDATE applications SET chats_count ="
-    " (SELECT COUNT(*) FROM chats WHERE chats.application_id = applications.id)",
+    "UPDATE applications SET chats_count = (SELECT COUNT(*) FROM chats WHERE chats.application_id = applications.id)",
 )
 
 
@@ -262,12 +285,16 @@ async def recount(cursor: aiomysql.Cursor) -> None:
 
 
 async def apply_migrations(cursor: aiomysql.Cursor) -> list[str]:
-    await cursor.execute("SELECT COUNT(*) FROM information_schema.tables"
-                         " WHERE table_schema = DATABASE() AND table_name = 'schema_migrations'")
+    await cursor.execute(
+        "SELECT COUNT(*) FROM information_schema.tables"
+        " WHERE table_schema = DATABASE() AND table_name = 'schema_migrations'"
+    )
     if (await cursor.fetchone())[0] == 0:
-        await cursor.execute("CREATE TABLE schema_migrations (name VARCHAR(191) NOT NULL PRIMARY KEY,"
-                             " applied_at DATETIME(3) NOT NULL)"
-                             " ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci")
+        await cursor.execute(
+            "CREATE TABLE schema_migrations (name VARCHAR(191) NOT NULL PRIMARY KEY,"
+            " applied_at DATETIME(3) NOT NULL)"
+            " ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci"
+        )
     await cursor.execute("SELECT name FROM schema_migrations")
     done = {row[0] for row in await cursor.fetchall()}
     applied = []
@@ -276,8 +303,7 @@ async def apply_migrations(cursor: aiomysql.Cursor) -> list[str]:
             continue
         for statement in split_statements(sql):
             await cursor.execute(statement)
-        await cursor.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (%s, UTC_TIMESTAMP(3))",
-                             (name,))
+        await cursor.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (%s, UTC_TIMESTAMP(3))", (name,))
         await cursor.connection.commit()
         logger.info("applied mysql migration %s", name)
         applied.append(name)

@@ -55,10 +55,10 @@ def _make_client(url: str) -> aioredis.Redis:
     # Retry connection errors only (a stale pooled socket, a server restarting): retrying
     # a timeout would resend a command the server may have run, against a server already
     # too slow. Jittered backoff, capped, so a dead server fails a request within ~0.5 s.
-    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), _RETRIES,
-                  supported_errors=(RedisConnectionError,))
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), _RETRIES, supported_errors=(RedisConnectionError,))
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, **{**_CLIENT_DEFAULTS, "retry": retry, "decode_responses": False, "client_name": "chatd"})
+        url, **{**_CLIENT_DEFAULTS, "retry": retry, "decode_responses": False, "client_name": "chatd"}
+    )
     return aioredis.Redis.from_pool(pool)
 
 
@@ -236,8 +236,9 @@ class RedisCounters(_RedisPort):
         return None if value is None else cast("bytes", value).decode()
 
     async def raise_to(self, key: str, floor: int) -> None:
-        await self.connection.run(self.connection.script(_RAISE_TO)(
-            keys=[self._key(key)], args=[int(floor), secrets.token_hex(8)]))
+        await self.connection.run(
+            self.connection.script(_RAISE_TO)(keys=[self._key(key)], args=[int(floor), secrets.token_hex(8)])
+        )
 
 
 class RedisCache(_RedisPort):
@@ -256,7 +257,8 @@ class RedisCache(_RedisPort):
 
     async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
         stored = await self.connection.run(
-            self.connection.client.set(self._key(key), value, px=_milliseconds(ttl_seconds), nx=True))
+            self.connection.client.set(self._key(key), value, px=_milliseconds(ttl_seconds), nx=True)
+        )
         return bool(stored)
 
     async def delete(self, key: str) -> None:
@@ -292,8 +294,9 @@ class RedisLock(_RedisPort):
     namespace = "lock:"
 
     async def acquire(self, name: str, owner: str, ttl_seconds: float) -> bool:
-        taken = await self.connection.run(self.connection.script(_ACQUIRE)(
-            keys=[self._key(name)], args=[owner, _milliseconds(ttl_seconds)]))
+        taken = await self.connection.run(
+            self.connection.script(_ACQUIRE)(keys=[self._key(name)], args=[owner, _milliseconds(ttl_seconds)])
+        )
         return bool(taken)
 
     async def release(self, name: str, owner: str) -> None:

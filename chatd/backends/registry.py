@@ -45,15 +45,18 @@ def make_backends(settings: Settings) -> Backends:
     if settings.amqp_url:
         from chatd.backends.amqp_queue import AmqpQueue
 
-        queue = AmqpQueue(settings.amqp_url, prefix=settings.amqp_prefix,
-                          max_attempts=settings.max_delivery_attempts)
+        queue = AmqpQueue(settings.amqp_url, prefix=settings.amqp_prefix, max_attempts=settings.max_delivery_attempts)
     else:
         queue = SqliteQueue(embedded)
     if settings.elasticsearch_url:
         from chatd.backends.elasticsearch_search import ElasticsearchIndex
 
-        search = ElasticsearchIndex(settings.elasticsearch_url, index=settings.elasticsearch_index,
-                                    shards=settings.elasticsearch_shards, replicas=settings.elasticsearch_replicas)
+        search = ElasticsearchIndex(
+            settings.elasticsearch_url,
+            index=settings.elasticsearch_index,
+            shards=settings.elasticsearch_shards,
+            replicas=settings.elasticsearch_replicas,
+        )
     else:
         search = SqliteSearchIndex(settings.search_path)
     return Backends(make_store(settings), counters, cache, queue, search, lock)

@@ -51,26 +51,33 @@ class SqliteCounters:
     async def increment(self, key: str) -> CounterTick | None:
         def incr(conn: sqlite3.Connection) -> CounterTick | None:
             # fetchall, not fetchone: a RETURNING statement must run to completion before COMMIT.
-            rows = conn.execute("UPDATE embedded_counters SET value = value + 1 WHERE key = ?"
-                                " RETURNING value, generation", (key,)).fetchall()
+            rows = conn.execute(
+                "UPDATE embedded_counters SET value = value + 1 WHERE key = ? RETURNING value, generation", (key,)
+            ).fetchall()
             return CounterTick(int(rows[0][0]), rows[0][1]) if rows else None
 
         return await self.db.transaction(incr)
 
     async def current(self, key: str) -> int | None:
-        row = await self.db.read(lambda conn: conn.execute(
-            "SELECT value FROM embedded_counters WHERE key = ?", (key,)).fetchone())
+        row = await self.db.read(
+            lambda conn: conn.execute("SELECT value FROM embedded_counters WHERE key = ?", (key,)).fetchone()
+        )
         return None if row is None else int(row[0])
 
     async def generation(self, key: str) -> str | None:
-        row = await self.db.read(lambda conn: conn.execute(
-            "SELECT generation FROM embedded_counters WHERE key = ?", (key,)).fetchone())
+        row = await self.db.read(
+            lambda conn: conn.execute("SELECT generation FROM embedded_counters WHERE key = ?", (key,)).fetchone()
+        )
         return None if row is None else str(row[0])
 
     async def raise_to(self, key: str, floor: int) -> None:
-        await self.db.transaction(lambda conn: conn.execute(
-            "INSERT INTO embedded_counters (key, value, generation) VALUES (?, ?, ?) ON CONFLICT (key)"
-            " DO UPDATE SET value = MAX(value, excluded.value)", (key, floor, secrets.token_hex(8))))
+        await self.db.transaction(
+            lambda conn: conn.execute(
+                "INSERT INTO embedded_counters (key, value, generation) VALUES (?, ?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET value = MAX(value, excluded.value)",
+                (key, floor, secrets.token_hex(8)),
+            )
+        )
 
     async def wipe(self) -> None:
         """Forget every counter (tests use it to play a counter server losing its data)."""
@@ -102,14 +109,16 @@ class SqliteLock:
                 "INSERT INTO embedded_locks (name, owner, expires) VALUES (?, ?, ?) ON CONFLICT (name)"
                 " DO UPDATE SET owner = excluded.owner, expires = excluded.expires"
                 " WHERE embedded_locks.expires < ? OR embedded_locks.owner = excluded.owner",
-                (name, owner, now + ttl_seconds, now))
+                (name, owner, now + ttl_seconds, now),
+            )
             return cursor.rowcount == 1
 
         return await self.db.transaction(take)
 
     async def release(self, name: str, owner: str) -> None:
-        await self.db.transaction(lambda conn: conn.execute(
-            "DELETE FROM embedded_locks WHERE name = ? AND owner = ?", (name, owner)))
+        await self.db.transaction(
+            lambda conn: conn.execute("DELETE FROM embedded_locks WHERE name = ? AND owner = ?", (name, owner))
+        )
 
 
 class SqliteCache:
@@ -132,8 +141,11 @@ class SqliteCache:
         await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def get(self, key: str) -> bytes | None:
-        row = await self.db.read(lambda conn: conn.execute(
-            "SELECT value FROM embedded_cache WHERE key = ? AND expires > ?", (key, time.time())).fetchone())
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT value FROM embedded_cache WHERE key = ? AND expires > ?", (key, time.time())
+            ).fetchone()
+        )
         return None if row is None else bytes(row[0])
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
@@ -151,7 +163,8 @@ class SqliteCache:
         cursor = conn.execute(
             "INSERT INTO embedded_cache (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE"
             " SET value = excluded.value, expires = excluded.expires" + condition,
-            (key, value, now + ttl) + (() if replace else (ttl,)))
+            (key, value, now + ttl) + (() if replace else (ttl,)),
+        )
         return cursor.rowcount == 1
 
     async def delete(self, key: str) -> None:

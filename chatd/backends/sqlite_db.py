@@ -26,7 +26,7 @@ def path_from_url(url: str) -> str:
     """``sqlite:///./chatd.db`` -> ``./chatd.db``; ``sqlite:///:memory:`` -> ``:memory:``."""
     if not url.startswith("sqlite://"):
         raise ValueError(f"not a sqlite URL: {url}")
-    path = url[len("sqlite://"):]
+    path = url[len("sqlite://") :]
     return path[1:] if path.startswith("/") and not path.startswith("//") else path
 
 

@@ -55,9 +55,12 @@ class SqliteQueue:
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         now = time.time()
-        await self.db.transaction(lambda conn: conn.executemany(
-            "INSERT INTO embedded_jobs (topic, body, visible_at) VALUES (?, ?, ?)",
-            [(topic, body, now) for body in bodies]))
+        await self.db.transaction(
+            lambda conn: conn.executemany(
+                "INSERT INTO embedded_jobs (topic, body, visible_at) VALUES (?, ?, ?)",
+                [(topic, body, now) for body in bodies],
+            )
+        )
         self._event(topic).set()
 
     async def receive(self, topic: str, max_batch: int, max_wait: float) -> list[Delivery]:
@@ -66,8 +69,9 @@ class SqliteQueue:
         while True:
             event = self._event(topic)
             event.clear()
-            deliveries += await self.db.transaction(partial(self._lease, topic=topic,
-                                                            limit=max_batch - len(deliveries)))
+            deliveries += await self.db.transaction(
+                partial(self._lease, topic=topic, limit=max_batch - len(deliveries))
+            )
             remaining = deadline - time.monotonic()
             if len(deliveries) >= max_batch or remaining <= 0:
                 return deliveries
@@ -78,39 +82,55 @@ class SqliteQueue:
 
     def _lease(self, conn: sqlite3.Connection, topic: str, limit: int) -> list[Delivery]:
         now = time.time()
-        rows = conn.execute("SELECT id, body, attempts FROM embedded_jobs WHERE topic = ? AND visible_at <= ?"
-                            " ORDER BY id LIMIT ?", (topic, now, limit)).fetchall()
-        conn.executemany("UPDATE embedded_jobs SET attempts = attempts + 1, visible_at = ? WHERE id = ?",
-                         [(now + self.lease_seconds, row[0]) for row in rows])
+        rows = conn.execute(
+            "SELECT id, body, attempts FROM embedded_jobs WHERE topic = ? AND visible_at <= ? ORDER BY id LIMIT ?",
+            (topic, now, limit),
+        ).fetchall()
+        conn.executemany(
+            "UPDATE embedded_jobs SET attempts = attempts + 1, visible_at = ? WHERE id = ?",
+            [(now + self.lease_seconds, row[0]) for row in rows],
+        )
         return [Delivery(body=bytes(row[1]), attempts=row[2] + 1, tag=row[0]) for row in rows]
 
     async def ack(self, topic: str, deliveries: Sequence[Delivery]) -> None:
-        await self.db.transaction(lambda conn: conn.executemany(
-            "DELETE FROM embedded_jobs WHERE id = ?", [(d.tag,) for d in deliveries]))
+        await self.db.transaction(
+            lambda conn: conn.executemany("DELETE FROM embedded_jobs WHERE id = ?", [(d.tag,) for d in deliveries])
+        )
 
     async def retry(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         # A short pause before the next delivery keeps a failing job from spinning.
         visible_at = time.time() + 0.5
-        await self.db.transaction(lambda conn: conn.executemany(
-            "UPDATE embedded_jobs SET visible_at = ? WHERE id = ?", [(visible_at, d.tag) for d in deliveries]))
+        await self.db.transaction(
+            lambda conn: conn.executemany(
+                "UPDATE embedded_jobs SET visible_at = ? WHERE id = ?", [(visible_at, d.tag) for d in deliveries]
+            )
+        )
 
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         def move(conn: sqlite3.Connection) -> None:
             now = time.time()
             for delivery in deliveries:
-                conn.execute("INSERT OR REPLACE INTO embedded_dead_jobs SELECT id, topic, body, attempts, ?"
-                             " FROM embedded_jobs WHERE id = ?", (now, delivery.tag))
+                conn.execute(
+                    "INSERT OR REPLACE INTO embedded_dead_jobs SELECT id, topic, body, attempts, ?"
+                    " FROM embedded_jobs WHERE id = ?",
+                    (now, delivery.tag),
+                )
                 conn.execute("DELETE FROM embedded_jobs WHERE id = ?", (delivery.tag,))
 
         await self.db.transaction(move)
 
     async def depth(self, topic: str) -> int:
-        row = await self.db.read(lambda conn: conn.execute(
-            "SELECT COUNT(*) FROM embedded_jobs WHERE topic = ? AND visible_at <= ?",
-            (topic, time.time())).fetchone())
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT COUNT(*) FROM embedded_jobs WHERE topic = ? AND visible_at <= ?", (topic, time.time())
+            ).fetchone()
+        )
         return int(row[0])
 
     async def dead_letters(self, topic: str) -> list[bytes]:
-        rows = await self.db.read(lambda conn: conn.execute(
-            "SELECT body FROM embedded_dead_jobs WHERE topic = ? ORDER BY id", (topic,)).fetchall())
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT body FROM embedded_dead_jobs WHERE topic = ? ORDER BY id", (topic,)
+            ).fetchall()
+        )
         return [bytes(row[0]) for row in rows]

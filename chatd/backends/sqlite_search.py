@@ -28,7 +28,7 @@ _CHUNK = 500
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
-        yield items[start:start + _CHUNK]
+        yield items[start : start + _CHUNK]
 
 
 class SqliteSearchIndex:
@@ -65,8 +65,7 @@ class SqliteSearchIndex:
         await self.db.transaction(write)
         return []
 
-    async def search(self, application_id: int, chat_number: int, query: str, page: int,
-                     per_page: int) -> SearchResult:
+    async def search(self, application_id: int, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
         wanted = query_words(query)
         if not wanted:
             return SearchResult(0, [])
@@ -75,40 +74,57 @@ class SqliteSearchIndex:
 
 def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
     key = (doc.application_id, doc.chat_number, doc.message_number)
-    row = conn.execute("SELECT revision FROM search_documents WHERE application_id = ? AND chat_number = ?"
-                       " AND message_number = ?", key).fetchone()
+    row = conn.execute(
+        "SELECT revision FROM search_documents WHERE application_id = ? AND chat_number = ? AND message_number = ?", key
+    ).fetchone()
     if row is not None and row[0] > doc.revision:
         return  # a newer edit is indexed already
-    conn.execute("INSERT OR REPLACE INTO search_documents VALUES (?, ?, ?, ?, ?, ?)",
-                 (*key, doc.content, format_time(doc.created_at), doc.revision))
+    conn.execute(
+        "INSERT OR REPLACE INTO search_documents VALUES (?, ?, ?, ?, ?, ?)",
+        (*key, doc.content, format_time(doc.created_at), doc.revision),
+    )
     conn.execute("DELETE FROM search_terms WHERE application_id = ? AND chat_number = ? AND message_number = ?", key)
-    conn.executemany("INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?, ?)",
-                     [(doc.application_id, doc.chat_number, term, doc.message_number)
-                      for term in set(words(doc.content))])
+    conn.executemany(
+        "INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?, ?)",
+        [(doc.application_id, doc.chat_number, term, doc.message_number) for term in set(words(doc.content))],
+    )
 
 
-def _search(conn: sqlite3.Connection, application_id: int, chat_number: int, wanted: list[str], page: int,
-            per_page: int) -> SearchResult:
+def _search(
+    conn: sqlite3.Connection, application_id: int, chat_number: int, wanted: list[str], page: int, per_page: int
+) -> SearchResult:
     chat = (application_id, chat_number)
-    vocabulary = [row[0] for row in conn.execute(
-        "SELECT DISTINCT term FROM search_terms WHERE application_id = ? AND chat_number = ?", chat)]
+    vocabulary = [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT term FROM search_terms WHERE application_id = ? AND chat_number = ?", chat
+        )
+    ]
     found: set[int] | None = None
     for query_word in wanted:
         terms = [term for term in vocabulary if word_matches(query_word, term)]
         numbers: set[int] = set()
         for part in _chunks(terms):
             marks = ",".join("?" * len(part))
-            numbers.update(row[0] for row in conn.execute(
-                "SELECT message_number FROM search_terms WHERE application_id = ? AND chat_number = ?"
-                f" AND term IN ({marks})", (*chat, *part)))
+            numbers.update(
+                row[0]
+                for row in conn.execute(
+                    "SELECT message_number FROM search_terms WHERE application_id = ? AND chat_number = ?"
+                    f" AND term IN ({marks})",
+                    (*chat, *part),
+                )
+            )
         found = numbers if found is None else found & numbers
         if not found:
             return SearchResult(0, [])
     ordered = sorted(found or ())
-    window = ordered[(page - 1) * per_page: page * per_page]
+    window = ordered[(page - 1) * per_page : page * per_page]
     hits = []
     for number in window:
-        row = conn.execute("SELECT content, created_at FROM search_documents WHERE application_id = ?"
-                           " AND chat_number = ? AND message_number = ?", (*chat, number)).fetchone()
+        row = conn.execute(
+            "SELECT content, created_at FROM search_documents WHERE application_id = ?"
+            " AND chat_number = ? AND message_number = ?",
+            (*chat, number),
+        ).fetchone()
         hits.append(SearchHit(number, row[0], parse_time(row[1])))
     return SearchResult(len(ordered), hits)

@@ -70,29 +70,34 @@ class SqliteStore:
         def insert(conn: sqlite3.Connection) -> Application:
             cursor = conn.execute(
                 "INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (token, name, stamp, stamp))
+                (token, name, stamp, stamp),
+            )
             return Application(int(cursor.lastrowid or 0), token, name, 0, created_at)
 
         return await self.db.transaction(insert)
 
     async def get_application(self, token: str) -> Application | None:
-        row = await self.db.read(lambda conn: conn.execute(
-            f"SELECT {_APP_COLUMNS} FROM applications WHERE token = ?", (token,)).fetchone())
+        row = await self.db.read(
+            lambda conn: conn.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE token = ?", (token,)).fetchone()
+        )
         return None if row is None else _application(row)
 
     async def list_applications(self, page: int, per_page: int) -> Page[Application]:
         def query(conn: sqlite3.Connection) -> Page[Application]:
             total = conn.execute("SELECT COUNT(*) FROM applications").fetchone()[0]
-            rows = conn.execute(f"SELECT {_APP_COLUMNS} FROM applications ORDER BY id LIMIT ? OFFSET ?",
-                                (per_page, (page - 1) * per_page)).fetchall()
+            rows = conn.execute(
+                f"SELECT {_APP_COLUMNS} FROM applications ORDER BY id LIMIT ? OFFSET ?",
+                (per_page, (page - 1) * per_page),
+            ).fetchall()
             return Page([_application(row) for row in rows], page, per_page, total)
 
         return await self.db.read(query)
 
     async def rename_application(self, token: str, name: str) -> Application | None:
         def update(conn: sqlite3.Connection) -> Application | None:
-            conn.execute("UPDATE applications SET name = ?, updated_at = datetime('now') WHERE token = ?",
-                         (name, token))
+            conn.execute(
+                "UPDATE applications SET name = ?, updated_at = datetime('now') WHERE token = ?", (name, token)
+            )
             row = conn.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE token = ?", (token,)).fetchone()
             return None if row is None else _application(row)
 
@@ -101,22 +106,27 @@ class SqliteStore:
     # Chats
 
     async def save_chats(self, jobs: Sequence[ChatJob]) -> None:
-        await self.db.transaction(lambda conn: _insert_chats(conn, [(j.application_id, j.chat_number,
-                                                                      j.created_at) for j in jobs]))
+        await self.db.transaction(
+            lambda conn: _insert_chats(conn, [(j.application_id, j.chat_number, j.created_at) for j in jobs])
+        )
 
     async def get_chat(self, application_id: int, number: int) -> Chat | None:
-        row = await self.db.read(lambda conn: conn.execute(
-            "SELECT number, messages_count, created_at FROM chats WHERE application_id = ? AND number = ?",
-            (application_id, number)).fetchone())
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT number, messages_count, created_at FROM chats WHERE application_id = ? AND number = ?",
+                (application_id, number),
+            ).fetchone()
+        )
         return None if row is None else Chat(row[0], row[1], parse_time(row[2]))
 
     async def list_chats(self, application_id: int, page: int, per_page: int) -> Page[Chat]:
         def query(conn: sqlite3.Connection) -> Page[Chat]:
-            total = conn.execute("SELECT COUNT(*) FROM chats WHERE application_id = ?",
-                                 (application_id,)).fetchone()[0]
+            total = conn.execute("SELECT COUNT(*) FROM chats WHERE application_id = ?", (application_id,)).fetchone()[0]
             rows = conn.execute(
                 "SELECT number, messages_count, created_at FROM chats WHERE application_id = ?"
-                " ORDER BY number LIMIT ? OFFSET ?", (application_id, per_page, (page - 1) * per_page)).fetchall()
+                " ORDER BY number LIMIT ? OFFSET ?",
+                (application_id, per_page, (page - 1) * per_page),
+            ).fetchall()
             return Page([Chat(r[0], r[1], parse_time(r[2])) for r in rows], page, per_page, total)
 
         return await self.db.read(query)
@@ -127,39 +137,48 @@ class SqliteStore:
         return await self.db.transaction(lambda conn: _insert_messages(conn, jobs))
 
     async def get_message(self, application_id: int, chat_number: int, number: int) -> Message | None:
-        row = await self.db.read(lambda conn: conn.execute(
-            "SELECT m.number, m.content, m.created_at, m.updated_at FROM messages m"
-            " JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
-            (application_id, chat_number, number)).fetchone())
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT m.number, m.content, m.created_at, m.updated_at FROM messages m"
+                " JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
+                (application_id, chat_number, number),
+            ).fetchone()
+        )
         return None if row is None else Message(row[0], row[1], parse_time(row[2]), parse_time(row[3]))
 
-    async def list_messages(self, application_id: int, chat_number: int, page: int,
-                            per_page: int) -> Page[Message]:
+    async def list_messages(self, application_id: int, chat_number: int, page: int, per_page: int) -> Page[Message]:
         def query(conn: sqlite3.Connection) -> Page[Message]:
-            chat = conn.execute("SELECT id FROM chats WHERE application_id = ? AND number = ?",
-                                (application_id, chat_number)).fetchone()
+            chat = conn.execute(
+                "SELECT id FROM chats WHERE application_id = ? AND number = ?", (application_id, chat_number)
+            ).fetchone()
             if chat is None:
                 return Page([], page, per_page, 0)
             total = conn.execute("SELECT COUNT(*) FROM messages WHERE chat_id = ?", (chat[0],)).fetchone()[0]
             rows = conn.execute(
                 "SELECT number, content, created_at, updated_at FROM messages WHERE chat_id = ?"
-                " ORDER BY number LIMIT ? OFFSET ?", (chat[0], per_page, (page - 1) * per_page)).fetchall()
+                " ORDER BY number LIMIT ? OFFSET ?",
+                (chat[0], per_page, (page - 1) * per_page),
+            ).fetchall()
             items = [Message(r[0], r[1], parse_time(r[2]), parse_time(r[3])) for r in rows]
             return Page(items, page, per_page, total)
 
         return await self.db.read(query)
 
-    async def update_message(self, application_id: int, chat_number: int, number: int, content: str,
-                             updated_at: datetime) -> SearchDocument | None:
+    async def update_message(
+        self, application_id: int, chat_number: int, number: int, content: str, updated_at: datetime
+    ) -> SearchDocument | None:
         def update(conn: sqlite3.Connection) -> SearchDocument | None:
             row = conn.execute(
                 "SELECT m.id, m.created_at, m.revision FROM messages m JOIN chats c ON c.id = m.chat_id"
                 " WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
-                (application_id, chat_number, number)).fetchone()
+                (application_id, chat_number, number),
+            ).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE messages SET content = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
-                         (content, format_time(updated_at), row[0]))
+            conn.execute(
+                "UPDATE messages SET content = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
+                (content, format_time(updated_at), row[0]),
+            )
             return SearchDocument(application_id, chat_number, number, content, parse_time(row[1]), row[2] + 1)
 
         return await self.db.transaction(update)
@@ -169,15 +188,18 @@ class SqliteStore:
     async def number_floor(self, scope: NumberScope) -> int:
         def query(conn: sqlite3.Connection) -> int:
             if scope.chat_number is None:
-                stored = conn.execute("SELECT MAX(number) FROM chats WHERE application_id = ?",
-                                      (scope.application_id,)).fetchone()[0]
+                stored = conn.execute(
+                    "SELECT MAX(number) FROM chats WHERE application_id = ?", (scope.application_id,)
+                ).fetchone()[0]
             else:
                 stored = conn.execute(
                     "SELECT MAX(m.number) FROM messages m JOIN chats c ON c.id = m.chat_id"
                     " WHERE c.application_id = ? AND c.number = ?",
-                    (scope.application_id, scope.chat_number)).fetchone()[0]
-            reserved = conn.execute("SELECT reserved_upto FROM number_reservations WHERE scope = ?",
-                                    (scope.key,)).fetchone()
+                    (scope.application_id, scope.chat_number),
+                ).fetchone()[0]
+            reserved = conn.execute(
+                "SELECT reserved_upto FROM number_reservations WHERE scope = ?", (scope.key,)
+            ).fetchone()
             return max(stored or 0, reserved[0] if reserved else 0)
 
         return await self.db.read(query)
@@ -186,9 +208,14 @@ class SqliteStore:
         def reserve(conn: sqlite3.Connection) -> int:
             conn.execute(
                 "INSERT INTO number_reservations (scope, reserved_upto) VALUES (?, ?) ON CONFLICT (scope)"
-                " DO UPDATE SET reserved_upto = MAX(reserved_upto, excluded.reserved_upto)", (scope.key, upto))
-            return int(conn.execute("SELECT reserved_upto FROM number_reservations WHERE scope = ?",
-                                    (scope.key,)).fetchone()[0])
+                " DO UPDATE SET reserved_upto = MAX(reserved_upto, excluded.reserved_upto)",
+                (scope.key, upto),
+            )
+            return int(
+                conn.execute("SELECT reserved_upto FROM number_reservations WHERE scope = ?", (scope.key,)).fetchone()[
+                    0
+                ]
+            )
 
         return await self.db.transaction(reserve)
 
@@ -198,10 +225,13 @@ class SqliteStore:
     async def recount_all(self) -> None:
         def recount(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM count_deltas")
-            conn.execute("UPDATE chats SET messages_count = (SELECT COUNT(*) FROM messages m"
-                         " WHERE m.chat_id = chats.id)")
-            conn.execute("UPDATE applications SET chats_count = (SELECT COUNT(*) FROM chats c"
-                         " WHERE c.application_id = applications.id)")
+            conn.execute(
+                "UPDATE chats SET messages_count = (SELECT COUNT(*) FROM messages m WHERE m.chat_id = chats.id)"
+            )
+            conn.execute(
+                "UPDATE applications SET chats_count = (SELECT COUNT(*) FROM chats c"
+                " WHERE c.application_id = applications.id)"
+            )
 
         await self.db.transaction(recount)
 
@@ -213,11 +243,15 @@ def _insert_chats(conn: sqlite3.Connection, chats: Sequence[tuple[int, int, date
     for app_id, number, created_at in chats:
         if app_id not in known:
             continue
-        cursor = conn.execute("INSERT OR IGNORE INTO chats (application_id, number, created_at) VALUES (?, ?, ?)",
-                              (app_id, number, format_time(created_at)))
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO chats (application_id, number, created_at) VALUES (?, ?, ?)",
+            (app_id, number, format_time(created_at)),
+        )
         added[app_id] += cursor.rowcount
-    conn.executemany("INSERT INTO count_deltas (application_id, chat_id, delta) VALUES (?, NULL, ?)",
-                     [(app_id, n) for app_id, n in added.items() if n])
+    conn.executemany(
+        "INSERT INTO count_deltas (application_id, chat_id, delta) VALUES (?, NULL, ?)",
+        [(app_id, n) for app_id, n in added.items() if n],
+    )
 
 
 def _existing_applications(conn: sqlite3.Connection, ids: set[int]) -> set[int]:
@@ -243,21 +277,28 @@ def _insert_messages(conn: sqlite3.Connection, jobs: Sequence[MessageJob]) -> li
             continue
         stamp = format_time(job.created_at)
         cursor = conn.execute(
-            "INSERT OR IGNORE INTO messages (chat_id, number, content, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?)", (chat_id, job.message_number, job.content, stamp, stamp))
+            "INSERT OR IGNORE INTO messages (chat_id, number, content, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (chat_id, job.message_number, job.content, stamp, stamp),
+        )
         added[(job.application_id, chat_id)] += cursor.rowcount
-        row = conn.execute("SELECT content, created_at, revision FROM messages WHERE chat_id = ? AND number = ?",
-                           (chat_id, job.message_number)).fetchone()
-        documents.append(SearchDocument(job.application_id, job.chat_number, job.message_number, row[0],
-                                        parse_time(row[1]), row[2]))
-    conn.executemany("INSERT INTO count_deltas (application_id, chat_id, delta) VALUES (?, ?, ?)",
-                     [(app_id, chat_id, n) for (app_id, chat_id), n in added.items() if n])
+        row = conn.execute(
+            "SELECT content, created_at, revision FROM messages WHERE chat_id = ? AND number = ?",
+            (chat_id, job.message_number),
+        ).fetchone()
+        documents.append(
+            SearchDocument(job.application_id, job.chat_number, job.message_number, row[0], parse_time(row[1]), row[2])
+        )
+    conn.executemany(
+        "INSERT INTO count_deltas (application_id, chat_id, delta) VALUES (?, ?, ?)",
+        [(app_id, chat_id, n) for (app_id, chat_id), n in added.items() if n],
+    )
     return documents
 
 
 def _fold_deltas(conn: sqlite3.Connection, limit: int) -> CountsReconciled:
-    rows = conn.execute("SELECT id, application_id, chat_id, delta FROM count_deltas ORDER BY id LIMIT ?",
-                        (limit,)).fetchall()
+    rows = conn.execute(
+        "SELECT id, application_id, chat_id, delta FROM count_deltas ORDER BY id LIMIT ?", (limit,)
+    ).fetchall()
     if not rows:
         return CountsReconciled(0, [])
     per_app: dict[int, int] = defaultdict(int)
@@ -269,12 +310,15 @@ def _fold_deltas(conn: sqlite3.Connection, limit: int) -> CountsReconciled:
             per_app[app_id] += delta
         else:
             per_chat[chat_id] += delta
-    conn.executemany("UPDATE applications SET chats_count = chats_count + ? WHERE id = ?",
-                     [(delta, app_id) for app_id, delta in per_app.items()])
-    conn.executemany("UPDATE chats SET messages_count = messages_count + ? WHERE id = ?",
-                     [(delta, chat_id) for chat_id, delta in per_chat.items()])
+    conn.executemany(
+        "UPDATE applications SET chats_count = chats_count + ? WHERE id = ?",
+        [(delta, app_id) for app_id, delta in per_app.items()],
+    )
+    conn.executemany(
+        "UPDATE chats SET messages_count = messages_count + ? WHERE id = ?",
+        [(delta, chat_id) for chat_id, delta in per_chat.items()],
+    )
     conn.executemany("DELETE FROM count_deltas WHERE id = ?", [(row[0],) for row in rows])
     marks = ",".join("?" * len(touched))
-    tokens = [row[0] for row in conn.execute(f"SELECT token FROM applications WHERE id IN ({marks})",
-                                             list(touched))]
+    tokens = [row[0] for row in conn.execute(f"SELECT token FROM applications WHERE id IN ({marks})", list(touched))]
     return CountsReconciled(len(rows), tokens)

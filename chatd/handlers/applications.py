@@ -17,8 +17,7 @@ routes = web.RouteTableDef()
 async def create_application(request: web.Request) -> web.Response:
     name = await parsing.application_name(request)
     app = await request.app[keys.SERVICE].create_application(name)
-    return render.json_response(render.application(app), status=201,
-                                headers={"Location": f"/applications/{app.token}"})
+    return render.json_response(render.application(app), status=201, headers={"Location": f"/applications/{app.token}"})
 
 
 @routes.get("/applications")
@@ -50,5 +49,6 @@ def _require_admin(request: web.Request) -> None:
         return
     given = request.headers.get("Authorization", "")
     if not secrets.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-        raise Unauthorized("listing applications needs 'Authorization: Bearer <admin token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized(
+            "listing applications needs 'Authorization: Bearer <admin token>'", headers={"WWW-Authenticate": "Bearer"}
+        )

@@ -15,8 +15,11 @@ async def create_chat(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     number = await request.app[keys.SERVICE].create_chat(token, parsing.idempotency_key(request))
     metrics.NUMBERS.labels("chat").inc()
-    return render.json_response({"number": number, "status": "processing"}, status=201,
-                                headers={"Location": f"/applications/{token}/chats/{number}"})
+    return render.json_response(
+        {"number": number, "status": "processing"},
+        status=201,
+        headers={"Location": f"/applications/{token}/chats/{number}"},
+    )
 
 
 @routes.get("/applications/{token}/chats")

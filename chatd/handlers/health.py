@@ -27,8 +27,9 @@ async def readyz(request: web.Request) -> web.Response:
     results = await asyncio.gather(*(_check(backend) for backend in backends))
     checks = {backend.name: result for backend, result in zip(backends, results)}
     ready = all(result == "ok" for result in checks.values())
-    return render.json_response({"status": "ready" if ready else "unavailable", "checks": checks},
-                                status=200 if ready else 503)
+    return render.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
 
 
 async def _check(backend) -> str:  # type: ignore[no-untyped-def]

@@ -15,8 +15,13 @@ from chatd.handlers.render import error_response
 
 logger = logging.getLogger(__name__)
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
-               415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
 
 
 @web.middleware
@@ -29,8 +34,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(exc.status, exc.code, exc.message, exc.headers)
     except BackendUnavailable as exc:
         logger.warning("request %s: backend unavailable: %s", request_id, exc)
-        response = error_response(503, "unavailable", "a backend is unavailable; retry shortly",
-                                  {"Retry-After": "1"})
+        response = error_response(503, "unavailable", "a backend is unavailable; retry shortly", {"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -45,7 +45,7 @@ async def application_name(request: web.Request) -> str:
     data = await json_object(request)
     inner = data.get("application")
     if not isinstance(inner, dict):
-        raise Unprocessable("the body must look like {\"application\": {\"name\": ...}}", code="missing_field")
+        raise Unprocessable('the body must look like {"application": {"name": ...}}', code="missing_field")
     return text_field(inner, "name", MAX_NAME_CHARS, "application")
 
 

@@ -113,8 +113,7 @@ class BatchConsumer(Generic[Job]):
         return True
 
     async def _failed(self, delivery: Delivery) -> None:
-        logger.exception("%s: job failed (delivery %d of at most %d)", self.topic, delivery.attempts,
-                         self.max_attempts)
+        logger.exception("%s: job failed (delivery %d of at most %d)", self.topic, delivery.attempts, self.max_attempts)
         if delivery.attempts >= self.max_attempts:
             await self._bury([delivery], "kept failing")
         else:

@@ -62,6 +62,9 @@ class MessageConsumer(BatchConsumer[MessageJob]):
         if documents:
             await self.queue.publish(jobs.INDEX, [jobs.encode_document(doc) for doc in documents])
         stored = {(d.application_id, d.chat_number, d.message_number) for d in documents}
-        orphans = [delivery for delivery, job in batch
-                   if (job.application_id, job.chat_number, job.message_number) not in stored]
+        orphans = [
+            delivery
+            for delivery, job in batch
+            if (job.application_id, job.chat_number, job.message_number) not in stored
+        ]
         return Outcome(dead=orphans)

@@ -18,14 +18,22 @@ class Pipeline:
 
     def __init__(self, service: ChatService, settings: Settings):
         backends = service.backends
-        persist = {"batch_size": settings.worker_batch_size, "batch_wait": settings.worker_batch_wait_seconds,
-                   "max_attempts": settings.max_delivery_attempts}
+        persist = {
+            "batch_size": settings.worker_batch_size,
+            "batch_wait": settings.worker_batch_wait_seconds,
+            "max_attempts": settings.max_delivery_attempts,
+        }
         self.chats = ChatConsumer(backends.queue, backends.store, **persist)
-        self.messages = MessageConsumer(backends.queue, backends.store,
-                                        max_index_backlog=settings.max_index_backlog, **persist)
-        self.indexer = Indexer(backends.queue, backends.search, batch_size=settings.index_batch_size,
-                               batch_wait=settings.index_batch_wait_seconds,
-                               max_attempts=settings.max_delivery_attempts)
+        self.messages = MessageConsumer(
+            backends.queue, backends.store, max_index_backlog=settings.max_index_backlog, **persist
+        )
+        self.indexer = Indexer(
+            backends.queue,
+            backends.search,
+            batch_size=settings.index_batch_size,
+            batch_wait=settings.index_batch_wait_seconds,
+            max_attempts=settings.max_delivery_attempts,
+        )
         self.reconciler = Reconciler(service, backends.lock, settings.reconcile_interval_seconds)
         self.service = service
 

@@ -30,8 +30,7 @@ async def test_chat_lifecycle(api: Api) -> None:
 async def test_message_lifecycle(api: Api) -> None:
     token = await api.create_application()
     chat = await api.create_chat(token)
-    response = await api.client.post(f"/applications/{token}/chats/{chat}/messages",
-                                     json={"content": "Hello, World!"})
+    response = await api.client.post(f"/applications/{token}/chats/{chat}/messages", json={"content": "Hello, World!"})
     assert response.status == 201 and await response.json() == {"number": 1}
     assert await api.create_message(token, chat, "second") == 2
     pending = await api.client.get(f"/applications/{token}/chats/{chat}/messages/2")
@@ -77,31 +76,44 @@ async def test_unknown_chat_burns_no_number(api: Api) -> None:
     assert response.status == 404
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    (b"not json", 400, "malformed_json"),
-    (b"", 400, "missing_body"),
-    (b'"text"', 400, "malformed_json"),
-    (b"{}", 422, "missing_field"),
-    (b'{"content": ""}', 422, "invalid_field"),
-    (b'{"content": "  "}', 422, "invalid_field"),
-    (b'{"content": 42}', 422, "invalid_field"),
-    (b'{"content": ["a"]}', 422, "invalid_field"),
-    (b'{"content": "' + b"x" * 10_001 + b'"}', 422, "invalid_field"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"not json", 400, "malformed_json"),
+        (b"", 400, "missing_body"),
+        (b'"text"', 400, "malformed_json"),
+        (b"{}", 422, "missing_field"),
+        (b'{"content": ""}', 422, "invalid_field"),
+        (b'{"content": "  "}', 422, "invalid_field"),
+        (b'{"content": 42}', 422, "invalid_field"),
+        (b'{"content": ["a"]}', 422, "invalid_field"),
+        (b'{"content": "' + b"x" * 10_001 + b'"}', 422, "invalid_field"),
+    ],
+)
 async def test_bad_message_bodies(api: Api, body: bytes, status: int, code: str) -> None:
     token = await api.create_application()
     chat = await api.create_chat(token)
     for method, path in (("POST", ""), ("PUT", "/1")):
-        response = await api.client.request(method, f"/applications/{token}/chats/{chat}/messages{path}",
-                                            data=body)
+        response = await api.client.request(method, f"/applications/{token}/chats/{chat}/messages{path}", data=body)
         assert response.status == status
         assert (await response.json())["error"]["code"] == code
     # No bad request took a number.
     assert await api.create_message(token, chat, "good") == 1
 
 
-@pytest.mark.parametrize("path", ["chats/abc", "chats/0", "chats/-1", "chats/1.5", "chats/99999999999999999999",
-                                  "chats/abc/messages", "chats/1/messages/x", "chats/١"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "chats/abc",
+        "chats/0",
+        "chats/-1",
+        "chats/1.5",
+        "chats/99999999999999999999",
+        "chats/abc/messages",
+        "chats/1/messages/x",
+        "chats/١",
+    ],
+)
 async def test_non_integer_path_numbers_are_400(api: Api, path: str) -> None:
     token = await api.create_application()
     await api.create_chat(token)

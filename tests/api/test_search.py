@@ -19,9 +19,16 @@ async def chat(api: Api) -> str:
     return f"/applications/{token}/chats/{chat}/messages/search"
 
 
-@pytest.mark.parametrize(("query", "numbers"), [
-    ("hel", [1, 2, 3]), ("helo", [1, 2]), ("HELLO", [1]), ("world", [1]), ("zebra", []),
-])
+@pytest.mark.parametrize(
+    ("query", "numbers"),
+    [
+        ("hel", [1, 2, 3]),
+        ("helo", [1, 2]),
+        ("HELLO", [1]),
+        ("world", [1]),
+        ("zebra", []),
+    ],
+)
 async def test_semantics(api: Api, chat: str, query: str, numbers: list[int]) -> None:
     body = await api.get_json(f"{chat}?query={query}")
     assert [m["message_number"] for m in body["messages"]] == numbers
@@ -31,16 +38,23 @@ async def test_semantics(api: Api, chat: str, query: str, numbers: list[int]) ->
 async def test_response_shape_and_paging(api: Api, chat: str) -> None:
     body = await api.get_json(f"{chat}?query=hel&page=2&per_page=2")
     assert body["total"] == 3 and body["total_pages"] == 2 and body["page"] == 2 and body["per_page"] == 2
-    assert body["messages"] == [{"message_number": 3, "content": "The helicopter landed",
-                                 "created_at": body["messages"][0]["created_at"]}]
+    assert body["messages"] == [
+        {"message_number": 3, "content": "The helicopter landed", "created_at": body["messages"][0]["created_at"]}
+    ]
     assert (await api.get_json(f"{chat}?query=hel"))["per_page"] == 20
 
 
-@pytest.mark.parametrize(("query", "code"), [
-    ("", "missing_parameter"), ("query=", "missing_parameter"), ("query=%20", "missing_parameter"),
-    ("query=a&per_page=101", "invalid_parameter"), ("query=a&page=0", "invalid_parameter"),
-    ("query=" + "a" * 201, "invalid_parameter"),
-])
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("", "missing_parameter"),
+        ("query=", "missing_parameter"),
+        ("query=%20", "missing_parameter"),
+        ("query=a&per_page=101", "invalid_parameter"),
+        ("query=a&page=0", "invalid_parameter"),
+        ("query=" + "a" * 201, "invalid_parameter"),
+    ],
+)
 async def test_bad_queries_are_400(api: Api, chat: str, query: str, code: str) -> None:
     response = await api.client.get(f"{chat}?{query}")
     assert response.status == 400

@@ -91,8 +91,9 @@ async def space() -> AsyncIterator[QueueNamespace]:
         await namespace.cleanup()
 
 
-async def receive_all(queue: AmqpQueue, topic: str, count: int, max_batch: int = 50,
-                      timeout: float = 20.0) -> list[Delivery]:
+async def receive_all(
+    queue: AmqpQueue, topic: str, count: int, max_batch: int = 50, timeout: float = 20.0
+) -> list[Delivery]:
     """Receive until ``count`` jobs arrived, checking every batch respects ``max_batch``."""
     received: list[Delivery] = []
 
@@ -363,8 +364,14 @@ class PrivateBroker:
 
     async def start(self) -> None:
         with open(self.folder / "server.log", "ab") as log:
-            self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=log, stderr=log,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                [RABBITMQ_SERVER],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while not self.listening():
             assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
@@ -408,8 +415,9 @@ async def private_space(private_broker: PrivateBroker) -> AsyncIterator[QueueNam
 
 
 @pytest.mark.faults
-async def test_publisher_and_consumer_recover_from_a_broker_restart(private_broker: PrivateBroker,
-                                                                     private_space: QueueNamespace) -> None:
+async def test_publisher_and_consumer_recover_from_a_broker_restart(
+    private_broker: PrivateBroker, private_space: QueueNamespace
+) -> None:
     space = private_space
     publisher, consumer, leaving = await space.open(), await space.open(), await space.open()
     await publisher.publish("messages", [b"before-1", b"before-2", b"before-3"])

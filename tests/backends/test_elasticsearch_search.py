@@ -30,32 +30,140 @@ ELASTICSEARCH_URL = os.environ.get("CHATD_TEST_ELASTICSEARCH_URL", "http://127.0
 
 # Chat (1, 1): ordinary chat text, and the text where a tokenizer's choices show.
 CHAT = [
-    "Hello, World!", "hello again", "Can you help me?", "The helicopter landed", "HELLO IN CAPITALS",
-    "nothing to see here", "Shell scripts are fun", "Let's meet tomorrow at noon", "The weather is lovely today",
-    "Elasticsearch indexes documents", "café au lait ☕ à Paris", "numbers 12345 and 2026",
-    "see example.com or www.chatd.io", "pi is 3.14159, e is 2.71828", "你好世界", "東京 タワー で 会いましょう",
-    "ΟΔΟΣ ΣΙΣΥΦΟΥ", "İstanbul'da buluşalım", "snake_case and kebab-case", "internationalization matters",
-    "antidisestablishmentarianism", "Straße und STRASSE", "naïve résumé", "nai\u0308ve decomposed",
-    "e-mail me at bob@example.org", "I'd've done it", "x", "ab ba", "recieve the package", "receive the parcel",
-    "thier house", "their house", "mississippi river", "don't stop believing", "emoji 🎉 party 🎉",
-    "tabs\tand\nnewlines", "UPPER lower MiXeD", "helloworld joined", "hell's kitchen", "a1b2c3 d4",
-    "١٢٣ arabic digits", "Ünïcödé ÀÉÎÕÜ", "  leading and trailing spaces  ", "...", "the quick brown fox",
-    "jumps over the lazy dog", "quick quick quick", "brown paper packages", "meeting notes for tomorrow",
+    "Hello, World!",
+    "hello again",
+    "Can you help me?",
+    "The helicopter landed",
+    "HELLO IN CAPITALS",
+    "nothing to see here",
+    "Shell scripts are fun",
+    "Let's meet tomorrow at noon",
+    "The weather is lovely today",
+    "Elasticsearch indexes documents",
+    "café au lait ☕ à Paris",
+    "numbers 12345 and 2026",
+    "see example.com or www.chatd.io",
+    "pi is 3.14159, e is 2.71828",
+    "你好世界",
+    "東京 タワー で 会いましょう",
+    "ΟΔΟΣ ΣΙΣΥΦΟΥ",
+    "İstanbul'da buluşalım",
+    "snake_case and kebab-case",
+    "internationalization matters",
+    "antidisestablishmentarianism",
+    "Straße und STRASSE",
+    "naïve résumé",
+    "nai\u0308ve decomposed",
+    "e-mail me at bob@example.org",
+    "I'd've done it",
+    "x",
+    "ab ba",
+    "recieve the package",
+    "receive the parcel",
+    "thier house",
+    "their house",
+    "mississippi river",
+    "don't stop believing",
+    "emoji 🎉 party 🎉",
+    "tabs\tand\nnewlines",
+    "UPPER lower MiXeD",
+    "helloworld joined",
+    "hell's kitchen",
+    "a1b2c3 d4",
+    "١٢٣ arabic digits",
+    "Ünïcödé ÀÉÎÕÜ",
+    "  leading and trailing spaces  ",
+    "...",
+    "the quick brown fox",
+    "jumps over the lazy dog",
+    "quick quick quick",
+    "brown paper packages",
+    "meeting notes for tomorrow",
     "Tomorrow never dies",
 ]
 ELSEWHERE = [
-    document(1, 2, 1, "hello from another chat"), document(1, 2, 2, "zebra crossing helicopter"),
-    document(2, 1, 1, "hello from another application"), document(2, 1, 2, "zebra stripes"),
-    document(11, 1, 1, "hello zebra"), document(1, 11, 1, "hello zebra"),
+    document(1, 2, 1, "hello from another chat"),
+    document(1, 2, 2, "zebra crossing helicopter"),
+    document(2, 1, 1, "hello from another application"),
+    document(2, 1, 2, "zebra stripes"),
+    document(11, 1, 1, "hello zebra"),
+    document(1, 11, 1, "hello zebra"),
 ]
 QUERIES = [
-    "hello", "HELLO", "hel", "helo", "hlelo", "helicoptr", "world hello", "hello world", "wrld", "tomorow noon",
-    "xyzzy", "café", "cafe", "CAFÉ", "paris", "123", "12345", "com", "example", "chatd io", "14159", "3", "s",
-    "let", "你好", "世界", "東京", "οδος", "ΟΔΟΣ", "σισυφου", "istanbul", "da", "snake", "case", "kebab",
-    "internationalizatio", "internationalisation", "antidisestablishmentarianism", "antidisestablishmentarianizm",
-    "strasse", "straße", "naive", "naïve", "nai", "ve", "zebra", "another", "receive", "their", "mississipi",
-    "dont", "don", "t", "🎉", "?!", "mixed", "quick brown", "brown quick", "the", "a", "ab", "ba", "x", "١٢٣",
-    "unicode", "ünïcödé", "qu", "tomorrow", "hell", "helloworld", "lazy dgo", "d4", "a1b2", "ll",
+    "hello",
+    "HELLO",
+    "hel",
+    "helo",
+    "hlelo",
+    "helicoptr",
+    "world hello",
+    "hello world",
+    "wrld",
+    "tomorow noon",
+    "xyzzy",
+    "café",
+    "cafe",
+    "CAFÉ",
+    "paris",
+    "123",
+    "12345",
+    "com",
+    "example",
+    "chatd io",
+    "14159",
+    "3",
+    "s",
+    "let",
+    "你好",
+    "世界",
+    "東京",
+    "οδος",
+    "ΟΔΟΣ",
+    "σισυφου",
+    "istanbul",
+    "da",
+    "snake",
+    "case",
+    "kebab",
+    "internationalizatio",
+    "internationalisation",
+    "antidisestablishmentarianism",
+    "antidisestablishmentarianizm",
+    "strasse",
+    "straße",
+    "naive",
+    "naïve",
+    "nai",
+    "ve",
+    "zebra",
+    "another",
+    "receive",
+    "their",
+    "mississipi",
+    "dont",
+    "don",
+    "t",
+    "🎉",
+    "?!",
+    "mixed",
+    "quick brown",
+    "brown quick",
+    "the",
+    "a",
+    "ab",
+    "ba",
+    "x",
+    "١٢٣",
+    "unicode",
+    "ünïcödé",
+    "qu",
+    "tomorrow",
+    "hell",
+    "helloworld",
+    "lazy dgo",
+    "d4",
+    "a1b2",
+    "ll",
     "the quick brown fox jumps over the lazy dog and more words than allowed",
 ]
 
@@ -97,8 +205,9 @@ async def embedded(tmp_path: Path) -> AsyncIterator[SqliteSearchIndex]:
     await index.close()
 
 
-async def numbers(index: Any, query: str, page: int = 1, per_page: int = 100,
-                  application_id: int = 1, chat_number: int = 1) -> tuple[int, list[int]]:
+async def numbers(
+    index: Any, query: str, page: int = 1, per_page: int = 100, application_id: int = 1, chat_number: int = 1
+) -> tuple[int, list[int]]:
     result = await index.search(application_id, chat_number, query, page, per_page)
     return result.total, [hit.message_number for hit in result.hits]
 
@@ -108,8 +217,11 @@ async def test_same_answers_as_the_embedded_index(es: ElasticsearchIndex, embedd
         assert await index.index(corpus()) == []
     await es.refresh()
     answers = {query: (await numbers(es, query), await numbers(embedded, query)) for query in QUERIES}
-    differing = {query: f"elasticsearch {mine} != embedded {theirs}"
-                 for query, (mine, theirs) in answers.items() if mine != theirs}
+    differing = {
+        query: f"elasticsearch {mine} != embedded {theirs}"
+        for query, (mine, theirs) in answers.items()
+        if mine != theirs
+    }
     assert differing == {}
     # The comparison means something only if most queries find messages, and the right ones.
     assert sum(1 for mine, _ in answers.values() if mine[0]) >= len(QUERIES) * 3 // 4
@@ -167,7 +279,7 @@ async def test_pagination_in_message_number_order(es: ElasticsearchIndex) -> Non
 async def test_two_thousand_documents_in_two_bulks(es: ElasticsearchIndex) -> None:
     documents = [document(1, 1, number, f"bulk message {number}") for number in range(1, 2001)]
     for start in (0, 1000):
-        assert await es.index(documents[start:start + 1000]) == []
+        assert await es.index(documents[start : start + 1000]) == []
     await es.refresh()
     pages = [await numbers(es, "bulk", page, 1000) for page in (1, 2)]
     assert [total for total, _ in pages] == [2000, 2000]

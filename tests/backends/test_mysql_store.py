@@ -40,8 +40,15 @@ MYSQL_URL = os.environ.get("CHATD_TEST_MYSQL_URL", "mysql://chatd:chatd@127.0.0.
 async def server_sql(sql: str, database: str | None = None, url: str = MYSQL_URL) -> list[tuple[Any, ...]]:
     """Run one statement on its own autocommit connection (setup and checks outside the store)."""
     parts = urlsplit(url)
-    conn = await aiomysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username,
-                                  password=parts.password or "", db=database, autocommit=True, charset="utf8mb4")
+    conn = await aiomysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username,
+        password=parts.password or "",
+        db=database,
+        autocommit=True,
+        charset="utf8mb4",
+    )
     try:
         async with conn.cursor() as cursor:
             await cursor.execute(sql)
@@ -81,12 +88,18 @@ async def assert_counts_match_rows(store: MysqlStore) -> None:
     while (await store.reconcile_counts(limit=50)).deltas:
         pass
     assert await table_sql(store, "SELECT COUNT(*) FROM count_deltas") == [(0,)]
-    wrong_chats = await table_sql(store, "SELECT c.id, c.messages_count, COUNT(m.id) FROM chats c"
-                                         " LEFT JOIN messages m ON m.chat_id = c.id GROUP BY c.id, c.messages_count"
-                                         " HAVING c.messages_count <> COUNT(m.id)")
-    wrong_apps = await table_sql(store, "SELECT a.id, a.chats_count, COUNT(c.id) FROM applications a"
-                                        " LEFT JOIN chats c ON c.application_id = a.id GROUP BY a.id, a.chats_count"
-                                        " HAVING a.chats_count <> COUNT(c.id)")
+    wrong_chats = await table_sql(
+        store,
+        "SELECT c.id, c.messages_count, COUNT(m.id) FROM chats c"
+        " LEFT JOIN messages m ON m.chat_id = c.id GROUP BY c.id, c.messages_count"
+        " HAVING c.messages_count <> COUNT(m.id)",
+    )
+    wrong_apps = await table_sql(
+        store,
+        "SELECT a.id, a.chats_count, COUNT(c.id) FROM applications a"
+        " LEFT JOIN chats c ON c.application_id = a.id GROUP BY a.id, a.chats_count"
+        " HAVING a.chats_count <> COUNT(c.id)",
+    )
     assert (wrong_chats, wrong_apps) == ([], [])
 
 
@@ -102,14 +115,16 @@ async def test_affected_rows_count_only_rows_inserted(store: MysqlStore) -> None
     await store.save_chats([chat_job(app.id, n) for n in (1, 2, 3)])
     await store.save_chats([chat_job(app.id, n) for n in (2, 3, 4, 5, 5)])
     assert await table_sql(store, "SELECT application_id, chat_id, delta FROM count_deltas ORDER BY id") == [
-        (app.id, None, 3), (app.id, None, 2)]
+        (app.id, None, 3),
+        (app.id, None, 2),
+    ]
     await store.save_messages([message_job(app.id, 1, n) for n in (1, 2)])
     await store.save_messages([message_job(app.id, 1, n) for n in (1, 2, 3)] + [message_job(app.id, 6, 1)])
     chat_1 = (await table_sql(store, f"SELECT id FROM chats WHERE application_id = {app.id} AND number = 1"))[0][0]
     chat_6 = (await table_sql(store, f"SELECT id FROM chats WHERE application_id = {app.id} AND number = 6"))[0][0]
-    assert await table_sql(store, "SELECT application_id, chat_id, delta FROM count_deltas"
-                                  " WHERE id > 2 ORDER BY id") == [
-        (app.id, chat_1, 2), (app.id, None, 1), (app.id, chat_1, 1), (app.id, chat_6, 1)]
+    assert await table_sql(
+        store, "SELECT application_id, chat_id, delta FROM count_deltas WHERE id > 2 ORDER BY id"
+    ) == [(app.id, chat_1, 2), (app.id, None, 1), (app.id, chat_1, 1), (app.id, chat_6, 1)]
 
 
 async def test_duplicate_jobs_in_one_batch_store_once_and_return_the_stored_version(store: MysqlStore) -> None:
@@ -132,7 +147,8 @@ async def test_concurrent_overlapping_batches_store_each_row_once_with_exact_del
             documents = await store.save_messages(batch)
             # Every job comes back, also those another worker stored a moment before.
             assert [(d.application_id, d.chat_number, d.message_number) for d in documents] == [
-                (job.application_id, job.chat_number, job.message_number) for job in batch]
+                (job.application_id, job.chat_number, job.message_number) for job in batch
+            ]
 
     async def reconciler(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -188,8 +204,9 @@ async def test_concurrent_edits_each_get_their_own_revision(store: MysqlStore) -
 async def test_concurrent_reservations_keep_the_highest(store: MysqlStore) -> None:
     scope = NumberScope(1, 1)
     results = await asyncio.gather(*(store.reserve_numbers(scope, upto) for upto in range(100, 1100, 100)))
-    assert max(results) == 1000 and all(result >= upto for result, upto in zip(results, range(100, 1100, 100),
-                                                                                 strict=True))
+    assert max(results) == 1000 and all(
+        result >= upto for result, upto in zip(results, range(100, 1100, 100), strict=True)
+    )
     assert await store.number_floor(scope) == 1000
 
 
@@ -234,8 +251,9 @@ async def test_concurrent_migrations_apply_each_file_once(database: str) -> None
         assert sorted(applied) == [[], [], ["0001_initial"]]
         assert await stores[0].migrate() == []
         assert await server_sql("SELECT name FROM schema_migrations", database) == [("0001_initial",)]
-        collations = await server_sql("SELECT DISTINCT table_collation, engine FROM information_schema.tables"
-                                      f" WHERE table_schema = '{database}'")
+        collations = await server_sql(
+            f"SELECT DISTINCT table_collation, engine FROM information_schema.tables WHERE table_schema = '{database}'"
+        )
         assert collations == [("utf8mb4_unicode_ci", "InnoDB")]
     finally:
         for store in stores:
@@ -256,8 +274,9 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
 async def test_pool_replaces_connections_the_server_killed(store: MysqlStore) -> None:
     app = await store.create_application("tok", "App", WHEN)
     await asyncio.gather(*(store.ping() for _ in range(6)))  # several idle connections in the pool
-    ours = await server_sql("SELECT id FROM information_schema.processlist"
-                            f" WHERE db = '{store.target.database}' AND id <> CONNECTION_ID()")
+    ours = await server_sql(
+        f"SELECT id FROM information_schema.processlist WHERE db = '{store.target.database}' AND id <> CONNECTION_ID()"
+    )
     assert len(ours) >= 2
     for (connection_id,) in ours:
         await server_sql(f"KILL CONNECTION {connection_id}")
@@ -281,15 +300,30 @@ class PrivateMariadb:
 
     def install(self) -> None:
         shutil.chown(self.folder, "mysql", "mysql")
-        subprocess.run(["mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={self.folder}/data",
-                        "--skip-test-db"], check=True, capture_output=True)
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={self.folder}/data", "--skip-test-db"],
+            check=True,
+            capture_output=True,
+        )
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={self.folder}/data", f"--port={self.port}",
-             "--bind-address=127.0.0.1", f"--socket={self.folder}/mariadb.sock", "--skip-grant-tables",
-             "--innodb-buffer-pool-size=32M", f"--log-error={self.folder}/error.log"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "mariadbd",
+                "--no-defaults",
+                "--user=mysql",
+                f"--datadir={self.folder}/data",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.folder}/mariadb.sock",
+                "--skip-grant-tables",
+                "--innodb-buffer-pool-size=32M",
+                f"--log-error={self.folder}/error.log",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> None:
         if self.process is not None:

@@ -52,9 +52,25 @@ class PrivateRedis:
         server = shutil.which("redis-server")
         assert server, "redis-server is not installed (scripts/services.sh install)"
         self.process = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+                "--logfile",
+                str(self.folder / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while not self._answers():
             assert self.process.poll() is None, (self.folder / "redis.log").read_text()
@@ -301,10 +317,17 @@ async def test_ports_share_the_client_until_the_last_one_closes() -> None:
 async def assert_every_operation_is_unavailable(connection: RedisConnection, within: float) -> None:
     counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
     operations: list[Callable[[], Awaitable[object]]] = [
-        counters.ping, lambda: counters.increment("k"), lambda: counters.current("k"),
-        lambda: counters.raise_to("k", 1), lambda: cache.get("k"), lambda: cache.set("k", b"v", 1),
-        lambda: cache.add("k", b"v", 1), lambda: cache.delete("k"), lambda: lock.acquire("k", "me", 1),
-        lambda: lock.release("k", "me"), connection.destroy,
+        counters.ping,
+        lambda: counters.increment("k"),
+        lambda: counters.current("k"),
+        lambda: counters.raise_to("k", 1),
+        lambda: cache.get("k"),
+        lambda: cache.set("k", b"v", 1),
+        lambda: cache.add("k", b"v", 1),
+        lambda: cache.delete("k"),
+        lambda: lock.acquire("k", "me", 1),
+        lambda: lock.release("k", "me"),
+        connection.destroy,
     ]
     for operation in operations:
         started = time.monotonic()
@@ -354,7 +377,8 @@ async def test_recovers_after_a_server_restart(private_redis: PrivateRedis, make
 
 
 async def test_dead_pooled_connections_are_replaced_without_an_error(
-        private_redis: PrivateRedis, make_connection: Any) -> None:
+    private_redis: PrivateRedis, make_connection: Any
+) -> None:
     connection = await make_connection(private_redis.url)
     counters = RedisCounters(connection)
     await counters.raise_to("k", 0)

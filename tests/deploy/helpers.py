@@ -140,12 +140,16 @@ def image_name(service: dict[str, Any]) -> str:
 
 def chatd_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     built = {
-        str(s.get("image")) for s in compose["services"].values()
+        str(s.get("image"))
+        for s in compose["services"].values()
         if isinstance(s.get("build"), dict) and s["build"].get("dockerfile") == "deploy/Dockerfile"
     }
-    return {name: s for name, s in compose["services"].items()
-            if s.get("image") in built or (isinstance(s.get("build"), dict)
-                                           and s["build"].get("dockerfile") == "deploy/Dockerfile")}
+    return {
+        name: s
+        for name, s in compose["services"].items()
+        if s.get("image") in built
+        or (isinstance(s.get("build"), dict) and s["build"].get("dockerfile") == "deploy/Dockerfile")
+    }
 
 
 def data_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -185,8 +189,11 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str, str, int]]:
 
 
 def serve_settings(compose: dict[str, Any]) -> dict[str, Settings]:
-    return {name: effective_settings(environment(s), command(s)) for name, s in chatd_services(compose).items()
-            if parse_chatd(command(s)).command == "serve"}
+    return {
+        name: effective_settings(environment(s), command(s))
+        for name, s in chatd_services(compose).items()
+        if parse_chatd(command(s)).command == "serve"
+    }
 
 
 # --- deploy/Dockerfile and .dockerignore ---------------------------------------------------------
@@ -194,8 +201,11 @@ def serve_settings(compose: dict[str, Any]) -> dict[str, Settings]:
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
     """``[(INSTRUCTION, arguments), ...]`` per build stage; continuation lines joined."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in DOCKERFILE.read_text().splitlines()
-                                          if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
     stages: list[list[tuple[str, str]]] = [[]]
     for line in text.splitlines():
         if not line.strip():
@@ -251,8 +261,9 @@ class Directive:
 def nginx_parse(text: str) -> Directive:
     """nginx's grammar: words and quoted strings, ``;`` ends a directive, ``{ }`` a block."""
     tokens: list[tuple[str, int]] = []
-    for match in re.finditer(r"#[^\n]*|\"((?:\\.|[^\"\\])*)\"|'((?:\\.|[^'\\])*)'|([{};])|([^\s{};\"'#][^\s{};]*)",
-                             text):
+    for match in re.finditer(
+        r"#[^\n]*|\"((?:\\.|[^\"\\])*)\"|'((?:\\.|[^'\\])*)'|([{};])|([^\s{};\"'#][^\s{};]*)", text
+    ):
         if match.group(0).startswith("#"):
             continue
         line = text.count("\n", 0, match.start()) + 1

@@ -94,8 +94,9 @@ def test_depends_on_targets_exist_and_are_healthy(compose: dict[str, Any]) -> No
     for name, service in services.items():
         for target, condition in depends_on(service).items():
             assert target in services, f"{name} depends on unknown service {target}"
-            assert condition in ("service_healthy", "service_completed_successfully"), \
+            assert condition in ("service_healthy", "service_completed_successfully"), (
                 f"{name} -> {target}: started is not ready"
+            )
             if condition == "service_healthy":
                 check = services[target].get("healthcheck") or {}
                 has_check = bool(check.get("test")) or (target in chatd_services(compose) and image_healthcheck)
@@ -150,8 +151,9 @@ def test_urls_carry_the_credentials_the_servers_are_given(compose: dict[str, Any
         amqp = urlsplit(settings.amqp_url or "")
         mq_env = environment(services[amqp.hostname])
         assert (amqp.username, unquote(amqp.password or "")) == (
-            mq_env.get("RABBITMQ_DEFAULT_USER"), mq_env.get("RABBITMQ_DEFAULT_PASS")), \
-            "RabbitMQ's default guest user cannot log in from another host"
+            mq_env.get("RABBITMQ_DEFAULT_USER"),
+            mq_env.get("RABBITMQ_DEFAULT_PASS"),
+        ), "RabbitMQ's default guest user cannot log in from another host"
 
 
 def test_elasticsearch_is_a_small_single_node_without_security(compose: dict[str, Any]) -> None:
@@ -172,8 +174,9 @@ def test_data_services_have_healthchecks_and_named_volumes(compose: dict[str, An
         assert (service.get("healthcheck") or {}).get("test"), f"{name} has no healthcheck"
         mounts = {}
         for volume in service.get("volumes") or []:
-            source, target = (volume["source"], volume["target"]) if isinstance(volume, dict) \
-                else str(volume).split(":")[:2]
+            source, target = (
+                (volume["source"], volume["target"]) if isinstance(volume, dict) else str(volume).split(":")[:2]
+            )
             mounts[target] = source
         data_dir = DATA_IMAGES[image_name(service)][1]
         assert data_dir in mounts, f"{name}: {data_dir} is not on a volume"

@@ -67,8 +67,10 @@ def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
         if not line or line.startswith("#"):
             continue
         negate, pattern = line.startswith("!"), line.lstrip("!").strip("/")
-        regex = "".join(".*" if part == "**" else "[^/]*" if part == "*" else "[^/]" if part == "?"
-                        else re.escape(part) for part in re.split(r"(\*\*|\*|\?)", pattern))
+        regex = "".join(
+            ".*" if part == "**" else "[^/]*" if part == "*" else "[^/]" if part == "?" else re.escape(part)
+            for part in re.split(r"(\*\*|\*|\?)", pattern)
+        )
         rules.append((negate, re.compile(regex.replace(".*/", "(?:.*/)?"))))
     return rules
 
@@ -85,10 +87,22 @@ def docker_ignores(path: str) -> bool:
 
 
 def test_dockerignore_keeps_the_package_and_drops_the_rest() -> None:
-    needed = ["setup.cfg", "pyproject.toml", "chatd/__init__.py", "chatd/backends/registry.py",
-              *[str(p.relative_to(ROOT)) for p in (ROOT / "sql").rglob("*.sql")]]
+    needed = [
+        "setup.cfg",
+        "pyproject.toml",
+        "chatd/__init__.py",
+        "chatd/backends/registry.py",
+        *[str(p.relative_to(ROOT)) for p in (ROOT / "sql").rglob("*.sql")],
+    ]
     for path in needed:
         assert not docker_ignores(path), f"{path} is left out of the build context"
-    for path in [".venv/bin/python", ".git/HEAD", ".env", "chatd.db", "tests/conftest.py",
-                 "chatd/__pycache__/cli.cpython-311.pyc", "chatd.egg-info/PKG-INFO"]:
+    for path in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".env",
+        "chatd.db",
+        "tests/conftest.py",
+        "chatd/__pycache__/cli.cpython-311.pyc",
+        "chatd.egg-info/PKG-INFO",
+    ]:
         assert docker_ignores(path), f"{path} would be sent to the image build"

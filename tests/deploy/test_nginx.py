@@ -48,8 +48,9 @@ def select_location(server: Directive, path: str) -> Directive:
     if matching and matching[0].args[0] == "^~":
         return matching[0]
     for location in locations:
-        if location.args[0] in ("~", "~*") and re.search(location.args[1], path,
-                                                         re.I if location.args[0] == "~*" else 0):
+        if location.args[0] in ("~", "~*") and re.search(
+            location.args[1], path, re.I if location.args[0] == "~*" else 0
+        ):
             return location
     assert matching, f"no location for {path}"
     return matching[0]
@@ -79,8 +80,13 @@ def test_nginx_rate_limits_as_the_reference(nginx: Directive) -> None:
     assert sorted(defined.values()) == ["100r/s", "50r/s"]
     server = server_block(nginx)
     by_rate = {rate: name for name, rate in defined.items()}
-    for path in ["/applications/tok/chats", "/applications/tok/chats/", "/applications/tok/chats/7",
-                 "/applications/tok/chats/7/messages", "/applications/tok/chats/7/messages/search"]:
+    for path in [
+        "/applications/tok/chats",
+        "/applications/tok/chats/",
+        "/applications/tok/chats/7",
+        "/applications/tok/chats/7/messages",
+        "/applications/tok/chats/7/messages/search",
+    ]:
         assert by_rate["50r/s"] in limits(select_location(server, path)), f"{path} is not held to 50 r/s"
     for path in ["/applications", "/applications/tok", "/applications/tok/chatsx", "/healthz", "/readyz"]:
         location = select_location(server, path)
@@ -91,7 +97,7 @@ def test_nginx_rate_limits_as_the_reference(nginx: Directive) -> None:
 def test_nginx_balances_least_connections_over_the_api(nginx: Directive, compose: dict[str, Any]) -> None:
     upstreams = {u.args[0]: u for u in http_block(nginx).find("upstream")}
     assert len(upstreams) == 1
-    (name, upstream), = upstreams.items()
+    ((name, upstream),) = upstreams.items()
     assert upstream.find("least_conn")
     servers = serve_settings(compose)
     for server in upstream.find("server"):
@@ -156,7 +162,8 @@ def test_nginx_is_wired_into_compose(nginx: Directive, compose: dict[str, Any]) 
     listens = {int(d.args[0].rsplit(":", 1)[-1]) for d in server_block(nginx).find("listen")}
     assert {target for _, _, target in published_ports(service)} <= listens
     assert depends_on(service) and all(
-        serve_settings(compose)[name].role in ("api", "all") for name in depends_on(service))
+        serve_settings(compose)[name].role in ("api", "all") for name in depends_on(service)
+    )
 
 
 # --- nginx itself: syntax and behaviour --------------------------------------------------------
@@ -175,8 +182,9 @@ def local_nginx_conf(tmp_path: Path, listen: int, upstream: int) -> Path:
     text, upstreams = re.subn(r"(\bserver\s+)api:\d+", rf"\g<1>127.0.0.1:{upstream}", text)
     text, listens = re.subn(r"\blisten\s+\d+;", f"listen 127.0.0.1:{listen};", text)
     assert upstreams == 1 and listens == 1
-    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
-                                                                               "uwsgi", "scgi"))
+    temp = "".join(
+        f"    {kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     text = text.replace("http {\n", "http {\n" + temp, 1)
     path = tmp_path / "nginx.conf"
     path.write_text(text)
@@ -184,8 +192,17 @@ def local_nginx_conf(tmp_path: Path, listen: int, upstream: int) -> Path:
 
 
 def nginx_command(conf: Path) -> list[str]:
-    return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", str(conf.parent / "error.log"),
-            "-g", f"pid {conf.parent}/nginx.pid;"]
+    return [
+        nginx_binary(),
+        "-p",
+        str(conf.parent),
+        "-c",
+        str(conf),
+        "-e",
+        str(conf.parent / "error.log"),
+        "-g",
+        f"pid {conf.parent}/nginx.pid;",
+    ]
 
 
 def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
@@ -264,9 +281,14 @@ def gateway_port(tmp_path: Path) -> Iterator[tuple[int, EchoUpstream]]:
         upstream.stop()
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None, connection: http.client.HTTPConnection | None = None,
-            ) -> tuple[int, dict[str, str], bytes]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    connection: http.client.HTTPConnection | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     conn = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -285,8 +307,13 @@ def test_gateway_behaviour(gateway_port: tuple[int, EchoUpstream]) -> None:
     status, _, body = request(port, "GET", "/applications")
     assert status == 200 and re.fullmatch(r"[0-9a-f]{32}", json.loads(body)["headers"]["x-request-id"])
     # Bodies over chatd's limit stop at the gateway, in chatd's error shape.
-    status, headers, body = request(port, "POST", "/applications", body=b"x" * (64 * 1024 + 1),
-                                    headers={"Content-Type": "application/json", "X-Request-Id": "big"})
+    status, headers, body = request(
+        port,
+        "POST",
+        "/applications",
+        body=b"x" * (64 * 1024 + 1),
+        headers={"Content-Type": "application/json", "X-Request-Id": "big"},
+    )
     assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large"
     assert headers["content-type"].startswith("application/json") and headers["x-request-id"] == "big"
     status, _, body = request(port, "GET", "/metrics")

@@ -27,8 +27,17 @@ class LoadResult:
 
 
 class LoadClient:
-    def __init__(self, api_urls: list[str], token: str, chats: list[int], *, concurrency: int = 6,
-                 pause: float = 0.01, max_sends: int = 20_000, give_up_after: float = 120.0):
+    def __init__(
+        self,
+        api_urls: list[str],
+        token: str,
+        chats: list[int],
+        *,
+        concurrency: int = 6,
+        pause: float = 0.01,
+        max_sends: int = 20_000,
+        give_up_after: float = 120.0,
+    ):
         self.api_urls = api_urls
         self.token = token
         self.chats = list(chats)
@@ -69,8 +78,9 @@ class LoadClient:
     async def _create_message(self, index: int, send: int) -> None:
         chat = self.chats[send % len(self.chats)]
         content = f"fault load {uuid.uuid4().hex}"
-        body = await self._post(index, f"/applications/{self.token}/chats/{chat}/messages", {"content": content},
-                                idempotency_key=content)
+        body = await self._post(
+            index, f"/applications/{self.token}/chats/{chat}/messages", {"content": content}, idempotency_key=content
+        )
         if body is None:
             return
         key = (chat, int(body["number"]))
@@ -95,8 +105,9 @@ class LoadClient:
             url = self.api_urls[(index + attempt) % len(self.api_urls)] + path
             attempt_started = time.monotonic()
             try:
-                async with self._session.post(url, json=payload,
-                                              headers={"Idempotency-Key": idempotency_key}) as response:
+                async with self._session.post(
+                    url, json=payload, headers={"Idempotency-Key": idempotency_key}
+                ) as response:
                     self.result.statuses[str(response.status)] += 1
                     if response.status == 201:
                         return await response.json()  # type: ignore[no-any-return]
@@ -104,8 +115,9 @@ class LoadClient:
                         raise AssertionError(f"POST {path}: {response.status} {await response.text()}")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 self.result.statuses[type(exc).__name__] += 1
-            self.result.slowest_failure_seconds = max(self.result.slowest_failure_seconds,
-                                                      time.monotonic() - attempt_started)
+            self.result.slowest_failure_seconds = max(
+                self.result.slowest_failure_seconds, time.monotonic() - attempt_started
+            )
             if time.monotonic() - started > self.give_up_after:
                 self.result.statuses["gave_up"] += 1
                 return None

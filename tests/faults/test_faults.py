@@ -62,8 +62,9 @@ class Cluster:
 
 
 async def services(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec("bash", str(SERVICES), *args, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        "bash", str(SERVICES), *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     output, _ = await proc.communicate()
     assert proc.returncode == 0, f"services.sh {' '.join(args)} failed:\n{output.decode()[-3000:]}"
 

@@ -25,21 +25,36 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.double_numbered or self.unsearchable or self.miscounted
-                    or self.missing_chats)
+        return not (
+            self.lost
+            or self.duplicated
+            or self.double_numbered
+            or self.unsearchable
+            or self.miscounted
+            or self.missing_chats
+        )
 
 
 async def stored_rows(database: str, token: str) -> tuple[list[tuple[int, int, str]], dict[int, int], int, int]:
     """(chat, number, content) rows; messages_count per chat; chats_count and chats stored."""
     parts = urlsplit(MYSQL_URL)
-    conn = await aiomysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username,
-                                  password=parts.password or "", db=database, autocommit=True)
+    conn = await aiomysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username,
+        password=parts.password or "",
+        db=database,
+        autocommit=True,
+    )
     try:
         async with conn.cursor() as cursor:
             await cursor.execute("SELECT id, chats_count FROM applications WHERE token = %s", (token,))
             app_id, chats_count = await cursor.fetchone()
-            await cursor.execute("SELECT c.number, m.number, m.content FROM messages m JOIN chats c"
-                                 " ON c.id = m.chat_id WHERE c.application_id = %s", (app_id,))
+            await cursor.execute(
+                "SELECT c.number, m.number, m.content FROM messages m JOIN chats c"
+                " ON c.id = m.chat_id WHERE c.application_id = %s",
+                (app_id,),
+            )
             rows = [(int(a), int(b), str(c)) for a, b, c in await cursor.fetchall()]
             await cursor.execute("SELECT number, messages_count FROM chats WHERE application_id = %s", (app_id,))
             counts = {int(number): int(count) for number, count in await cursor.fetchall()}
@@ -69,5 +84,6 @@ async def verify(database: str, api_url: str, token: str, load: LoadResult) -> V
     unsearchable = sum(abs(per_chat[chat] - searchable[chat]) for chat in per_chat)
     miscounted = sum(1 for chat, n in per_chat.items() if counts.get(chat) != n) + (chats_count != chats_stored)
     missing_chats = sum(1 for chat in load.acked_chats if chat not in counts)
-    return Verdict(len(load.acked_messages), lost, duplicated, load.double_numbered, unsearchable, miscounted,
-                   missing_chats)
+    return Verdict(
+        len(load.acked_messages), lost, duplicated, load.double_numbered, unsearchable, miscounted, missing_chats
+    )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -31,40 +33,35 @@ def unique_name() -> str:
     return "chatd_t_" + uuid.uuid4().hex[:12]
 
 
-async def create_mysql_database(name: str) -> None:
+@asynccontextmanager
+async def mysql_connection(database: str | None = None, url: str = MYSQL_URL) -> AsyncIterator[Any]:
+    """An autocommit connection to the test MySQL server, for set-up and checks outside the store."""
     import aiomysql
 
-    parts = urlsplit(MYSQL_URL)
+    parts = urlsplit(url)
     conn = await aiomysql.connect(
         host=parts.hostname,
         port=parts.port or 3306,
         user=parts.username,
         password=parts.password or "",
+        db=database,
         autocommit=True,
+        charset="utf8mb4",
     )
     try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        yield conn
     finally:
         conn.close()
+
+
+async def create_mysql_database(name: str) -> None:
+    async with mysql_connection() as conn, conn.cursor() as cursor:
+        await cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
 
 
 async def drop_mysql_database(name: str) -> None:
-    import aiomysql
-
-    parts = urlsplit(MYSQL_URL)
-    conn = await aiomysql.connect(
-        host=parts.hostname,
-        port=parts.port or 3306,
-        user=parts.username,
-        password=parts.password or "",
-        autocommit=True,
-    )
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    finally:
-        conn.close()
+    async with mysql_connection() as conn, conn.cursor() as cursor:
+        await cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 def embedded_settings(folder: Path, **overrides: object) -> Settings:

@@ -11,7 +11,7 @@ import secrets
 import sqlite3
 import time
 
-from chatd.backends.sqlite_db import SqliteDatabase
+from chatd.backends.sqlite_db import SqliteBacked
 from chatd.ports import CounterTick
 
 _SCHEMA = (
@@ -22,31 +22,11 @@ _SCHEMA = (
 )
 
 
-async def _create_schema(db: SqliteDatabase) -> None:
-    def create(conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA:
-            conn.execute(statement)
-
-    await db.transaction(create)
-
-
-class SqliteCounters:
+class SqliteCounters(SqliteBacked):
     """Durable counters: a row per key, incremented in a write transaction."""
 
     name = "sqlite-counters"
-
-    def __init__(self, path: str):
-        self.db = SqliteDatabase.shared(path)
-
-    async def open(self) -> None:
-        await self.db.open()
-        await _create_schema(self.db)
-
-    async def close(self) -> None:
-        await self.db.close()
-
-    async def ping(self) -> None:
-        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+    schema = _SCHEMA
 
     async def increment(self, key: str) -> CounterTick | None:
         def incr(conn: sqlite3.Connection) -> CounterTick | None:
@@ -84,23 +64,11 @@ class SqliteCounters:
         await self.db.transaction(lambda conn: conn.execute("DELETE FROM embedded_counters"))
 
 
-class SqliteLock:
+class SqliteLock(SqliteBacked):
     """Leases with an owner and an expiry, visible to every process using the file."""
 
     name = "sqlite-lock"
-
-    def __init__(self, path: str):
-        self.db = SqliteDatabase.shared(path)
-
-    async def open(self) -> None:
-        await self.db.open()
-        await _create_schema(self.db)
-
-    async def close(self) -> None:
-        await self.db.close()
-
-    async def ping(self) -> None:
-        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+    schema = _SCHEMA
 
     async def acquire(self, name: str, owner: str, ttl_seconds: float) -> bool:
         def take(conn: sqlite3.Connection) -> bool:
@@ -121,24 +89,12 @@ class SqliteLock:
         )
 
 
-class SqliteCache:
+class SqliteCache(SqliteBacked):
     """Entries with an expiry; expired ones read as absent and are swept on write."""
 
     name = "sqlite-cache"
-
-    def __init__(self, path: str):
-        self.db = SqliteDatabase.shared(path)
-        self._writes = 0
-
-    async def open(self) -> None:
-        await self.db.open()
-        await _create_schema(self.db)
-
-    async def close(self) -> None:
-        await self.db.close()
-
-    async def ping(self) -> None:
-        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+    schema = _SCHEMA
+    _writes = 0  # expired entries are swept every 1000 writes
 
     async def get(self, key: str) -> bytes | None:
         row = await self.db.read(

@@ -112,6 +112,30 @@ class SqliteDatabase:
         return self._conn
 
 
+class SqliteBacked:
+    """The lifecycle every embedded backend shares: one database per file, its tables made on open."""
+
+    schema: tuple[str, ...] = ()
+
+    def __init__(self, path: str):
+        self.db = SqliteDatabase.shared(path)
+
+    async def open(self) -> None:
+        await self.db.open()
+        if self.schema:
+            await self.db.transaction(self._create_schema)
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        for statement in self.schema:
+            conn.execute(statement)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+
 def _no_cursor(result: T) -> T:
     """Close a cursor here, on the database's thread.
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from functools import partial
 
-from chatd.backends.sqlite_db import SqliteDatabase
+from chatd.backends.sqlite_db import SqliteBacked
 from chatd.ports import Delivery
 
 _SCHEMA = (
@@ -24,31 +24,17 @@ _SCHEMA = (
 )
 
 
-class SqliteQueue:
+class SqliteQueue(SqliteBacked):
     """Topics in one table; consumers poll, and are woken at once by publishers in-process."""
 
     name = "sqlite-queue"
+    schema = _SCHEMA
 
     def __init__(self, path: str, lease_seconds: float = 60.0, poll_seconds: float = 0.1):
-        self.db = SqliteDatabase.shared(path)
+        super().__init__(path)
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self._published: dict[str, asyncio.Event] = {}
-
-    async def open(self) -> None:
-        await self.db.open()
-
-        def create(conn: sqlite3.Connection) -> None:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-
-        await self.db.transaction(create)
-
-    async def close(self) -> None:
-        await self.db.close()
-
-    async def ping(self) -> None:
-        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
     def _event(self, topic: str) -> asyncio.Event:
         return self._published.setdefault(topic, asyncio.Event())

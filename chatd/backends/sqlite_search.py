@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from chatd.backends.sqlite_db import SqliteDatabase
+from chatd.backends.sqlite_db import SqliteBacked
 from chatd.domain import SearchDocument, SearchHit, SearchResult
 from chatd.jobs import format_time, parse_time
 from chatd.searching import query_words, word_matches, words
@@ -31,28 +31,11 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
-class SqliteSearchIndex:
+class SqliteSearchIndex(SqliteBacked):
     """Search documents and their words in a SQLite file of their own."""
 
     name = "sqlite-search"
-
-    def __init__(self, path: str):
-        self.db = SqliteDatabase.shared(path)
-
-    async def open(self) -> None:
-        await self.db.open()
-
-        def create(conn: sqlite3.Connection) -> None:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-
-        await self.db.transaction(create)
-
-    async def close(self) -> None:
-        await self.db.close()
-
-    async def ping(self) -> None:
-        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+    schema = _SCHEMA
 
     async def refresh(self) -> None:
         """Writes are visible once committed: nothing to do."""

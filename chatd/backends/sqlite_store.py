@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from chatd.backends.sqlite_db import SqliteDatabase, path_from_url
+from chatd.backends.sqlite_db import SqliteBacked, path_from_url
 from chatd.domain import (
     Application,
     Chat,
@@ -29,22 +29,13 @@ def _application(row: sqlite3.Row | tuple) -> Application:  # type: ignore[type-
     return Application(row[0], row[1], row[2], row[3], parse_time(row[4]))
 
 
-class SqliteStore:
+class SqliteStore(SqliteBacked):
     """Applications, chats and messages in one SQLite file (WAL)."""
 
     name = "sqlite"
 
     def __init__(self, url: str):
-        self.db = SqliteDatabase.shared(path_from_url(url))
-
-    async def open(self) -> None:
-        await self.db.open()
-
-    async def close(self) -> None:
-        await self.db.close()
-
-    async def ping(self) -> None:
-        await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+        super().__init__(path_from_url(url))
 
     async def migrate(self) -> list[str]:
         def apply(conn: sqlite3.Connection) -> list[str]:

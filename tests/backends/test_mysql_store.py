@@ -20,9 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiomysql
 import pytest
 from pymysql.constants import CLIENT
 
@@ -30,31 +28,17 @@ from chatd.backends.mysql_store import MysqlStore
 from chatd.domain import MessageJob, NumberScope
 from chatd.errors import BackendUnavailable
 from chatd.jobs import format_time
+from tests.conftest import MYSQL_URL, mysql_connection
 from tests.factories import WHEN, chat_job, eventually, message_job
 
 pytestmark = pytest.mark.real
 
-MYSQL_URL = os.environ.get("CHATD_TEST_MYSQL_URL", "mysql://chatd:chatd@127.0.0.1:3306")
-
 
 async def server_sql(sql: str, database: str | None = None, url: str = MYSQL_URL) -> list[tuple[Any, ...]]:
     """Run one statement on its own autocommit connection (setup and checks outside the store)."""
-    parts = urlsplit(url)
-    conn = await aiomysql.connect(
-        host=parts.hostname,
-        port=parts.port or 3306,
-        user=parts.username,
-        password=parts.password or "",
-        db=database,
-        autocommit=True,
-        charset="utf8mb4",
-    )
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(sql)
-            return list(await cursor.fetchall())
-    finally:
-        conn.close()
+    async with mysql_connection(database, url) as conn, conn.cursor() as cursor:
+        await cursor.execute(sql)
+        return list(await cursor.fetchall())
 
 
 @pytest.fixture

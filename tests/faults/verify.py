@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
-import aiomysql
 
-from tests.conftest import MYSQL_URL
+from tests.conftest import mysql_connection
 from tests.faults.load import LoadResult
 
 
@@ -37,30 +35,18 @@ class Verdict:
 
 async def stored_rows(database: str, token: str) -> tuple[list[tuple[int, int, str]], dict[int, int], int, int]:
     """(chat, number, content) rows; messages_count per chat; chats_count and chats stored."""
-    parts = urlsplit(MYSQL_URL)
-    conn = await aiomysql.connect(
-        host=parts.hostname,
-        port=parts.port or 3306,
-        user=parts.username,
-        password=parts.password or "",
-        db=database,
-        autocommit=True,
-    )
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute("SELECT id, chats_count FROM applications WHERE token = %s", (token,))
-            app_id, chats_count = await cursor.fetchone()
-            await cursor.execute(
-                "SELECT c.number, m.number, m.content FROM messages m JOIN chats c"
-                " ON c.id = m.chat_id WHERE c.application_id = %s",
-                (app_id,),
-            )
-            rows = [(int(a), int(b), str(c)) for a, b, c in await cursor.fetchall()]
-            await cursor.execute("SELECT number, messages_count FROM chats WHERE application_id = %s", (app_id,))
-            counts = {int(number): int(count) for number, count in await cursor.fetchall()}
-            return rows, counts, int(chats_count), len(counts)
-    finally:
-        conn.close()
+    async with mysql_connection(database) as conn, conn.cursor() as cursor:
+        await cursor.execute("SELECT id, chats_count FROM applications WHERE token = %s", (token,))
+        app_id, chats_count = await cursor.fetchone()
+        await cursor.execute(
+            "SELECT c.number, m.number, m.content FROM messages m JOIN chats c"
+            " ON c.id = m.chat_id WHERE c.application_id = %s",
+            (app_id,),
+        )
+        rows = [(int(a), int(b), str(c)) for a, b, c in await cursor.fetchall()]
+        await cursor.execute("SELECT number, messages_count FROM chats WHERE application_id = %s", (app_id,))
+        counts = {int(number): int(count) for number, count in await cursor.fetchall()}
+        return rows, counts, int(chats_count), len(counts)
 
 
 async def search_totals(api_url: str, token: str, chats: list[int]) -> dict[int, int]:

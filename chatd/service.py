@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -85,6 +86,8 @@ class ChatService:
         self.clock = clock
         # Highest number this process knows to be reserved in the store, per counter key.
         self._reserved: OrderedDict[str, int] = OrderedDict()
+        self._refs: OrderedDict[str, ApplicationRef] = OrderedDict()
+        self._chats_seen: OrderedDict[int, int] = OrderedDict()
         # One store write at a time per counter; waiters usually find their number covered.
         self._reserving: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -121,7 +124,7 @@ class ChatService:
     # Chats
 
     async def create_chat(self, token: str, idempotency_key: str | None = None) -> int:
-        app = await self.application(token)
+        app = await self._application_ref(token)
 
         async def make_job(number: int) -> bytes:
             return jobs.encode_chat(ChatJob(app.id, number, self.clock()))
@@ -146,7 +149,7 @@ class ChatService:
     async def create_message(
         self, token: str, chat_number: int, content: str, idempotency_key: str | None = None
     ) -> int:
-        app = await self.application(token)
+        app = await self._application_ref(token)
         await self._require_chat(app, chat_number)
 
         async def make_job(number: int) -> bytes:
@@ -224,8 +227,7 @@ class ChatService:
     def _remember_reservation(self, key: str, reserved: int) -> None:
         self._reserved[key] = reserved
         self._reserved.move_to_end(key)
-        while len(self._reserved) > 100_000:
-            self._reserved.popitem(last=False)
+        _trim(self._reserved)
 
     async def _was_handed_out(self, scope: NumberScope, number: int) -> bool:
         if number < 1:
@@ -236,10 +238,28 @@ class ChatService:
             current = await self.counters.current(scope.key) or 0
         return number <= current
 
-    async def _require_chat(self, app: Application, chat_number: int) -> None:
-        """A chat exists once its number is handed out, even before a worker stores it."""
-        if not await self._was_handed_out(NumberScope(app.id), chat_number):
+    async def _require_chat(self, app: Application | ApplicationRef, chat_number: int) -> None:
+        """A chat exists once its number is handed out, even before a worker stores it.
+
+        Numbers handed out stay handed out, so the highest seen per application is kept in
+        the process: the hot path (messages to known chats) asks the counter nothing.
+        """
+        if chat_number <= self._chats_seen.get(app.id, 0):
+            return
+        scope = NumberScope(app.id)
+        if not await self._was_handed_out(scope, chat_number):
             raise NotFound(f"chat {chat_number} does not exist", code="chat_not_found")
+        self._chats_seen[app.id] = max(chat_number, self._chats_seen.get(app.id, 0))
+        _trim(self._chats_seen)
+
+    async def _application_ref(self, token: str) -> ApplicationRef:
+        """The application's id for the write paths: ids never change, so the process keeps them."""
+        ref = self._refs.get(token)
+        if ref is None:
+            app = await self.application(token)
+            ref = self._refs[token] = ApplicationRef(app.id)
+            _trim(self._refs)
+        return ref
 
     async def _accept(
         self, scope: NumberScope, topic: str, make_job: Callable[[int], Awaitable[bytes]], idempotency_key: str | None
@@ -287,6 +307,19 @@ class ChatService:
                     "a request with this Idempotency-Key is still in progress", code="idempotency_in_progress"
                 )
             await asyncio.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class ApplicationRef:
+    """What the write paths need of an application: its id, which never changes."""
+
+    id: int
+
+
+def _trim(entries: OrderedDict[Any, Any], limit: int = 100_000) -> None:
+    """Keep a per-process memo bounded: drop the entries added first."""
+    while len(entries) > limit:
+        entries.popitem(last=False)
 
 
 _CLAIMED = b"claimed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from chatd import jobs
@@ -44,15 +45,22 @@ class MessageConsumer(BatchConsumer[MessageJob]):
         super().__init__(queue, **options)  # type: ignore[arg-type]
         self.store = store
         self.max_index_backlog = max_index_backlog
+        self._backlog_checked_at = float("-inf")
+        self._backlog_ok = True
 
     async def ready_for_more(self) -> bool:
         # While the search index is down the index queue grows; past the bound, messages wait
-        # in their own queue instead (stored later, with nothing lost either way).
+        # in their own queue instead (stored later, with nothing lost either way). The depth is
+        # asked at most once a second, not once per batch.
+        now = time.monotonic()
+        if now - self._backlog_checked_at < 1.0:
+            return self._backlog_ok
+        self._backlog_checked_at = now
         backlog = await self.queue.depth(jobs.INDEX)
-        if backlog > self.max_index_backlog:
+        self._backlog_ok = backlog <= self.max_index_backlog
+        if not self._backlog_ok:
             logger.warning("index backlog %d over %d: pausing message storage", backlog, self.max_index_backlog)
-            return False
-        return True
+        return self._backlog_ok
 
     def decode(self, body: bytes) -> MessageJob:
         return jobs.decode_message(body)

@@ -1,0 +1,22 @@
+"""Message storage pauses while the index queue is over its bound, and resumes after."""
+
+from __future__ import annotations
+
+from chatd import jobs
+from tests.conftest import Api
+from tests.factories import document, eventually
+
+
+async def test_message_storage_waits_for_the_indexer(make_api) -> None:  # type: ignore[no-untyped-def]
+    api: Api = await make_api(max_index_backlog=5)
+    queue = api.service.queue
+    await queue.publish(jobs.INDEX, [jobs.encode_document(document(1, 1, n, "waiting")) for n in range(1, 11)])
+    assert await eventually(lambda: _at_least(queue.depth(jobs.INDEX), 10))
+    assert not await api.pipeline.messages.ready_for_more()
+    while await api.pipeline.indexer.run_once(max_wait=0.5):
+        pass
+    assert await eventually(api.pipeline.messages.ready_for_more, timeout=10)
+
+
+async def _at_least(depth, at_least: int) -> bool:  # type: ignore[no-untyped-def]
+    return bool(await depth >= at_least)

@@ -38,8 +38,9 @@ test-faults: install services
 	$(BIN)/pytest -p no:cacheprovider -m faults
 
 lint: install
-	$(BIN)/ruff check chatd tests
-	$(BIN)/ruff format --check chatd tests
+	$(BIN)/ruff check chatd tests bench
+	$(BIN)/ruff format --check chatd tests bench
+	$(BIN)/mypy chatd
 
 bench: install services
 	$(BIN)/python -m bench

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from chatd import logs
+from chatd import jobs, logs
 from chatd.app import create_app
 from chatd.backends.registry import close_all, make_backends, open_all
+from chatd.service import Backends
 from chatd.settings import ROLES, Settings
 
 
@@ -25,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply pending schema migrations to the store")
     commands.add_parser("reconcile", help="recount every chats_count and messages_count from the stored rows")
     commands.add_parser("check", help="check that every configured backend answers")
+    commands.add_parser(
+        "reindex", help="queue every stored message for the search indexer (after the search index lost data)"
+    )
     return parser
 
 
@@ -63,6 +67,17 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+async def queue_reindex(backends: Backends, batch: int = 1000) -> int:
+    """Publish every stored message to the index queue; the indexer keeps the newest revision."""
+    cursor, queued = 0, 0
+    while True:
+        cursor, documents = await backends.store.documents_after(cursor, batch)
+        if not documents:
+            return queued
+        await backends.queue.publish(jobs.INDEX, [jobs.encode_document(doc) for doc in documents])
+        queued += len(documents)
+
+
 async def _admin(command: str, settings: Settings) -> int:
     backends = make_backends(settings)
     await open_all(backends)
@@ -73,6 +88,9 @@ async def _admin(command: str, settings: Settings) -> int:
         elif command == "reconcile":
             await backends.store.recount_all()
             print("counts recomputed from the stored rows")
+        elif command == "reindex":
+            queued = await queue_reindex(backends)
+            print(f"queued {queued} messages for indexing; running workers index them")
         elif command == "check":
             failed = 0
             for backend in backends.all():

@@ -96,6 +96,12 @@ class Store(Backend, Protocol):
     async def recount_all(self) -> None:
         """Recompute every count from the stored rows (repair; not on any hot path)."""
 
+    async def documents_after(self, cursor: int, limit: int) -> tuple[int, list[SearchDocument]]:
+        """Up to ``limit`` stored messages past ``cursor`` (0 to start), and the cursor to go on from.
+
+        Walks every message once, in storage order, for rebuilding the search index.
+        """
+
 
 class CounterTick(NamedTuple):
     """A number from a counter, and the generation of the counter that gave it."""

@@ -355,6 +355,19 @@ class MysqlStore:
 
         return await self._run(fold, commit=True)
 
+    async def documents_after(self, cursor: int, limit: int) -> tuple[int, list[SearchDocument]]:
+        async def query(db: aiomysql.Cursor) -> list[Sequence[Any]]:
+            await db.execute(
+                "SELECT m.id, c.application_id, c.number, m.number, m.content, m.created_at, m.revision"
+                " FROM messages m JOIN chats c ON c.id = m.chat_id WHERE m.id > %s ORDER BY m.id LIMIT %s",
+                (cursor, limit),
+            )
+            return list(await db.fetchall())
+
+        rows = await self._run(query, commit=False)
+        documents = [SearchDocument(int(r[1]), int(r[2]), int(r[3]), r[4], from_db(r[5]), int(r[6])) for r in rows]
+        return (int(rows[-1][0]) if rows else cursor), documents
+
     async def recount_all(self) -> None:
         await self._run(writes.recount, commit=True, seconds=600.0)
 

@@ -37,6 +37,15 @@ class SqliteSearchIndex(SqliteBacked):
     name = "sqlite-search"
     schema = _SCHEMA
 
+    async def destroy(self) -> None:
+        """Forget every document (as a lost search index would)."""
+
+        def wipe(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM search_terms")
+            conn.execute("DELETE FROM search_documents")
+
+        await self.db.transaction(wipe)
+
     async def refresh(self) -> None:
         """Writes are visible once committed: nothing to do."""
 

@@ -213,6 +213,17 @@ class SqliteStore(SqliteBacked):
     async def reconcile_counts(self, limit: int = 10_000) -> CountsReconciled:
         return await self.db.transaction(lambda conn: _fold_deltas(conn, limit))
 
+    async def documents_after(self, cursor: int, limit: int) -> tuple[int, list[SearchDocument]]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT m.id, c.application_id, c.number, m.number, m.content, m.created_at, m.revision"
+                " FROM messages m JOIN chats c ON c.id = m.chat_id WHERE m.id > ? ORDER BY m.id LIMIT ?",
+                (cursor, limit),
+            ).fetchall()
+        )
+        documents = [SearchDocument(r[1], r[2], r[3], r[4], parse_time(r[5]), r[6]) for r in rows]
+        return (rows[-1][0] if rows else cursor), documents
+
     async def recount_all(self) -> None:
         def recount(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM count_deltas")

@@ -128,3 +128,20 @@ async def test_recount_all_repairs_counts(backends: Backends) -> None:
 
 async def test_migrate_twice_is_a_no_op(backends: Backends) -> None:
     assert await backends.store.migrate() == []
+
+
+async def test_documents_after_walks_every_message_once(backends: Backends) -> None:
+    store = backends.store
+    app = await store.create_application("tok", "App", WHEN)
+    await store.save_messages([message_job(app.id, chat, n, f"m {chat}.{n}") for chat in (1, 2) for n in (1, 2, 3)])
+    await store.update_message(app.id, 2, 3, "edited", WHEN)
+    seen, cursor = [], 0
+    while True:
+        cursor, documents = await store.documents_after(cursor, 4)
+        if not documents:
+            break
+        assert len(documents) <= 4
+        seen += documents
+    assert sorted((d.chat_number, d.message_number) for d in seen) == [(c, n) for c in (1, 2) for n in (1, 2, 3)]
+    edited = next(d for d in seen if (d.chat_number, d.message_number) == (2, 3))
+    assert (edited.content, edited.revision, edited.application_id) == ("edited", 2, app.id)

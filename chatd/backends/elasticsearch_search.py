@@ -111,9 +111,11 @@ class ElasticsearchIndex:
         # Created here, not in __init__: the client's HTTP session belongs to the running loop.
         # A timeout is reported, not repeated: the request may be slow rather than lost, and
         # the caller (a client, the indexer) retries anyway; so a request waits one timeout at most.
-        self._client = AsyncElasticsearch(
-            self.url, request_timeout=self.request_timeout, max_retries=self.max_retries, retry_on_timeout=False
-        )
+        # Opening again (after ``destroy``, say) keeps the client and makes the index again.
+        if self._client is None:
+            self._client = AsyncElasticsearch(
+                self.url, request_timeout=self.request_timeout, max_retries=self.max_retries, retry_on_timeout=False
+            )
         try:
             await self._create_index()
         except BaseException:

@@ -22,6 +22,7 @@ from chatd.backends.elasticsearch_search import ElasticsearchIndex, SearchReject
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.domain import SearchDocument
 from chatd.errors import BackendUnavailable, BadRequest
+from tests.contract.test_search import CORPUS
 from tests.factories import WHEN, document
 
 pytestmark = pytest.mark.real
@@ -30,18 +31,7 @@ ELASTICSEARCH_URL = os.environ.get("CHATD_TEST_ELASTICSEARCH_URL", "http://127.0
 
 # Chat (1, 1): ordinary chat text, and the text where a tokenizer's choices show.
 CHAT = [
-    "Hello, World!",
-    "hello again",
-    "Can you help me?",
-    "The helicopter landed",
-    "HELLO IN CAPITALS",
-    "nothing to see here",
-    "Shell scripts are fun",
-    "Let's meet tomorrow at noon",
-    "The weather is lovely today",
-    "Elasticsearch indexes documents",
-    "café au lait ☕ à Paris",
-    "numbers 12345 and 2026",
+    *CORPUS,  # the contract suite's corpus first, so its message numbers hold here too
     "see example.com or www.chatd.io",
     "pi is 3.14159, e is 2.71828",
     "你好世界",

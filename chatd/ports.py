@@ -113,7 +113,7 @@ class CounterTick(NamedTuple):
 class Counters(Backend, Protocol):
     """Atomic per-key counters that hand out numbers.
 
-    Each counter has a generation, a random id chosen when ``raise_to`` creates it. A
+    Each counter has a generation, a random id chosen when ``seed`` creates it. A
     counter that is lost (a wiped or failed-over server) comes back with a new
     generation, which tells a caller holding a number from the old one.
     """
@@ -125,10 +125,11 @@ class Counters(Backend, Protocol):
 
     async def generation(self, key: str) -> str | None: ...
 
-    async def raise_to(self, key: str, floor: int) -> None:
-        """Set the key to ``floor`` unless it already holds more (never lowers it).
+    async def seed(self, key: str, floor: int) -> None:
+        """Create a missing counter at ``floor``, with a new generation; leave an existing one as it is.
 
-        Creating a missing key gives it a new generation.
+        Never moves a live counter: of several processes seeding a lost counter at once, the
+        first one wins and the others' (possibly later, higher) floors would only make gaps.
         """
 
 

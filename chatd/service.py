@@ -206,7 +206,7 @@ class ChatService:
             reserved_before = self._reserved.get(key, 0)
             tick = await self.counters.increment(key)
             while tick is None:
-                await self.counters.raise_to(key, await self.store.number_floor(scope))
+                await self.counters.seed(key, await self.store.number_floor(scope))
                 tick = await self.counters.increment(key)
             if tick.number <= reserved_before:
                 return tick.number
@@ -234,7 +234,7 @@ class ChatService:
             return False
         current = await self.counters.current(scope.key)
         if current is None:
-            await self.counters.raise_to(scope.key, await self.store.number_floor(scope))
+            await self.counters.seed(scope.key, await self.store.number_floor(scope))
             current = await self.counters.current(scope.key) or 0
         return number <= current
 

@@ -202,13 +202,10 @@ end
 return false
 """
 
-# Creating the counter gives it a new generation (ARGV[2]); raising an existing one keeps it.
-_RAISE_TO = """
-local current = redis.call('HGET', KEYS[1], 'n')
-if current == false then
+# Create a missing counter at the floor with a new generation (ARGV[2]); leave a live one alone.
+_SEED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('HSET', KEYS[1], 'n', ARGV[1], 'g', ARGV[2])
-elseif tonumber(current) < tonumber(ARGV[1]) then
-    redis.call('HSET', KEYS[1], 'n', ARGV[1])
 end
 return 0
 """
@@ -235,9 +232,9 @@ class RedisCounters(_RedisPort):
         value = await self.connection.run(self.connection.client.hget(self._key(key), "g"))
         return None if value is None else cast("bytes", value).decode()
 
-    async def raise_to(self, key: str, floor: int) -> None:
+    async def seed(self, key: str, floor: int) -> None:
         await self.connection.run(
-            self.connection.script(_RAISE_TO)(keys=[self._key(key)], args=[int(floor), secrets.token_hex(8)])
+            self.connection.script(_SEED)(keys=[self._key(key)], args=[int(floor), secrets.token_hex(8)])
         )
 
 

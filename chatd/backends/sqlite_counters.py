@@ -50,11 +50,10 @@ class SqliteCounters(SqliteBacked):
         )
         return None if row is None else str(row[0])
 
-    async def raise_to(self, key: str, floor: int) -> None:
+    async def seed(self, key: str, floor: int) -> None:
         await self.db.transaction(
             lambda conn: conn.execute(
-                "INSERT INTO embedded_counters (key, value, generation) VALUES (?, ?, ?) ON CONFLICT (key)"
-                " DO UPDATE SET value = MAX(value, excluded.value)",
+                "INSERT INTO embedded_counters (key, value, generation) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
                 (key, floor, secrets.token_hex(8)),
             )
         )

@@ -135,7 +135,7 @@ async def test_concurrent_increments_from_many_tasks_and_two_clients(make_connec
     first = await make_connection()
     second = await make_connection(prefix=first.prefix)  # a second client, as in another process
     counters = [RedisCounters(first), RedisCounters(second)]
-    await counters[0].raise_to("chats:1", 0)
+    await counters[0].seed("chats:1", 0)
     ticks = await asyncio.gather(*(counters[n % 2].increment("chats:1") for n in range(1000)))
     numbers = [tick.number for tick in ticks if tick]
     assert sorted(number or 0 for number in numbers) == list(range(1, 1001))
@@ -151,31 +151,31 @@ async def test_increment_of_a_missing_key_returns_none_and_creates_nothing(make_
     assert await raw_keys(connection) == set()
 
 
-async def test_raise_to_never_lowers(make_connection: Any) -> None:
+async def test_seed_never_moves_a_live_counter(make_connection: Any) -> None:
     counters = RedisCounters(await make_connection())
-    await counters.raise_to("k", 10)
-    await counters.raise_to("k", 5)
+    await counters.seed("k", 10)
+    await counters.seed("k", 5)
     assert await counters.current("k") == 10
-    await counters.raise_to("k", 10)
+    await counters.seed("k", 10)
     assert (await counters.increment("k")).number == 11
-    await counters.raise_to("k", 100)
-    assert (await counters.increment("k")).number == 101
+    await counters.seed("k", 100)
+    assert (await counters.increment("k")).number == 12
 
 
 async def test_a_flushed_redis_is_detected_and_reseeded(private_redis: PrivateRedis, make_connection: Any) -> None:
     counters = RedisCounters(await make_connection(private_redis.url))
-    await counters.raise_to("chats:7", 0)
+    await counters.seed("chats:7", 0)
     assert [(await counters.increment("chats:7")).number for _ in range(3)] == [1, 2, 3]
     await counters.connection.client.flushdb()
     assert await counters.increment("chats:7") is None  # how chatd notices the loss
-    await counters.raise_to("chats:7", 50)  # the store's floor
+    await counters.seed("chats:7", 50)  # the store's floor
     assert (await counters.increment("chats:7")).number == 51
 
 
 async def test_scripts_are_reloaded_after_script_flush(private_redis: PrivateRedis, make_connection: Any) -> None:
     connection = await make_connection(private_redis.url)
     counters, lock = RedisCounters(connection), RedisLock(connection)
-    await counters.raise_to("k", 0)
+    await counters.seed("k", 0)
     assert (await counters.increment("k")).number == 1
     await connection.client.script_flush()
     assert (await counters.increment("k")).number == 2  # EVALSHA answered NOSCRIPT; redis-py loaded it again
@@ -276,7 +276,7 @@ async def test_destroy_removes_only_its_prefix_even_with_glob_characters(make_co
     mine = await make_connection(prefix=base[:-1] + "*:")
     neighbour = await make_connection(prefix=base[:-1] + "X:")  # matched by the unescaped glob
     for connection in (mine, neighbour):
-        await RedisCounters(connection).raise_to("k", 1)
+        await RedisCounters(connection).seed("k", 1)
         await RedisCache(connection).set("k", b"v", 30)
         await RedisLock(connection).acquire("k", "me", 30)
     await RedisCache(mine).destroy()
@@ -320,7 +320,7 @@ async def assert_every_operation_is_unavailable(connection: RedisConnection, wit
         counters.ping,
         lambda: counters.increment("k"),
         lambda: counters.current("k"),
-        lambda: counters.raise_to("k", 1),
+        lambda: counters.seed("k", 1),
         lambda: cache.get("k"),
         lambda: cache.set("k", b"v", 1),
         lambda: cache.add("k", b"v", 1),
@@ -364,14 +364,14 @@ async def test_a_server_that_never_answers_times_out() -> None:
 async def test_recovers_after_a_server_restart(private_redis: PrivateRedis, make_connection: Any) -> None:
     connection = await make_connection(private_redis.url)
     counters, lock = RedisCounters(connection), RedisLock(connection)
-    await counters.raise_to("chats:1", 0)
+    await counters.seed("chats:1", 0)
     assert await asyncio.gather(*(counters.increment("chats:1") for _ in range(20)))  # fill the pool
     await asyncio.to_thread(private_redis.stop)
     await assert_every_operation_is_unavailable(connection, within=2.0)
     await asyncio.to_thread(private_redis.start)
     # The same client, its pooled sockets dead: it reconnects, and finds the data gone.
     assert await counters.increment("chats:1") is None
-    await counters.raise_to("chats:1", 20)
+    await counters.seed("chats:1", 20)
     assert (await counters.increment("chats:1")).number == 21
     assert await lock.acquire("job", "me", 30)  # scripts are loaded again on the new server
 
@@ -381,7 +381,7 @@ async def test_dead_pooled_connections_are_replaced_without_an_error(
 ) -> None:
     connection = await make_connection(private_redis.url)
     counters = RedisCounters(connection)
-    await counters.raise_to("k", 0)
+    await counters.seed("k", 0)
     assert await asyncio.gather(*(counters.increment("k") for _ in range(20)))  # fill the pool
     await asyncio.to_thread(private_redis.stop)
     await asyncio.to_thread(private_redis.start)

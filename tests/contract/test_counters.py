@@ -12,24 +12,24 @@ async def test_increment_needs_a_seeded_key(backends: Backends) -> None:
     counters = backends.counters
     assert await counters.increment("k") is None
     assert await counters.current("k") is None
-    await counters.raise_to("k", 41)
+    await counters.seed("k", 41)
     assert (await counters.increment("k")).number == 42
-    await counters.raise_to("k", 10)  # never lowers
+    await counters.seed("k", 10)  # a live counter is left alone: never lowered...
     assert await counters.current("k") == 42
-    await counters.raise_to("k", 50)
-    assert (await counters.increment("k")).number == 51
+    await counters.seed("k", 50)  # ...and never moved up (that would only make gaps)
+    assert (await counters.increment("k")).number == 43
 
 
 async def test_a_recreated_counter_has_a_new_generation(backends: Backends) -> None:
     counters = backends.counters
-    await counters.raise_to("g", 5)
+    await counters.seed("g", 5)
     first = await counters.increment("g")
     assert first is not None and first.generation and await counters.generation("g") == first.generation
-    await counters.raise_to("g", 100)  # raising keeps the generation
+    await counters.seed("g", 100)  # seeding a live counter keeps its generation
     assert await counters.generation("g") == first.generation
     await wipe_counters(backends)
     assert await counters.generation("g") is None
-    await counters.raise_to("g", 0)
+    await counters.seed("g", 0)
     again = await counters.increment("g")
     assert again is not None and again.generation != first.generation
 
@@ -41,7 +41,7 @@ async def wipe_counters(backends: Backends) -> None:
 
 
 async def test_concurrent_increments_hand_out_each_number_once(backends: Backends) -> None:
-    await backends.counters.raise_to("c", 0)
+    await backends.counters.seed("c", 0)
     numbers = [tick.number for tick in await asyncio.gather(*(backends.counters.increment("c") for _ in range(500)))]
     assert sorted(numbers) == list(range(1, 501))  # type: ignore[type-var]
 

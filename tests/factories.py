@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import pytest
+
 from chatd.domain import ChatJob, MessageJob, SearchDocument
 
 T = TypeVar("T")
@@ -36,3 +38,20 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30.0, i
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+async def fails_without_hanging(action: Callable[[], Awaitable[object]], bound: float = 15.0) -> None:
+    """Assert that ``action`` raises BackendUnavailable instead of hanging.
+
+    A guard against hangs (an outage must become a 503, not a stuck request), not a speed
+    check: ``bound`` is far above any timeout the adapters set, except where a test passes
+    the adapter's own timeout to show a call did not wait for it.
+    """
+    from chatd.errors import BackendUnavailable
+
+    try:
+        async with asyncio.timeout(bound):
+            with pytest.raises(BackendUnavailable):
+                await action()
+    except TimeoutError:
+        raise AssertionError(f"still waiting after {bound} s instead of failing") from None

@@ -61,7 +61,7 @@ def page(result: Page[Any], render: Any) -> dict[str, Any]:
 def search(result: SearchResult, page_number: int, per_page: int) -> dict[str, Any]:
     return {
         "total": result.total,
-        "total_pages": (result.total + per_page - 1) // per_page,
+        "total_pages": Page(result.hits, page_number, per_page, result.total).total_pages,
         "page": page_number,
         "per_page": per_page,
         "messages": [

@@ -61,7 +61,11 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
             app[keys.BACKENDS] = backends
             app[keys.SERVICE] = service
             app[keys.PIPELINE] = Pipeline(service, settings)
-            yield
+            try:
+                yield
+            finally:
+                # Requests are finished by now; a group they joined may still be publishing.
+                await service.acceptor.drain()
         finally:
             await close_all(backends)
 

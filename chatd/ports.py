@@ -7,7 +7,7 @@ Elasticsearch); the embedded backends implement the same contract, which
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
@@ -110,6 +110,14 @@ class CounterTick(NamedTuple):
     generation: str
 
 
+class CounterRange(NamedTuple):
+    """Consecutive numbers ``first..last`` taken from one counter at once, and its generation."""
+
+    first: int
+    last: int
+    generation: str
+
+
 class Counters(Backend, Protocol):
     """Atomic per-key counters that hand out numbers.
 
@@ -121,9 +129,19 @@ class Counters(Backend, Protocol):
     async def increment(self, key: str) -> CounterTick | None:
         """Add one and return the new value, or None if the key does not exist yet."""
 
+    async def take(self, counts: Mapping[str, int]) -> dict[str, CounterRange | None]:
+        """Add ``counts[key]`` to every counter, all in one round trip, and return the range each took.
+
+        Each range is contiguous: no other caller gets a number inside it. A key that does not
+        exist yet maps to None and is left missing (seed it, then take again).
+        """
+
     async def current(self, key: str) -> int | None: ...
 
     async def generation(self, key: str) -> str | None: ...
+
+    async def generations(self, keys: Sequence[str]) -> dict[str, str | None]:
+        """The generation of every key (None where missing), in one round trip."""
 
     async def seed(self, key: str, floor: int) -> None:
         """Create a missing counter at ``floor``, with a new generation; leave an existing one as it is.
@@ -140,6 +158,9 @@ class Cache(Backend, Protocol):
 
     async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
         """Set only if absent; True if this call set it."""
+
+    async def set_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> None:
+        """Set every key, in one round trip."""
 
     async def delete(self, key: str) -> None: ...
 

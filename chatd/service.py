@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
-import time
-import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +13,7 @@ from typing import Any
 import orjson
 
 from chatd import jobs
+from chatd.accepting import Acceptor
 from chatd.domain import (
     Application,
     Chat,
@@ -27,7 +24,7 @@ from chatd.domain import (
     Page,
     SearchResult,
 )
-from chatd.errors import Conflict, NotFound, Pending
+from chatd.errors import NotFound, Pending
 from chatd.ports import Backend, Cache, Counters, Lock, Queue, SearchIndex, Store
 
 logger = logging.getLogger(__name__)
@@ -81,15 +78,17 @@ class ChatService:
         self.queue = backends.queue
         self.search_index = backends.search
         self.cache_ttl = cache_ttl
-        self.number_block = number_block
-        self.idempotency_ttl = idempotency_ttl
         self.clock = clock
-        # Highest number this process knows to be reserved in the store, per counter key.
-        self._reserved: OrderedDict[str, int] = OrderedDict()
+        self.acceptor = Acceptor(
+            backends.counters,
+            backends.store,
+            backends.cache,
+            backends.queue,
+            number_block=number_block,
+            idempotency_ttl=idempotency_ttl,
+        )
         self._refs: OrderedDict[str, ApplicationRef] = OrderedDict()
         self._chats_seen: OrderedDict[int, int] = OrderedDict()
-        # One store write at a time per counter; waiters usually find their number covered.
-        self._reserving: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # Applications
 
@@ -126,10 +125,10 @@ class ChatService:
     async def create_chat(self, token: str, idempotency_key: str | None = None) -> int:
         app = await self._application_ref(token)
 
-        async def make_job(number: int) -> bytes:
+        def make_job(number: int) -> bytes:
             return jobs.encode_chat(ChatJob(app.id, number, self.clock()))
 
-        return await self._accept(NumberScope(app.id), jobs.CHATS, make_job, idempotency_key)
+        return await self.acceptor.accept(NumberScope(app.id), jobs.CHATS, make_job, idempotency_key)
 
     async def chat(self, token: str, number: int) -> Chat:
         app = await self.application(token)
@@ -152,10 +151,11 @@ class ChatService:
         app = await self._application_ref(token)
         await self._require_chat(app, chat_number)
 
-        async def make_job(number: int) -> bytes:
+        def make_job(number: int) -> bytes:
             return jobs.encode_message(MessageJob(app.id, chat_number, number, content, self.clock()))
 
-        return await self._accept(NumberScope(app.id, chat_number), jobs.MESSAGES, make_job, idempotency_key)
+        scope = NumberScope(app.id, chat_number)
+        return await self.acceptor.accept(scope, jobs.MESSAGES, make_job, idempotency_key)
 
     async def message(self, token: str, chat_number: int, number: int) -> Message:
         app = await self.application(token)
@@ -191,44 +191,6 @@ class ChatService:
 
     # Numbers
 
-    async def _next_number(self, scope: NumberScope) -> int:
-        """Take the next number of ``scope``, never one handed out before, even after counter loss.
-
-        The store keeps a reservation ahead of the counter: a counter that restarts empty
-        resumes above it, so numbers still queued and not yet stored are never reissued. A
-        number is handed out at once if a reservation covering it was committed before it
-        was taken. Otherwise it waits for one (concurrent requests share a single store
-        write), and is handed out only if the counter that gave it is still the same
-        generation; a number from a counter lost meanwhile is dropped (a gap).
-        """
-        key = scope.key
-        while True:
-            reserved_before = self._reserved.get(key, 0)
-            tick = await self.counters.increment(key)
-            while tick is None:
-                await self.counters.seed(key, await self.store.number_floor(scope))
-                tick = await self.counters.increment(key)
-            if tick.number <= reserved_before:
-                return tick.number
-            async with self._reservation_lock(key):
-                if tick.number > self._reserved.get(key, 0):
-                    reserved = await self.store.reserve_numbers(scope, tick.number + self.number_block)
-                    self._remember_reservation(key, reserved)
-            if await self.counters.generation(key) == tick.generation:
-                return tick.number
-            logger.warning("counter %s was lost while reserving; dropping number %d", key, tick.number)
-
-    def _reservation_lock(self, key: str) -> asyncio.Lock:
-        lock = self._reserving.get(key)
-        if lock is None:
-            lock = self._reserving[key] = asyncio.Lock()
-        return lock
-
-    def _remember_reservation(self, key: str, reserved: int) -> None:
-        self._reserved[key] = reserved
-        self._reserved.move_to_end(key)
-        _trim(self._reserved)
-
     async def _was_handed_out(self, scope: NumberScope, number: int) -> bool:
         if number < 1:
             return False
@@ -261,53 +223,6 @@ class ChatService:
             _trim(self._refs)
         return ref
 
-    async def _accept(
-        self, scope: NumberScope, topic: str, make_job: Callable[[int], Awaitable[bytes]], idempotency_key: str | None
-    ) -> int:
-        """Take a number, queue the job durably, and return the number.
-
-        With an idempotency key, the job is recorded under the key before it is published,
-        and a retry publishes the recorded job again (workers store it once) and returns its
-        number: whatever point the first attempt died at, the client's number ends up stored.
-        """
-        if idempotency_key is None:
-            number = await self._next_number(scope)
-            await self.queue.publish(topic, [await make_job(number)])
-            return number
-        key = f"idem:{scope.key}:{idempotency_key}"
-        recorded = await self._recorded_job(key)
-        if recorded is None:
-            try:
-                number = await self._next_number(scope)
-                recorded = orjson.dumps({"number": number, "job": (await make_job(number)).decode()})
-                await self.cache.set(key, recorded, self.idempotency_ttl)
-            except BaseException:
-                # Nothing was recorded, so nothing was published: free the key for the retry.
-                with contextlib.suppress(Exception):
-                    await self.cache.delete(key)
-                raise
-        data = orjson.loads(recorded)
-        await self.queue.publish(topic, [data["job"].encode()])
-        return int(data["number"])
-
-    async def _recorded_job(self, key: str) -> bytes | None:
-        """The job recorded under ``key``; None once this request has claimed the key.
-
-        A claim that its request never completed expires after ``_CLAIM_SECONDS``.
-        """
-        deadline = time.monotonic() + _CLAIM_SECONDS
-        while True:
-            if await self.cache.add(key, _CLAIMED, _CLAIM_SECONDS):
-                return None
-            value = await self.cache.get(key)
-            if value not in (None, _CLAIMED):
-                return value
-            if time.monotonic() > deadline:
-                raise Conflict(
-                    "a request with this Idempotency-Key is still in progress", code="idempotency_in_progress"
-                )
-            await asyncio.sleep(0.05)
-
 
 @dataclass(frozen=True)
 class ApplicationRef:
@@ -320,10 +235,6 @@ def _trim(entries: OrderedDict[Any, Any], limit: int = 100_000) -> None:
     """Keep a per-process memo bounded: drop the entries added first."""
     while len(entries) > limit:
         entries.popitem(last=False)
-
-
-_CLAIMED = b"claimed"
-_CLAIM_SECONDS = 10.0
 
 
 def _application_to_cache(app: Application) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatd.errors import BackendUnavailable
-from chatd.ports import CounterTick
+from chatd.ports import CounterRange, CounterTick
 
 T = TypeVar("T")
 
@@ -195,11 +195,18 @@ class _RedisPort:
 # A counter is a hash {n: value, g: generation}: one key, so eviction or a wipe takes both.
 # Increment only a counter that exists: a missing one must be seeded from the store first
 # (after a FLUSHDB or a restart without persistence), which HINCRBY alone would hide.
-_INCREMENT_EXISTING = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    return {redis.call('HINCRBY', KEYS[1], 'n', 1), redis.call('HGET', KEYS[1], 'g')}
+# Several counters at once (one round trip for a whole batch of requests): add ARGV[i] to
+# KEYS[i] if it exists. false (nil in the reply) marks a missing counter, which must be seeded.
+_TAKE_EXISTING = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+    if redis.call('EXISTS', key) == 1 then
+        taken[i] = {redis.call('HINCRBY', key, 'n', tonumber(ARGV[i])), redis.call('HGET', key, 'g')}
+    else
+        taken[i] = false
+    end
 end
-return false
+return taken
 """
 
 # Create a missing counter at the floor with a new generation (ARGV[2]); leave a live one alone.
@@ -218,11 +225,25 @@ class RedisCounters(_RedisPort):
     namespace = "counter:"
 
     async def increment(self, key: str) -> CounterTick | None:
-        value = await self.connection.run(self.connection.script(_INCREMENT_EXISTING)(keys=[self._key(key)]))
-        if value is None:
-            return None
-        number, generation = value
-        return CounterTick(int(number), generation.decode() if generation else "")
+        taken = (await self.take({key: 1}))[key]
+        return None if taken is None else CounterTick(taken.last, taken.generation)
+
+    async def take(self, counts: Mapping[str, int]) -> dict[str, CounterRange | None]:
+        # Keys of one script must share a slot on Redis Cluster; chatd uses a single node.
+        keys = list(counts)
+        replies = await self.connection.run(
+            self.connection.script(_TAKE_EXISTING)(
+                keys=[self._key(key) for key in keys], args=[int(counts[key]) for key in keys]
+            )
+        )
+        taken: dict[str, CounterRange | None] = {}
+        for key, reply in zip(keys, replies):
+            if reply is None:
+                taken[key] = None
+            else:
+                last, generation = int(reply[0]), reply[1].decode() if reply[1] else ""
+                taken[key] = CounterRange(last - counts[key] + 1, last, generation)
+        return taken
 
     async def current(self, key: str) -> int | None:
         value = await self.connection.run(self.connection.client.hget(self._key(key), "n"))
@@ -231,6 +252,13 @@ class RedisCounters(_RedisPort):
     async def generation(self, key: str) -> str | None:
         value = await self.connection.run(self.connection.client.hget(self._key(key), "g"))
         return None if value is None else cast("bytes", value).decode()
+
+    async def generations(self, keys: Sequence[str]) -> dict[str, str | None]:
+        pipe = self.connection.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(self._key(key), "g")
+        values = await self.connection.run(pipe.execute())
+        return {key: None if value is None else value.decode() for key, value in zip(keys, values)}
 
     async def seed(self, key: str, floor: int) -> None:
         await self.connection.run(
@@ -257,6 +285,12 @@ class RedisCache(_RedisPort):
             self.connection.client.set(self._key(key), value, px=_milliseconds(ttl_seconds), nx=True)
         )
         return bool(stored)
+
+    async def set_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> None:
+        pipe = self.connection.client.pipeline(transaction=False)
+        for key, value in values.items():
+            pipe.set(self._key(key), value, px=_milliseconds(ttl_seconds))
+        await self.connection.run(pipe.execute())
 
     async def delete(self, key: str) -> None:
         await self.connection.run(self.connection.client.delete(self._key(key)))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 
 from chatd.backends.sqlite_db import SqliteBacked
-from chatd.ports import CounterTick
+from chatd.ports import CounterRange, CounterTick
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS embedded_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL,"
@@ -29,14 +30,22 @@ class SqliteCounters(SqliteBacked):
     schema = _SCHEMA
 
     async def increment(self, key: str) -> CounterTick | None:
-        def incr(conn: sqlite3.Connection) -> CounterTick | None:
-            # fetchall, not fetchone: a RETURNING statement must run to completion before COMMIT.
-            rows = conn.execute(
-                "UPDATE embedded_counters SET value = value + 1 WHERE key = ? RETURNING value, generation", (key,)
-            ).fetchall()
-            return CounterTick(int(rows[0][0]), rows[0][1]) if rows else None
+        taken = (await self.take({key: 1}))[key]
+        return None if taken is None else CounterTick(taken.last, taken.generation)
 
-        return await self.db.transaction(incr)
+    async def take(self, counts: Mapping[str, int]) -> dict[str, CounterRange | None]:
+        def add(conn: sqlite3.Connection) -> dict[str, CounterRange | None]:
+            taken: dict[str, CounterRange | None] = {}
+            for key, count in counts.items():
+                # fetchall, not fetchone: a RETURNING statement must run to completion before COMMIT.
+                rows = conn.execute(
+                    "UPDATE embedded_counters SET value = value + ? WHERE key = ? RETURNING value, generation",
+                    (count, key),
+                ).fetchall()
+                taken[key] = CounterRange(int(rows[0][0]) - count + 1, int(rows[0][0]), rows[0][1]) if rows else None
+            return taken
+
+        return await self.db.transaction(add)
 
     async def current(self, key: str) -> int | None:
         row = await self.db.read(
@@ -49,6 +58,16 @@ class SqliteCounters(SqliteBacked):
             lambda conn: conn.execute("SELECT generation FROM embedded_counters WHERE key = ?", (key,)).fetchone()
         )
         return None if row is None else str(row[0])
+
+    async def generations(self, keys: Sequence[str]) -> dict[str, str | None]:
+        def read(conn: sqlite3.Connection) -> dict[str, str | None]:
+            found: dict[str, str | None] = dict.fromkeys(keys)
+            for key in keys:
+                row = conn.execute("SELECT generation FROM embedded_counters WHERE key = ?", (key,)).fetchone()
+                found[key] = None if row is None else str(row[0])
+            return found
+
+        return await self.db.read(read)
 
     async def seed(self, key: str, floor: int) -> None:
         await self.db.transaction(
@@ -108,6 +127,13 @@ class SqliteCache(SqliteBacked):
 
     async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
         return await self.db.transaction(lambda conn: self._put(conn, key, value, ttl_seconds, replace=False))
+
+    async def set_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> None:
+        def put_all(conn: sqlite3.Connection) -> None:
+            for key, value in values.items():
+                self._put(conn, key, value, ttl_seconds, replace=True)
+
+        await self.db.transaction(put_all)
 
     def _put(self, conn: sqlite3.Connection, key: str, value: bytes, ttl: float, replace: bool) -> bool:
         now = time.time()

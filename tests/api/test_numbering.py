@@ -43,7 +43,7 @@ async def test_lost_counters_never_reissue_a_number(api: Api) -> None:
     await api.settle()
     handed = [await api.create_message(token, chat, f"before {n}") for n in range(5)]  # queued, not stored
     await wipe_counters(api.service.backends)
-    api.service._reserved.clear()  # a fresh api process knows nothing either
+    api.service.acceptor.forget_reservations()  # a fresh api process knows nothing either
     after = [await api.create_message(token, chat, f"after {n}") for n in range(5)]
     assert not set(handed) & set(after)
     assert min(after) > max(handed)
@@ -109,4 +109,4 @@ async def test_concurrent_requests_share_reservations(api: Api) -> None:
     finally:
         store.reserve_numbers = reserve  # type: ignore[method-assign]
     assert sorted(numbers) == list(range(1, 301))
-    assert calls <= 300 // api.service.number_block + 3, calls
+    assert calls <= 300 // api.service.acceptor.number_block + 3, calls

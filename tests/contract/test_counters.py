@@ -34,6 +34,30 @@ async def test_a_recreated_counter_has_a_new_generation(backends: Backends) -> N
     assert again is not None and again.generation != first.generation
 
 
+async def test_take_gives_each_counter_a_contiguous_range(backends: Backends) -> None:
+    counters = backends.counters
+    await counters.seed("a", 10)
+    await counters.seed("b", 0)
+    taken = await counters.take({"a": 5, "b": 1, "missing": 3})
+    assert taken["a"] is not None and (taken["a"].first, taken["a"].last) == (11, 15)
+    assert taken["b"] is not None and (taken["b"].first, taken["b"].last) == (1, 1)
+    assert taken["missing"] is None and await counters.current("missing") is None  # not created
+    assert taken["a"].generation == await counters.generation("a")
+    assert await counters.generations(["a", "b", "missing"]) == {
+        "a": taken["a"].generation,
+        "b": taken["b"].generation,
+        "missing": None,
+    }
+    assert (await counters.increment("a")).number == 16  # type: ignore[union-attr]
+
+
+async def test_concurrent_takes_never_overlap(backends: Backends) -> None:
+    await backends.counters.seed("c", 0)
+    groups = await asyncio.gather(*(backends.counters.take({"c": size}) for size in range(1, 31)))
+    numbers = [n for group in groups for n in range(group["c"].first, group["c"].last + 1)]  # type: ignore[union-attr]
+    assert sorted(numbers) == list(range(1, sum(range(1, 31)) + 1))
+
+
 async def wipe_counters(backends: Backends) -> None:
     """Lose every counter, as a Redis restarted without persistence would."""
     counters = backends.counters
@@ -56,6 +80,8 @@ async def test_cache_get_set_add_delete(backends: Backends) -> None:
     assert await cache.get("b") == b"2"
     await cache.delete("a")
     assert await cache.get("a") is None
+    await cache.set_many({"b": b"3", "c": b"4"}, 60)
+    assert (await cache.get("b"), await cache.get("c")) == (b"3", b"4")
 
 
 async def test_lock_has_one_owner_until_released_or_expired(backends: Backends) -> None:

@@ -1,9 +1,11 @@
 """A SQLite database file shared by the embedded backends of one process.
 
-Each transaction runs as one plain function on the database's own thread: one thread hop
-per transaction instead of one per statement, and no other coroutine can slip a statement
-into a transaction in progress. Other processes are kept out by SQLite's own file lock
-(WAL mode: readers never wait; writers queue behind ``busy_timeout``).
+Each transaction runs as one plain function on the database's own writer thread: one thread
+hop per transaction instead of one per statement, and no other coroutine can slip a statement
+into a transaction in progress. Reads run on a second thread with a connection of their own,
+so a GET never queues behind a write transaction (WAL mode: readers see the last commit and
+never wait). Other processes are kept out by SQLite's own file lock (writers queue behind
+``busy_timeout``).
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ def path_from_url(url: str) -> str:
 
 
 class SqliteDatabase:
-    """One connection on one dedicated thread; ``run`` executes a function there."""
+    """A writer connection and a reader connection, each on a dedicated thread."""
 
     def __init__(self, path: str):
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # An in-memory database exists once per connection: it reads through the writer.
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
         self._users = 0
 
     @classmethod
@@ -54,6 +59,9 @@ class SqliteDatabase:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         await self._submit(self._connect)
+        if self.path != ":memory:":
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
+            self._read_conn = await asyncio.get_running_loop().run_in_executor(self._reader, self._connect_reader)
 
     def _connect(self) -> None:
         if self.path != ":memory:":
@@ -67,14 +75,27 @@ class SqliteDatabase:
         conn.execute("PRAGMA foreign_keys=ON")
         self._conn = conn
 
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
     async def close(self) -> None:
         self._users -= 1
         if self._users > 0 or self._executor is None:
             return
         executor, self._executor = self._executor, None
         conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        read_conn, self._read_conn = self._read_conn, None
+        loop = asyncio.get_running_loop()
+        if reader is not None:
+            if read_conn is not None:
+                await loop.run_in_executor(reader, read_conn.close)
+            reader.shutdown(wait=True)
         if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            await loop.run_in_executor(executor, conn.close)
         executor.shutdown(wait=True)
         with _shared_lock:
             for key, value in list(_shared.items()):
@@ -87,8 +108,14 @@ class SqliteDatabase:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` outside any explicit transaction (each statement autocommits)."""
-        return await self._submit(lambda: _no_cursor(fn(self._require())))
+        """Run ``fn(conn)`` on the reader, outside any explicit transaction (each statement autocommits).
+
+        It sees every transaction committed before it was called.
+        """
+        if self._reader is None or self._read_conn is None:
+            return await self._submit(lambda: _no_cursor(fn(self._require())))
+        conn = self._read_conn
+        return await asyncio.get_running_loop().run_in_executor(self._reader, lambda: _no_cursor(fn(conn)))
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""

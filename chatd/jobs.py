@@ -21,7 +21,8 @@ class PoisonJob(ValueError):
 
 def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds, as every response shows times."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat is several times cheaper than strftime, and this runs for every job and row.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:

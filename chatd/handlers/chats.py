@@ -14,7 +14,7 @@ routes = web.RouteTableDef()
 async def create_chat(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     number = await request.app[keys.SERVICE].create_chat(token, parsing.idempotency_key(request))
-    metrics.NUMBERS.labels("chat").inc()
+    metrics.numbers("chat").inc()
     return render.json_response(
         {"number": number, "status": "processing"},
         status=201,

@@ -24,7 +24,7 @@ async def create_message(request: web.Request) -> web.Response:
     chat = parsing.path_number(request, "chat")
     content = await _content(request)
     number = await request.app[keys.SERVICE].create_message(token, chat, content, parsing.idempotency_key(request))
-    metrics.NUMBERS.labels("message").inc()
+    metrics.numbers("message").inc()
     return render.json_response(
         {"number": number}, status=201, headers={"Location": f"/applications/{token}/chats/{chat}/messages/{number}"}
     )

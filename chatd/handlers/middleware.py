@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -26,7 +26,7 @@ _HTTP_CODES = {
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -45,6 +45,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(500, "internal_error", f"internal error (request id {request_id})")
     response.headers["X-Request-Id"] = request_id
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    metrics.REQUESTS.labels(request.method, route, str(response.status)).inc()
-    metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+    metrics.request_counter(request.method, route, response.status).inc()
+    metrics.request_timer(route).observe(time.perf_counter() - started)
     return response

@@ -83,6 +83,7 @@ class Acceptor:
         self.max_in_flight = max_in_flight
         self._pending: list[_Request] = []
         self._flushes: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
         # Highest number this process knows to be reserved in the store, per counter key.
         self._reserved: OrderedDict[str, int] = OrderedDict()
@@ -111,9 +112,9 @@ class Acceptor:
 
     async def drain(self) -> None:
         """Wait for the flushes in flight (at shutdown, after the last request joined)."""
-        while self._flushes or self._pending:
-            if self._flushes:
-                await asyncio.gather(*self._flushes, return_exceptions=True)
+        while self._flushes or self._pending or self._background:
+            if self._flushes or self._background:
+                await asyncio.gather(*self._flushes, *self._background, return_exceptions=True)
             else:
                 self._start_flushes()
 
@@ -253,7 +254,27 @@ class Acceptor:
                             "counter %s was lost while reserving; dropping numbers %d-%d", key, got.first, got.last
                         )
             wanted = {key: count for key, count in wanted.items() if count > 0}
+        for key, taken_numbers in numbers.items():
+            if taken_numbers:
+                self._reserve_ahead(key, scopes[key], max(taken_numbers))
         return numbers
+
+    def _reserve_ahead(self, key: str, scope: NumberScope, last: int) -> None:
+        """Extend a reservation that is running out in the background, so no request waits for it."""
+        if self._reserved.get(key, 0) - last >= self.number_block // 2:
+            return
+        lock = self._reserving.get(key)
+        if lock is not None and lock.locked():
+            return  # a reservation is being written already
+        task = asyncio.create_task(self._reserve(key, scope, last))
+        self._background.add(task)
+        task.add_done_callback(self._reserved_ahead)
+
+    def _reserved_ahead(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Harmless: a request that needs the numbers reserves them itself.
+            logger.warning("reserving numbers ahead failed: %r", task.exception())
 
     async def _seed(self, keys: list[str], scopes: dict[str, NumberScope]) -> None:
         """Create missing counters above every number stored or reserved in the store."""

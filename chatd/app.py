@@ -11,7 +11,8 @@ from chatd import keys
 from chatd.backends.registry import close_all, make_backends, open_all
 from chatd.handlers import applications, chats, docs, health, messages
 from chatd.handlers.middleware import error_middleware
-from chatd.service import Backends, ChatService, Clock, utc_now
+from chatd.ports import Backends
+from chatd.service import ChatService, Clock, utc_now
 from chatd.settings import Settings
 from chatd.supervisor import Supervisor
 from chatd.workers.pipeline import Pipeline
@@ -60,7 +61,7 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
             )
             app[keys.BACKENDS] = backends
             app[keys.SERVICE] = service
-            app[keys.PIPELINE] = Pipeline(service, settings)
+            app[keys.PIPELINE] = Pipeline(backends, settings, service.forget_applications)
             try:
                 yield
             finally:

@@ -12,7 +12,7 @@ from aiohttp import web
 from chatd import jobs, logs
 from chatd.app import create_app
 from chatd.backends.registry import close_all, make_backends, open_all
-from chatd.service import Backends
+from chatd.ports import Backends
 from chatd.settings import ROLES, Settings
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chatd.service import Backends, ChatService
+from chatd.ports import Backends
+from chatd.service import ChatService
 from chatd.settings import Settings
 from chatd.supervisor import Supervisor
 from chatd.workers.pipeline import Pipeline

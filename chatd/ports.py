@@ -219,3 +219,20 @@ class SearchIndex(Backend, Protocol):
 
     async def refresh(self) -> None:
         """Make everything indexed so far visible to search (tests and tools)."""
+
+
+@dataclass(frozen=True)
+class Backends:
+    store: Store
+    counters: Counters
+    cache: Cache
+    queue: Queue
+    search: SearchIndex
+    lock: Lock
+
+    def all(self) -> list[Backend]:
+        """Every backend once, in the order they are opened (closed in reverse)."""
+        unique: dict[int, Backend] = {}
+        for backend in (self.store, self.counters, self.cache, self.lock, self.queue, self.search):
+            unique.setdefault(id(backend), backend)
+        return list(unique.values())

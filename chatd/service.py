@@ -25,7 +25,7 @@ from chatd.domain import (
     SearchResult,
 )
 from chatd.errors import NotFound, Pending
-from chatd.ports import Backend, Cache, Counters, Lock, Queue, SearchIndex, Store
+from chatd.ports import Backends
 
 logger = logging.getLogger(__name__)
 
@@ -36,23 +36,6 @@ def utc_now() -> datetime:
     """Now, truncated to milliseconds so every backend stores and shows the same instant."""
     moment = datetime.now(UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-@dataclass(frozen=True)
-class Backends:
-    store: Store
-    counters: Counters
-    cache: Cache
-    queue: Queue
-    search: SearchIndex
-    lock: Lock
-
-    def all(self) -> list[Backend]:
-        """Every backend once, in the order they are opened (closed in reverse)."""
-        unique: dict[int, Backend] = {}
-        for backend in (self.store, self.counters, self.cache, self.lock, self.queue, self.search):
-            unique.setdefault(id(backend), backend)
-        return list(unique.values())
 
 
 class ChatService:

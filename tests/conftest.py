@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from chatd.backends.registry import close_all, make_backends, open_all
-from chatd.service import Backends, ChatService
+from chatd.ports import Backends
+from chatd.service import ChatService
 from chatd.settings import Settings
 
 MYSQL_URL = os.environ.get("CHATD_TEST_MYSQL_URL", "mysql://chatd:chatd@127.0.0.1:3306")

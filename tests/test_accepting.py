@@ -12,8 +12,7 @@ import pytest
 from chatd.accepting import Acceptor
 from chatd.domain import NumberScope
 from chatd.errors import BackendUnavailable
-from chatd.ports import CounterRange, Counters, Queue
-from chatd.service import Backends
+from chatd.ports import Backends, CounterRange, Counters, Queue
 
 
 class CountingCounters:

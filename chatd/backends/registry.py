@@ -7,8 +7,7 @@ from chatd.backends.sqlite_db import path_from_url
 from chatd.backends.sqlite_queue import SqliteQueue
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.backends.sqlite_store import SqliteStore
-from chatd.ports import Cache, Counters, Lock, Queue, SearchIndex, Store
-from chatd.service import Backends
+from chatd.ports import Backends, Cache, Counters, Lock, Queue, SearchIndex, Store
 from chatd.settings import Settings
 
 

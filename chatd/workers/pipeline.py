@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+from collections.abc import Awaitable, Callable
+
 from chatd import jobs
-from chatd.service import ChatService
+from chatd.ports import Backends
 from chatd.settings import Settings
 from chatd.supervisor import Supervisor
 from chatd.workers.indexer import Indexer
@@ -16,8 +18,10 @@ from chatd.workers.reconciler import Reconciler
 class Pipeline:
     """Builds the background loops from settings, and can drive them step by step in tests."""
 
-    def __init__(self, service: ChatService, settings: Settings):
-        backends = service.backends
+    def __init__(
+        self, backends: Backends, settings: Settings, forget_applications: Callable[[list[str]], Awaitable[None]]
+    ):
+        self.backends = backends
         persist = {
             "batch_size": settings.worker_batch_size,
             "batch_wait": settings.worker_batch_wait_seconds,
@@ -34,8 +38,9 @@ class Pipeline:
             batch_wait=settings.index_batch_wait_seconds,
             max_attempts=settings.max_delivery_attempts,
         )
-        self.reconciler = Reconciler(service, backends.lock, settings.reconcile_interval_seconds)
-        self.service = service
+        self.reconciler = Reconciler(
+            backends.store, backends.lock, settings.reconcile_interval_seconds, forget_applications
+        )
 
     def start(self, supervisor: Supervisor) -> None:
         supervisor.start("chat-consumer", self.chats.run)
@@ -53,9 +58,9 @@ class Pipeline:
             handled = 0
             for consumer in (self.chats, self.messages, self.indexer):
                 handled += await consumer.run_once()
-            if handled == 0 and all([await self.service.queue.depth(topic) == 0 for topic in jobs.TOPICS]):
+            if handled == 0 and all([await self.backends.queue.depth(topic) == 0 for topic in jobs.TOPICS]):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError("queues did not drain")
         await self.reconciler.reconcile_once()
-        await self.service.search_index.refresh()
+        await self.backends.search.refresh()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
-from chatd.ports import Lock
-from chatd.service import ChatService
+from chatd.ports import Lock, Store
 from chatd.supervisor import sleep_unless_stopping
 
 logger = logging.getLogger(__name__)
@@ -23,9 +23,17 @@ class Reconciler:
     applies everything exactly once.
     """
 
-    def __init__(self, service: ChatService, lock: Lock, interval: float):
-        self.service = service
+    def __init__(
+        self,
+        store: Store,
+        lock: Lock,
+        interval: float,
+        forget_applications: Callable[[list[str]], Awaitable[None]],
+    ):
+        self.store = store
         self.lock = lock
+        # Cached applications whose chats_count a fold changed are dropped from the cache.
+        self.forget_applications = forget_applications
         self.interval = interval
         self.owner = secrets.token_hex(8)
         self.batch = 10_000
@@ -41,8 +49,8 @@ class Reconciler:
             return False
         try:
             while True:
-                folded = await self.service.store.reconcile_counts(self.batch)
-                await self.service.forget_applications(folded.application_tokens)
+                folded = await self.store.reconcile_counts(self.batch)
+                await self.forget_applications(folded.application_tokens)
                 if folded.deltas < self.batch:
                     break
         finally:

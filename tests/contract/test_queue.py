@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from chatd.ports import Delivery
-from chatd.service import Backends
+from chatd.ports import Backends, Delivery
 from tests.factories import eventually
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatd.service import Backends
+from chatd.ports import Backends
 from tests.factories import document
 
 CORPUS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from chatd.domain import NumberScope
-from chatd.service import Backends
+from chatd.ports import Backends
 from tests.factories import WHEN, chat_job, message_job
 
 

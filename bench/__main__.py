@@ -1,137 +1,138 @@
-"""Measure chatd end to end: `python -m bench [--messages N] [--concurrency C] [--sets embedded,real]`.
+"""`make bench`: what chatd costs against a trivial aiohttp server, on both backend sets, in one run.
 
-For each backend set it starts one api and one worker process (`chatd serve`), creates
-messages from C concurrent clients, and reports request throughput, latency percentiles,
-the time until every message is searchable, and search latency. Figures on a shared
-machine vary from run to run; the ratios between sets measured in one run are the useful part.
+    python -m bench [--quick] [--sets embedded,real] [--workers 1,2] [--output bench/results.md]
+
+The load comes from wrk and ab (C programs from Debian), not from a Python client: on a 2-core
+machine a Python client burns a core of its own and caps what it measures. wrk runs
+bench/post_messages.lua, which spreads POST message requests over the chats of one application
+with varied bodies. Responses of 400 and above are counted apart and never as throughput.
+
+The ceiling (bench/ceiling.py) is aiohttp + uvloop + orjson answering the same route with 201
+{"number": n} and nothing else, in its own process. It is measured in the same run, alternating
+with chatd, so that a busy moment on the shared machine hits both; the ratio chatd / ceiling is the
+figure to compare between runs and machines, the absolute rates are not.
+
+For each backend set (embedded: SQLite files; real: MariaDB, Redis, RabbitMQ, Elasticsearch):
+
+(a) Acceptance: one `chatd serve --role api` process and no worker (bench/phases.py says why),
+    wrk -c64 in alternating rounds: warm-up of each, then ceiling, chatd, ceiling, chatd, ...
+    The median round of each (its rate and its latencies), and the ratio of the rates.
+(b) The reference design's `ab -n 3000 -c 10 -p message.json -T application/json` against one
+    chat, on one api and one worker process (the system as its users run it), and against the
+    ceiling just before; then the time until those 3000 messages are all searchable.
+(c) End to end: one api and N worker processes (--workers, default 1), wrk -c64 for 60 s, then
+    until search finds every message. Messages/s = every message numbered during the run / time
+    from the start of the load until the last one was searchable: that is the rate the whole
+    pipeline sustains, not the rate the api accepted (also shown). Lag 201 -> searchable: a probe
+    posts ~5 messages/s to a chat of its own during the load and polls search for them (see
+    bench/probe.py); p50 and p99 of the lags. If the workers fall behind the api, the lag grows
+    through the run, and the p99 shows it.
+(d) RSS (VmRSS from /proc) of every process, at the end of the load and the peak.
+
+Every phase runs on a new namespace (database, key prefix, queue prefix, index, or SQLite files)
+so that one phase's backlog does not slow the next. --quick shortens the rounds (3 s) and the
+end-to-end load (5 s) for a check that the benchmark works; its figures are not for the README.
+The tables go to stdout and, as markdown, to --output (bench/results.md, or
+bench/results-quick.md with --quick).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import logging
+import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import aiohttp
+from bench import loadgen, phases, report
+from bench.deploy import Ceiling
+from bench.report import SetResult
 
-from chatd.backends.registry import close_all, make_backends, open_all
-from tests.conftest import create_mysql_database, drop_mysql_database, embedded_settings, real_settings
-from tests.processes import ChatdProcess
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+logger = logging.getLogger("bench")
+HERE = Path(__file__).parent
 
 
-async def timed(session: aiohttp.ClientSession, method: str, url: str, **kwargs: object) -> float:
-    started = time.perf_counter()
-    async with session.request(method, url, **kwargs) as response:  # type: ignore[arg-type]
-        await response.read()
-        if response.status >= 400:
-            raise RuntimeError(f"{method} {url}: {response.status}")
-    return time.perf_counter() - started
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short rounds, to check the benchmark runs")
+    parser.add_argument("--sets", default="embedded,real", help="backend sets, comma-separated")
+    parser.add_argument("--workers", default="1", help="worker counts for the end-to-end phase, e.g. 1,2")
+    parser.add_argument("--rounds", type=int, help="acceptance rounds per target (3)")
+    parser.add_argument("--round-seconds", type=float, help="length of an acceptance round (10; 3 with --quick)")
+    parser.add_argument("--seconds", type=float, help="end-to-end load (60; 5 with --quick)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--chats", type=int, default=10, help="chats the load is spread over")
+    parser.add_argument("--output", type=Path, help="markdown file to write")
+    args = parser.parse_args(argv)
+    sets = args.sets.split(",")
+    if not sets or any(name not in report.SET_NAMES for name in sets):
+        parser.error(f"--sets takes a comma-separated list of {', '.join(report.SET_NAMES)}")
+    args.sets = sets
+    return args
 
 
-async def load(api: str, messages: int, concurrency: int) -> dict[str, float]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        async with session.post(f"{api}/applications", json={"application": {"name": "bench"}}) as response:
-            token = (await response.json())["token"]
-        chats = 10
-        for _ in range(chats):
-            await timed(session, "POST", f"{api}/applications/{token}/chats")
-        latencies: list[float] = []
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for index in range(messages):
-            queue.put_nowait(index)
-
-        async def client() -> None:
-            while not queue.empty():
-                index = queue.get_nowait()
-                url = f"{api}/applications/{token}/chats/{index % chats + 1}/messages"
-                latencies.append(await timed(session, "POST", url, json={"content": f"benchmark message {index}"}))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-
-        async def searchable() -> bool:
-            for chat in range(1, chats + 1):
-                async with session.get(
-                    f"{api}/applications/{token}/chats/{chat}/messages/search",
-                    params={"query": "benchmark", "per_page": "1"},
-                ) as response:
-                    if (await response.json()).get("total") != messages // chats:
-                        return False
-            return True
-
-        while not await searchable():
-            if time.perf_counter() - started > 600:
-                raise TimeoutError("messages did not become searchable in 600 s")
-            await asyncio.sleep(0.1)
-        all_searchable = time.perf_counter() - started
-        searches = [
-            await timed(
-                session, "GET", f"{api}/applications/{token}/chats/{n % chats + 1}/messages/search", params={"query": q}
-            )
-            for n, q in enumerate(["bench", "mesage", "benchmark 42"] * 30)
-        ]
-    return {
-        "req_per_s": messages / elapsed,
-        "p50_ms": percentile(latencies, 0.5) * 1000,
-        "p95_ms": percentile(latencies, 0.95) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
-        "all_searchable_s": all_searchable,
-        "search_p50_ms": statistics.median(searches) * 1000,
-        "search_p95_ms": percentile(searches, 0.95) * 1000,
-    }
+def options_from(args: argparse.Namespace) -> phases.Options:
+    quick = args.quick
+    return phases.Options(
+        rounds=args.rounds or 3,
+        round_s=args.round_seconds or (3.0 if quick else 10.0),
+        warmup_s=1.0 if quick else 2.0,
+        connections=args.connections,
+        threads=args.threads,
+        chats=args.chats,
+        e2e_s=args.seconds or (5.0 if quick else 60.0),
+        workers=tuple(int(n) for n in args.workers.split(",")),
+        drain_timeout_s=120.0 if quick else 600.0,
+    )
 
 
-async def run_set(name: str, messages: int, concurrency: int, folder: Path) -> dict[str, float]:
-    database = "chatd_bench_" + uuid.uuid4().hex[:8]
-    if name == "real":
-        await create_mysql_database(database)
-        settings = real_settings(database)
-        backends = make_backends(settings)
-        await open_all(backends)
-        await backends.store.migrate()
-    else:
-        settings = embedded_settings(folder)
-    processes = [ChatdProcess(settings, "api", folder), ChatdProcess(settings, "worker", folder)]
+async def run_set(name: str, ceiling: Ceiling, options: phases.Options, folder: Path) -> SetResult:
+    result = SetResult()
+    logger.info("%s: acceptance, %d x %g s rounds against chatd and the ceiling", name, options.rounds, options.round_s)
+    result.acceptance = await phases.acceptance(name, ceiling, options, folder / name)
+    logger.info("%s: chatd / ceiling %.2fx", name, result.acceptance.ratio)
+    for index, workers in enumerate(options.workers):
+        logger.info("%s: end to end with %d worker(s), %g s of load", name, workers, options.e2e_s)
+        ab_pair, run = await phases.end_to_end(name, ceiling, options, folder / name, workers, with_ab=index == 0)
+        result.ab = result.ab or ab_pair
+        result.end_to_end.append(run)
+        logger.info("%s: %s stored + searchable msg/s", name, report.rate(run.messages_per_s))
+    return result
+
+
+async def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = options_from(args)
+    # Only the benchmark's own progress: the backends' clients (Elasticsearch's logs every request
+    # at INFO) and chatd's modules imported for the set-up keep the default (warnings and up).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    loadgen.require_tools()
+    started, machine_line = time.time(), report.machine()
+    folder = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
+    ceiling = await Ceiling(folder).start()
+    results: dict[str, SetResult] = {}
     try:
-        for process in processes:
-            await process.start()
-        return await load(processes[0].url, messages, concurrency)
+        for name in args.sets:
+            results[name] = await run_set(name, ceiling, options, folder)
+    except BaseException:
+        logger.error("failed; process logs kept in %s", folder)
+        raise
     finally:
-        for process in processes:
-            process.stop_quietly()
-        if name == "real":
-            for backend in backends.all():
-                if hasattr(backend, "destroy") and backend is not backends.store:
-                    await backend.destroy()
-            await close_all(backends)
-            await drop_mysql_database(database)
-
-
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--sets", default="embedded,real")
-    args = parser.parse_args()
-    results = {}
-    for name in args.sets.split(","):
-        with tempfile.TemporaryDirectory() as folder:
-            results[name] = await run_set(name, args.messages, args.concurrency, Path(folder))
-        print(f"{name:9s} " + "  ".join(f"{key} {value:.1f}" for key, value in results[name].items()), flush=True)
-    if {"embedded", "real"} <= results.keys():
-        ratios = {key: results["real"][key] / results["embedded"][key] for key in results["real"]}
-        print("real/embedded " + "  ".join(f"{key} {value:.2f}x" for key, value in ratios.items()))
+        ceiling.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+    how = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = report.markdown(results, options, started, machine_line, how.strip())
+    output = args.output or HERE / ("results-quick.md" if args.quick else "results.md")
+    output.write_text(text)
+    print("\n" + text)
+    logger.info("written to %s", output)
     return 0
 
 

@@ -1,0 +1,160 @@
+"""The processes under test: chatd deployments on a fresh namespace, the ceiling, and their RSS.
+
+A deployment is one ``chatd serve --role api`` process and N ``--role worker`` processes on one
+backend set, started the way tests/test_processes.py starts them (tests/processes.py), on a
+namespace of their own (tests/conftest.py: a new MySQL database, Redis key prefix, RabbitMQ queue
+prefix and Elasticsearch index, or new SQLite files), removed afterwards. A fresh namespace per
+deployment keeps one measurement's backlog out of the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import Namespace
+from tests.processes import ChatdProcess, free_port
+
+
+@dataclass
+class Deployment:
+    api: ChatdProcess
+    workers: list[ChatdProcess]
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    def check_alive(self) -> None:
+        """Raise if a process has exited, with its exit code and the end of its log."""
+        for process in [self.api, *self.workers]:
+            assert process.process is not None
+            code = process.process.poll()
+            if code is not None:
+                log = process.log_path.read_text()[-3000:]
+                raise RuntimeError(f"chatd {process.role} (pid {process.process.pid}) exited with {code}:\n{log}")
+
+    def pids(self) -> dict[str, int]:
+        pids = {"api": pid_of(self.api)}
+        for index, worker in enumerate(self.workers, 1):
+            pids["worker" if len(self.workers) == 1 else f"worker {index}"] = pid_of(worker)
+        return pids
+
+
+def pid_of(process: ChatdProcess) -> int:
+    assert process.process is not None
+    return process.process.pid
+
+
+@asynccontextmanager
+async def deployment(backend_set: str, folder: Path, workers: int) -> AsyncIterator[Deployment]:
+    folder.mkdir(parents=True, exist_ok=True)
+    space = Namespace(backend_set, folder)
+    # Recognisable if a crashed run leaves it behind on the shared servers.
+    space.name = "chatd_bench_" + uuid.uuid4().hex[:8]
+    processes: list[ChatdProcess] = []
+    try:
+        if backend_set == "real":
+            await space.open_backends()  # creates the database and applies the migrations
+        settings = await space.settings()
+        processes = [ChatdProcess(settings, "api", folder)]
+        processes += [ChatdProcess(settings, "worker", folder) for _ in range(workers)]
+        # One after the other: on SQLite each process applies the migrations as it starts.
+        for process in processes:
+            await process.start()
+        yield Deployment(processes[0], processes[1:])
+    finally:
+        for process in processes:
+            process.stop_quietly()
+        await space.cleanup()
+
+
+class Ceiling:
+    """``python -m bench.ceiling`` on a free port (see bench/ceiling.py)."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / "ceiling.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 30.0) -> Ceiling:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.ceiling", "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the ceiling exited at start:\n{self.log_path.read_text()[-3000:]}")
+                try:
+                    async with session.get(f"{self.url}/readyz") as response:
+                        if response.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the ceiling did not answer in {timeout} s")
+                await asyncio.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size from /proc (0 once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+@dataclass
+class RssSampler:
+    """Samples the RSS of named processes every ``interval`` seconds while running."""
+
+    pids: dict[str, int]
+    interval: float = 0.5
+    last: dict[str, float] = field(default_factory=dict)
+    peak: dict[str, float] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            self.last[name] = rss_mib(pid)
+            self.peak[name] = max(self.peak.get(name, 0.0), self.last[name])
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[RssSampler]:
+        async def loop() -> None:
+            while True:
+                self.sample()
+                await asyncio.sleep(self.interval)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            # The figure "at the end of the load" is this one, taken as the load stops.
+            self.sample()

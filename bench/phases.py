@@ -1,0 +1,210 @@
+"""The three measurements of one backend set: acceptance, the reference design's ab, end to end.
+
+Each phase starts its own deployment (bench/deploy.py) so that what one leaves queued does not
+slow the next; the ceiling process is shared by the whole run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bench import loadgen
+from bench.deploy import Ceiling, Deployment, RssSampler, deployment
+from bench.loadgen import AbResult, WrkResult
+from bench.probe import Client, LagProbe, wait_searchable
+
+logger = logging.getLogger("bench")
+
+# Every message wrk sends contains this word; searching it counts a chat's searchable messages.
+WORD = "benchword"
+# The reference design's body and command: ab -n ... -c ... -p message.json -T application/json.
+AB_BODY = b'{"content": "Load test message"}'
+AB_WORD = "load"
+
+
+@dataclass(frozen=True)
+class Options:
+    rounds: int = 3
+    round_s: float = 10.0
+    warmup_s: float = 2.0
+    connections: int = 64
+    threads: int = 1
+    chats: int = 10
+    e2e_s: float = 60.0
+    workers: tuple[int, ...] = (1,)
+    ab_requests: int = 3000
+    ab_concurrency: int = 10
+    probe_rate: float = 5.0
+    drain_timeout_s: float = 600.0
+
+
+@dataclass
+class Acceptance:
+    ceiling_rounds: list[WrkResult]
+    chatd_rounds: list[WrkResult]
+    rss: dict[str, float]  # peak MiB of the api process and the ceiling during the rounds
+
+    @staticmethod
+    def median_round(rounds: list[WrkResult]) -> WrkResult:
+        # The round whose rate is the median (the lower one of an even count): its latencies are
+        # reported with it, so every figure on a line comes from one round.
+        rate = statistics.median_low(r.ok_per_s for r in rounds)
+        return next(r for r in rounds if r.ok_per_s == rate)
+
+    @property
+    def ceiling(self) -> WrkResult:
+        return self.median_round(self.ceiling_rounds)
+
+    @property
+    def chatd(self) -> WrkResult:
+        return self.median_round(self.chatd_rounds)
+
+    @property
+    def ratio(self) -> float:
+        return self.chatd.ok_per_s / self.ceiling.ok_per_s
+
+
+@dataclass
+class AbPair:
+    ceiling: AbResult
+    chatd: AbResult
+    searchable_after_s: float | None  # from ab's end until its messages were all searchable
+
+
+@dataclass
+class EndToEnd:
+    workers: int
+    load: WrkResult
+    messages: int  # every message given a number during the run: wrk's, the probes', the sentinels'
+    searchable: int  # how many of them the search found at the end (== messages unless timed out)
+    all_searchable_s: float | None  # from the start of the load; None if the drain timed out
+    load_s: float
+    lag_p50_s: float | None
+    lag_p99_s: float | None
+    probes: int
+    probes_failed: int
+    rss_end_of_load: dict[str, float]
+    rss_peak: dict[str, float]
+
+    @property
+    def messages_per_s(self) -> float | None:
+        return self.messages / self.all_searchable_s if self.all_searchable_s else None
+
+
+async def _wrk(url: str, token: str, options: Options, seconds: float, chatd: Deployment) -> WrkResult:
+    try:
+        return await loadgen.wrk(
+            url, token, options.chats, WORD, seconds=seconds, connections=options.connections, threads=options.threads
+        )
+    finally:
+        # A figure measured against a dead process is no figure; and when wrk fails to connect,
+        # the process's exit code and log say more than wrk does.
+        chatd.check_alive()
+
+
+async def _application_with_chats(client: Client, name: str, chats: int) -> str:
+    token = await client.create_application(name)
+    for _ in range(chats):
+        await client.create_chat(token)
+    return token
+
+
+async def acceptance(backend_set: str, ceiling: Ceiling, options: Options, folder: Path) -> Acceptance:
+    """wrk against one ``--role api`` process and the ceiling, in alternating rounds, no worker.
+
+    No worker runs: on two cores a worker (and, on the real set, MariaDB and Elasticsearch
+    storing and indexing behind it) takes CPU from the api, so the rate would mix what the api
+    costs with what the pipeline costs. Without it the figure is what the api tier accepts:
+    validate, take a number, queue the job durably, answer 201. The pipeline is measured end
+    to end in its own phase.
+    """
+    async with (
+        deployment(backend_set, folder / "acceptance", workers=0) as chatd,
+        aiohttp.ClientSession() as session,
+    ):
+        token = await _application_with_chats(Client(session, chatd.url), "bench acceptance", options.chats)
+        targets = {"ceiling": (ceiling.url, "ceiling"), "chatd": (chatd.url, token)}
+        rounds: dict[str, list[WrkResult]] = {name: [] for name in targets}
+        sampler = RssSampler({"api": chatd.pids()["api"], "ceiling": ceiling.pid})
+        async with sampler.running():
+            for url, target_token in targets.values():
+                await _wrk(url, target_token, options, options.warmup_s, chatd)  # connections, caches, allocator
+            for _ in range(options.rounds):
+                for name, (url, target_token) in targets.items():
+                    rounds[name].append(result := await _wrk(url, target_token, options, options.round_s, chatd))
+                    logger.info("  %-7s %8.0f 2xx/s  p99 %6.1f ms", name, result.ok_per_s, result.p99_ms)
+    return Acceptance(rounds["ceiling"], rounds["chatd"], sampler.peak)
+
+
+async def reference_ab(client: Client, url: str, ceiling: Ceiling, options: Options, folder: Path) -> AbPair:
+    """The reference design's ab run against one chat of chatd, and against the ceiling next to it."""
+    body = folder / "message.json"
+    body.write_bytes(AB_BODY)
+    token = await _application_with_chats(client, "bench ab", 1)
+    path = "/applications/{}/chats/1/messages"
+    run = {"requests": options.ab_requests, "concurrency": options.ab_concurrency}
+    on_ceiling = await loadgen.ab(ceiling.url + path.format("ceiling"), body, **run)
+    on_chatd = await loadgen.ab(url + path.format(token), body, **run)
+    # Waited for here so that the end-to-end phase starts with an empty pipeline.
+    finished = time.monotonic()
+    accepted = on_chatd.requests - on_chatd.non_2xx
+    done, _ = await wait_searchable(client, token, {1: accepted}, AB_WORD, options.drain_timeout_s)
+    return AbPair(on_ceiling, on_chatd, None if done is None else done - finished)
+
+
+async def end_to_end(
+    backend_set: str, ceiling: Ceiling, options: Options, folder: Path, workers: int, with_ab: bool
+) -> tuple[AbPair | None, EndToEnd]:
+    """api + ``workers`` worker processes under wrk, then until every message is searchable."""
+    async with (
+        deployment(backend_set, folder / f"e2e-{workers}", workers) as chatd,
+        aiohttp.ClientSession() as session,
+    ):
+        client = Client(session, chatd.url)
+        ab_pair = await reference_ab(client, chatd.url, ceiling, options, folder) if with_ab else None
+        token = await _application_with_chats(client, "bench end to end", options.chats)
+        probe = LagProbe(client, token, await client.create_chat(token), rate=options.probe_rate)
+        sampler = RssSampler(chatd.pids())
+        async with sampler.running():
+            started = time.monotonic()
+            probing = asyncio.create_task(probe.run(timeout_after_stop=options.drain_timeout_s))
+            load = await _wrk(chatd.url, token, options, options.e2e_s, chatd)
+            load_end = time.monotonic()
+            rss_end_of_load = dict(sampler.last)
+            probe.stop()
+            messages, found, done = await _drain(client, token, options)
+            await probing
+    probes = len(probe.lags) + probe.not_found
+    return ab_pair, EndToEnd(
+        workers=workers,
+        load=load,
+        messages=messages + probes,
+        searchable=found + len(probe.lags),
+        all_searchable_s=None if done is None else done - started,
+        load_s=load_end - started,
+        lag_p50_s=probe.percentile(0.5),
+        lag_p99_s=probe.percentile(0.99),
+        probes=probes,
+        probes_failed=probe.failed_posts + probe.not_found,
+        rss_end_of_load=rss_end_of_load,
+        rss_peak=sampler.peak,
+    )
+
+
+async def _drain(client: Client, token: str, options: Options) -> tuple[int, int, float | None]:
+    """(messages numbered in the load's chats, how many are searchable, when all were: or None)."""
+    # wrk drops its connections at the deadline; a request the api was still handling then gets its
+    # number a moment later. Let those finish, then one message per chat marks the highest number.
+    await asyncio.sleep(0.5)
+    sentinels = {
+        chat: await client.create_message(token, chat, f"{WORD} sentinel") for chat in range(1, options.chats + 1)
+    }
+    done, found = await wait_searchable(client, token, sentinels, WORD, options.drain_timeout_s)
+    return sum(sentinels.values()), found, done

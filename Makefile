@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: install run run-real test test-embedded test-faults services services-stop lint bench clean
+.PHONY: install run run-real test test-embedded test-faults services services-stop lint bench bench-quick bench-tools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -42,8 +42,18 @@ lint: install
 	$(BIN)/ruff format --check chatd tests bench
 	$(BIN)/mypy chatd
 
-bench: install services
-	$(BIN)/python -m bench
+# The load clients come from Debian: wrk and ab (apache2-utils); `apt-get update` only when they are missing.
+bench-tools:
+	@command -v wrk >/dev/null && command -v ab >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk apache2-utils >/dev/null; }
+
+# Writes bench/results.md (the README's Performance tables); BENCH_ARGS="--sets real --workers 1,2" etc.
+bench: install services bench-tools
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Short rounds, to check the benchmark runs (bench/results-quick.md, not for the README).
+bench-quick: install services bench-tools
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .hypothesis chatd.db* chatd-search.db* chatd-embedded.db*

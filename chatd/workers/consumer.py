@@ -96,8 +96,12 @@ class BatchConsumer(Generic[Job]):
                 await self._failed(batch[0][0])
                 return True
             logger.exception("%s: batch of %d failed; retrying job by job", self.topic, len(batch))
-            for item in batch:
+            for position, item in enumerate(batch):
                 if not await self._process_decoded([item]):
+                    # An outage: give back the jobs not tried yet too, so none stays held.
+                    rest = [delivery for delivery, _ in batch[position + 1 :]]
+                    if rest:
+                        await self.queue.retry(self.topic, rest)
                     return False
             return True
         self._outage_backoff = 0.2

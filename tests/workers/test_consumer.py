@@ -1,0 +1,46 @@
+"""BatchConsumer's failure paths, over each backend set's queue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chatd.errors import BackendUnavailable
+from chatd.ports import Backends, Delivery
+from chatd.workers.consumer import BatchConsumer, Outcome
+from tests.factories import eventually
+
+
+class OutageOnOneJob(BatchConsumer[bytes]):
+    """Fails any batch of several jobs; alone, the job b"outage" meets a backend outage."""
+
+    topic = "messages"
+
+    def __init__(self, backends: Backends):
+        super().__init__(backends.queue, batch_size=10, batch_wait=0.0, max_attempts=5)
+        self.stored: list[bytes] = []
+
+    def decode(self, body: bytes) -> bytes:
+        return body
+
+    async def handle(self, batch: Sequence[tuple[Delivery, bytes]]) -> Outcome:
+        if len(batch) > 1:
+            raise RuntimeError("this batch fails as a whole (test)")
+        if batch[0][1] == b"outage":
+            raise BackendUnavailable("store down (test)")
+        self.stored.append(batch[0][1])
+        return Outcome()
+
+
+async def test_an_outage_while_retrying_job_by_job_gives_back_the_jobs_not_tried(backends: Backends) -> None:
+    consumer = OutageOnOneJob(backends)
+    await backends.queue.publish("messages", [b"a", b"outage", b"b", b"c"])
+    assert await eventually(lambda: consumer.run_once(max_wait=1.0)) == 4
+    assert consumer.stored == [b"a"]
+    # The jobs after the outage were given back, not left held by this consumer.
+    again: list[bytes] = []
+
+    async def received_all() -> bool:
+        again.extend(d.body for d in await backends.queue.receive("messages", 10, 0.5))
+        return {b"outage", b"b", b"c"} <= set(again)
+
+    assert await eventually(received_all, timeout=15)

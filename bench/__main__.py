@@ -27,7 +27,10 @@ For each backend set (embedded: SQLite files; real: MariaDB, Redis, RabbitMQ, El
     posts ~5 messages/s to a chat of its own during the load and polls search for them (see
     bench/probe.py); p50 and p99 of the lags. If the workers fall behind the api, the lag grows
     through the run, and the p99 shows it.
-(d) RSS (VmRSS from /proc) of every process, at the end of the load and the peak.
+(d) RSS (VmRSS from /proc) of every process, at the end of the load and the peak; on the real
+    set the four servers' too.
+(e) Where the time goes end to end: CPU seconds per process (api, workers, servers) from the
+    start of the load until all is searchable, and per message (bench/procstat.py).
 
 Every phase runs on a new namespace (database, key prefix, queue prefix, index, or SQLite files)
 so that one phase's backlog does not slow the next. --quick shortens the rounds (3 s) and the

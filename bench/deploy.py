@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -116,45 +116,3 @@ class Ceiling:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size from /proc (0 once the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
-
-
-@dataclass
-class RssSampler:
-    """Samples the RSS of named processes every ``interval`` seconds while running."""
-
-    pids: dict[str, int]
-    interval: float = 0.5
-    last: dict[str, float] = field(default_factory=dict)
-    peak: dict[str, float] = field(default_factory=dict)
-
-    def sample(self) -> None:
-        for name, pid in self.pids.items():
-            self.last[name] = rss_mib(pid)
-            self.peak[name] = max(self.peak.get(name, 0.0), self.last[name])
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[RssSampler]:
-        async def loop() -> None:
-            while True:
-                self.sample()
-                await asyncio.sleep(self.interval)
-
-        task = asyncio.create_task(loop())
-        try:
-            yield self
-        finally:
-            task.cancel()
-            # The figure "at the end of the load" is this one, taken as the load stops.
-            self.sample()

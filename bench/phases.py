@@ -16,9 +16,10 @@ from pathlib import Path
 import aiohttp
 
 from bench import loadgen
-from bench.deploy import Ceiling, Deployment, RssSampler, deployment
+from bench.deploy import Ceiling, Deployment, deployment
 from bench.loadgen import AbResult, WrkResult
 from bench.probe import Client, LagProbe, wait_searchable
+from bench.procstat import ProcessWatch, server_pids
 
 logger = logging.getLogger("bench")
 
@@ -90,8 +91,9 @@ class EndToEnd:
     lag_p99_s: float | None
     probes: int
     probes_failed: int
-    rss_end_of_load: dict[str, float]
+    rss_end_of_load: dict[str, float]  # MiB, per process (the servers' too on the real set)
     rss_peak: dict[str, float]
+    cpu_s: dict[str, float]  # CPU seconds per process from the start of the load until all searchable
 
     @property
     def messages_per_s(self) -> float | None:
@@ -132,15 +134,15 @@ async def acceptance(backend_set: str, ceiling: Ceiling, options: Options, folde
         token = await _application_with_chats(Client(session, chatd.url), "bench acceptance", options.chats)
         targets = {"ceiling": (ceiling.url, "ceiling"), "chatd": (chatd.url, token)}
         rounds: dict[str, list[WrkResult]] = {name: [] for name in targets}
-        sampler = RssSampler({"api": chatd.pids()["api"], "ceiling": ceiling.pid})
-        async with sampler.running():
+        watch = ProcessWatch({"api": chatd.pids()["api"], "ceiling": ceiling.pid})
+        async with watch.running():
             for url, target_token in targets.values():
                 await _wrk(url, target_token, options, options.warmup_s, chatd)  # connections, caches, allocator
             for _ in range(options.rounds):
                 for name, (url, target_token) in targets.items():
                     rounds[name].append(result := await _wrk(url, target_token, options, options.round_s, chatd))
                     logger.info("  %-7s %8.0f 2xx/s  p99 %6.1f ms", name, result.ok_per_s, result.p99_ms)
-    return Acceptance(rounds["ceiling"], rounds["chatd"], sampler.peak)
+    return Acceptance(rounds["ceiling"], rounds["chatd"], watch.peak)
 
 
 async def reference_ab(client: Client, url: str, ceiling: Ceiling, options: Options, folder: Path) -> AbPair:
@@ -171,13 +173,13 @@ async def end_to_end(
         ab_pair = await reference_ab(client, chatd.url, ceiling, options, folder) if with_ab else None
         token = await _application_with_chats(client, "bench end to end", options.chats)
         probe = LagProbe(client, token, await client.create_chat(token), rate=options.probe_rate)
-        sampler = RssSampler(chatd.pids())
-        async with sampler.running():
+        watch = ProcessWatch(chatd.pids() | (server_pids() if backend_set == "real" else {}))
+        async with watch.running():
             started = time.monotonic()
             probing = asyncio.create_task(probe.run(timeout_after_stop=options.drain_timeout_s))
             load = await _wrk(chatd.url, token, options, options.e2e_s, chatd)
             load_end = time.monotonic()
-            rss_end_of_load = dict(sampler.last)
+            rss_end_of_load = dict(watch.last)
             probe.stop()
             messages, found, done = await _drain(client, token, options)
             await probing
@@ -194,7 +196,8 @@ async def end_to_end(
         probes=probes,
         probes_failed=probe.failed_posts + probe.not_found,
         rss_end_of_load=rss_end_of_load,
-        rss_peak=sampler.peak,
+        rss_peak=watch.peak,
+        cpu_s=watch.cpu,
     )
 
 

@@ -127,8 +127,8 @@ def ab_table(results: dict[str, SetResult], options: Options) -> str:
                 seconds(pair.searchable_after_s),
             ]
         )
-    header = ["backends", "chatd req/s", "p50", "p99", "non-2xx / failed", "ceiling req/s", "p50", "p99"]
-    header += ["chatd / ceiling", f"all {options.ab_requests} searchable after"]
+    header = ["backends", "chatd req/s", "chatd p50", "chatd p99", "non-2xx / failed", "ceiling req/s"]
+    header += ["ceiling p50", "ceiling p99", "chatd / ceiling", f"all {options.ab_requests} searchable after"]
     return (
         f"**(b) The reference design's `ab -n {options.ab_requests} -c {options.ab_concurrency}`** "
         "(`-p message.json -T application/json`, one chat, a new connection per request) against chatd "
@@ -155,12 +155,12 @@ def end_to_end_table(results: dict[str, SetResult], options: Options) -> str:
                     f"{run.probes}" + (f" ({run.probes_failed} failed)" if run.probes_failed else ""),
                 ]
             )
-    header = ["backends", "workers", "accepted 2xx/s", "p99", "non-2xx / socket errors", "messages"]
+    header = ["backends", "workers", "accepted 2xx/s", "api p99", "non-2xx / socket errors", "messages"]
     header += ["all searchable after", "stored + searchable msg/s", "lag p50", "lag p99", "probes"]
     return (
         f"**(c) End to end.** wrk -t{options.threads} -c{options.connections} POST message over {options.chats} "
         f"chats for {options.e2e_s:g} s against one api process with its workers; then until search finds every "
-        "message. msg/s = messages / time from the start of the load until all were searchable. Lag = from "
+        "message. All searchable after: from the start of the load. msg/s = messages / that time. Lag = from "
         f"a probe message's 201 to the first search that lists it ({options.probe_rate:g} probes/s during the "
         "load, polled every 50 ms).\n\n" + table(header, rows)
     )
@@ -183,14 +183,32 @@ def rss_table(results: dict[str, SetResult]) -> str:
     )
 
 
+def cpu_table(results: dict[str, SetResult]) -> str:
+    rows = []
+    for name, result in results.items():
+        for run in result.end_to_end:
+            total = sum(run.cpu_s.values())
+            for process, used in [*sorted(run.cpu_s.items(), key=lambda item: -item[1]), ("all of these", total)]:
+                per_message = used * 1000 / max(1, run.messages)
+                share = f"{used / total:.0%}" if total else "-"
+                rows.append([SET_NAMES[name], str(run.workers), process, f"{used:.1f}", f"{per_message:.3f}", share])
+    return (
+        "**(e) Where the time goes, end to end:** CPU seconds each process used from the start of the load "
+        "until every message was searchable, and per message. The servers are found by name and serve "
+        "anything else running on the machine meanwhile.\n\n"
+        + table(["backends", "workers", "process", "CPU s", "CPU ms per message", "share"], rows)
+    )
+
+
 def ratios_line(results: dict[str, SetResult]) -> str:
     embedded, real = results.get("embedded"), results.get("real")
     if not (embedded and real and embedded.end_to_end and real.end_to_end):
         return ""
-    e, r = embedded.end_to_end[0].messages_per_s, real.end_to_end[0].messages_per_s
-    if not (e and r):
+    e, r = embedded.end_to_end[0], real.end_to_end[0]
+    if not (e.messages_per_s and r.messages_per_s):
         return ""
-    return f"Real / embedded, stored + searchable msg/s with one worker: {ratio(r / e)}.\n\n"
+    workers = f"{e.workers} worker{'s' if e.workers > 1 else ''}"
+    return f"Real / embedded, stored + searchable msg/s with {workers}: {ratio(r.messages_per_s / e.messages_per_s)}."
 
 
 def markdown(results: dict[str, SetResult], options: Options, started: float, machine_line: str, how: str) -> str:
@@ -199,6 +217,6 @@ def markdown(results: dict[str, SetResult], options: Options, started: float, ma
         f"Measured with `{how}` on {when}: {machine_line}; chatd {revision()}. Every chatd process, the "
         "servers and the load clients share these cores: compare the ratios from one run.\n"
     )
-    parts = [head, acceptance_table(results, options), ab_table(results, options), end_to_end_table(results, options)]
-    parts += [ratios_line(results) + rss_table(results)]
-    return "\n\n".join(part.rstrip() for part in parts) + "\n"
+    parts = [head, acceptance_table(results, options), ab_table(results, options)]
+    parts += [end_to_end_table(results, options), ratios_line(results), rss_table(results), cpu_table(results)]
+    return "\n\n".join(part.rstrip() for part in parts if part) + "\n"

@@ -106,6 +106,7 @@ class LagProbe:
     lags: list[float] = field(default_factory=list)
     failed_posts: int = 0  # probes answered with an error instead of a 201
     not_found: int = 0  # probes answered 201 but not searchable before the timeout
+    poll_errors: int = 0
     _outstanding: dict[int, float] = field(default_factory=dict)  # message number -> time of its 201
     _found: set[int] = field(default_factory=set)
     _posting: bool = True
@@ -156,7 +157,10 @@ class LagProbe:
             if time.monotonic() > deadline:
                 break
             if self._outstanding:
-                await self._poll_once()
+                try:
+                    await self._poll_once()
+                except (RuntimeError, aiohttp.ClientError):
+                    self.poll_errors += 1  # the next tick asks again; a lag only grows meanwhile
             await asyncio.sleep(self.tick)
         await poster
         self.not_found = len(self._outstanding)

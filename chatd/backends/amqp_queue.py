@@ -5,15 +5,28 @@ Under the prefix (``chatd`` below), declared the first time a topic is used:
 - ``chatd.messages``: the topic's durable quorum queue. Quorum queues replicate, and count
   the returns of a job in ``x-delivery-count``, which ``Delivery.attempts`` includes, so a
   consumer crash counts as an attempt. Their ``x-delivery-limit`` dead-letters a job that kept
-  killing its consumers ``max_attempts`` times, before they could decide anything about it.
-- ``chatd.messages.dead``: a durable (classic) queue for poison jobs; ``dead_letter()``
-  rejects without requeue, and the ``chatd.dead-letter`` exchange routes the job there.
+  killing its consumers ``max_attempts`` times, before they could decide anything about it
+  (the limit counts a message's returns: a copy starts again from zero).
+- ``chatd.messages.dead``: a durable (classic) queue for poison jobs, one message each:
+  ``dead_letter()`` rejects a single-job message without requeue, and the ``chatd.dead-letter``
+  exchange routes it there; a dead job out of an envelope is published there on its own.
 - ``chatd.delayed-retries``: ``retry()`` publishes a copy here, through the exchange of the
   same name, with the attempts so far in a header, then acks the original. The copy expires
   after ``RETRY_DELAY_MS`` and is dead-lettered back to its topic's queue (its routing key).
   A plain requeue would redeliver at once, so a failing job would spin through all its
   attempts in milliseconds; this way it waits on the broker, holding no prefetch slot. One
   queue serves every topic: each quorum queue costs the broker file handles and a Raft log.
+
+Each ``publish`` call travels as one persistent message, an envelope of many jobs
+(``amqp_batches``): the broker's cost is per message. ``receive`` hands out one Delivery per
+job, an envelope's jobs maybe across several calls, and the message is settled once each of
+its jobs is acked, retried or dead-lettered: all acked, it is acked; otherwise the jobs to
+retry travel on as one copy through ``chatd.delayed-retries`` and each dead job as a message
+of its own to the dead queue (an operator reads single jobs there), and the original is
+acked once the broker confirmed those copies, requeued whole if it did not (duplicates, never
+losses: the stores are idempotent). An envelope the broker took back from a consumer is
+split into single-job messages before any of its jobs is handed out again; see
+``Envelope.must_split``.
 
 Publishing uses one channel with publisher confirms; each topic's consumer has a channel of its
 own, so a prefetch or a channel error stays with its topic; declarations, depth and ping use a
@@ -37,15 +50,11 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustQueue,
 )
-from aio_pika.exceptions import (
-    AMQPError,
-    ChannelInvalidStateError,
-    ChannelPreconditionFailed,
-    DeliveryError,
-    PublishError,
-)
+from aio_pika.exceptions import AMQPError, ChannelPreconditionFailed, DeliveryError, PublishError
 from yarl import URL
 
+from chatd.backends import amqp_batches as batches
+from chatd.backends.amqp_batches import Envelope, Fate, Job, JobsPerMessage
 from chatd.errors import BackendUnavailable
 from chatd.ports import Delivery
 
@@ -53,77 +62,62 @@ logger = logging.getLogger(__name__)
 
 TOPICS = ("chats", "messages", "index")
 RETRY_DELAY_MS = 500
-ATTEMPTS_HEADER = "x-chatd-attempts"
 # Bounds on every broker round trip: an outage must become BackendUnavailable, never a hang.
 CONNECT_TIMEOUT = 5.0
 CONFIRM_TIMEOUT = 5.0
 OPERATION_TIMEOUT = 5.0
 PING_TIMEOUT = 2.0
-# The broker stops delivering to a consumer holding this many unsettled jobs: twice a batch
-# keeps the next batch ready while one is processed; the floor lets a caller take a few small
-# batches before settling any.
-PREFETCH_PER_BATCH = 2
-MIN_PREFETCH = 256
-PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+# Messages the broker pushes to a consumer ahead of its acks. It counts messages, not jobs:
+# 64 single-job messages still fill a batch worth a transaction, 64 envelopes hold up to
+# 16,384 jobs. More would let one worker hoard a backlog that its peers could be working on,
+# and would send more envelopes round to be split when it crashes.
+PREFETCH = 64
+# A message copied elsewhere by a consumer (a retry, a dead job, a split envelope).
+Copy = tuple[AbstractExchange, str, aio_pika.Message]
 
 # What a lost or unreachable broker looks like (aiormq reports a closed connection or channel
 # as a RuntimeError); anything else, a refused declaration say, propagates as it is.
 _OUTAGE = (ConnectionError, OSError, TimeoutError, RuntimeError, DeliveryError)
 
 
-def _is_live(message: AbstractIncomingMessage) -> bool:
-    """False once the message's channel is gone: only that channel could settle it."""
-    try:
-        return not message.channel.is_closed
-    except ChannelInvalidStateError:
-        return False
-
-
 @dataclass
 class _Consumer:
-    """One topic's consumer: its channel, and the jobs pushed to it but not handed out yet."""
+    """One topic's consumer: its channel, and the messages pushed to it with jobs not handed out yet."""
 
     channel: AbstractRobustChannel
     queue: AbstractRobustQueue
-    prefetch: int
-    buffer: deque[AbstractIncomingMessage] = field(default_factory=deque)
+    sizes: JobsPerMessage
+    buffer: deque[Envelope] = field(default_factory=deque)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     tag: str = ""
+    splitting: int = 0  # jobs of envelopes being split: out of the buffer, not yet queued again
 
     async def push(self, message: AbstractIncomingMessage) -> None:
-        self.buffer.append(message)
+        envelope = Envelope(message)
+        self.sizes.saw(len(envelope.bodies))
+        self.buffer.append(envelope)
         self.arrived.set()
 
-    def take(self, limit: int) -> list[AbstractIncomingMessage]:
-        """Up to ``limit`` buffered jobs, dropping stale ones (from before a reconnect)."""
-        taken: list[AbstractIncomingMessage] = []
-        while self.buffer and len(taken) < limit:
-            message = self.buffer.popleft()
-            if _is_live(message):
-                taken.append(message)
-        return taken
+    def take(self, limit: int) -> tuple[list[Job], Envelope | None]:
+        """Up to ``limit`` jobs, or else one envelope to split; stale messages (from before a
+        reconnect) are dropped. One split at a time keeps each call's work bounded."""
+        jobs: list[Job] = []
+        while self.buffer and len(jobs) < limit:
+            envelope = self.buffer[0]
+            if envelope.live and envelope.must_split:
+                if jobs:
+                    break
+                self.buffer.popleft()
+                return [], envelope
+            if envelope.live:
+                jobs.extend(envelope.hand_out(limit - len(jobs)))
+                if envelope.remaining:
+                    break
+            self.buffer.popleft()
+        return jobs, None
 
     def waiting(self) -> int:
-        return sum(1 for message in self.buffer if _is_live(message))
-
-
-def _count(value: Any) -> int:
-    try:
-        return max(int(value.decode() if isinstance(value, bytes) else value), 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def attempts_of(message: AbstractIncomingMessage) -> int:
-    """Deliveries of this job so far, this one included.
-
-    A retried copy carries its predecessors' attempts in ``ATTEMPTS_HEADER``; the quorum queue
-    adds the returns of this copy (a classic queue only says whether there was one).
-    """
-    headers = message.headers or {}
-    returned = headers.get("x-delivery-count")
-    returned_count = _count(returned) if returned is not None else int(bool(message.redelivered))
-    return _count(headers.get(ATTEMPTS_HEADER, 0)) + returned_count + 1
+        return self.splitting + sum(envelope.remaining for envelope in self.buffer if envelope.live)
 
 
 class AmqpQueue:
@@ -143,6 +137,7 @@ class AmqpQueue:
         self._retry_exchange: AbstractExchange | None = None
         self._declared: set[str] = set()
         self._consumers: dict[str, _Consumer] = {}
+        self._sizes: dict[str, JobsPerMessage] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -175,11 +170,13 @@ class AmqpQueue:
 
     async def close(self) -> None:
         """Stop consuming, give back what was prefetched but not handed out, disconnect."""
-        connection, self._connection = self._connection, None
+        connection = self._connection
         connected = connection is not None and connection.connected.is_set()
         consumers, self._consumers = self._consumers, {}
         for topic, consumer in consumers.items():
+            # While still connected: giving back part of an envelope means publishing a copy.
             await self._stop_consumer(topic, consumer, connected)
+        self._connection = None
         self._publishing = self._admin = self._retry_exchange = None
         self._declared.clear()
         if connection is not None:
@@ -212,85 +209,71 @@ class AmqpQueue:
     # -- the Queue port --------------------------------------------------------------------
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
+        """One message per call (a job alone as it is, several in an envelope), or a few past
+        the envelope's bounds; back only once the broker confirmed every one."""
         if not bodies:
             return
         await self._ensure_topic(topic)
         assert self._publishing is not None
-        messages = [aio_pika.Message(body, delivery_mode=PERSISTENT) for body in bodies]
-        outcomes = await self._publish(self._publishing.default_exchange, self._queue(topic), messages, topic)
+        exchange, work = self._publishing.default_exchange, self._queue(topic)
+        groups = list(batches.groups(bodies))
+        messages = [(exchange, work, batches.message(group)) for group in groups]
+        outcomes = await self._publish(messages, topic)
+        for group in groups:
+            self._jobs_per_message(topic).saw(len(group))
         failures = [failure for failure in outcomes if failure is not None]
         if failures:
             raise BackendUnavailable(
-                f"rabbitmq: {len(failures)} of {len(messages)} jobs unconfirmed: {failures[0]!r}"
+                f"rabbitmq: {len(failures)} of {len(messages)} messages ({len(bodies)} jobs) unconfirmed: "
+                f"{failures[0]!r}"
             ) from failures[0]
 
     async def receive(self, topic: str, max_batch: int, max_wait: float) -> list[Delivery]:
-        consumer = await self._consumer(topic, max_batch)
+        consumer = await self._consumer(topic)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
-        messages = consumer.take(max_batch)
-        while not messages and (remaining := deadline - loop.time()) > 0:
-            consumer.arrived.clear()
-            try:
-                await asyncio.wait_for(consumer.arrived.wait(), remaining)
-            except TimeoutError:
-                pass
-            await asyncio.sleep(0)  # jobs read in the same chunk are still on their way to the buffer
-            messages = consumer.take(max_batch)
-        return [Delivery(body=message.body, attempts=attempts_of(message), tag=message) for message in messages]
+        while True:
+            jobs, returned = consumer.take(max_batch)
+            if returned is not None:
+                await self._split(topic, consumer, returned)
+            if jobs or (remaining := deadline - loop.time()) <= 0:
+                break
+            if returned is None:  # the buffer is empty: wait for the broker
+                consumer.arrived.clear()
+                try:
+                    await asyncio.wait_for(consumer.arrived.wait(), remaining)
+                except TimeoutError:
+                    pass
+                await asyncio.sleep(0)  # messages read in the same chunk are still on their way to the buffer
+        return [Delivery(body=job.body, attempts=job.envelope.attempts, tag=job) for job in jobs]
 
     async def ack(self, topic: str, deliveries: Sequence[Delivery]) -> None:
-        await self._settle(topic, deliveries, "ack")
+        await self._decide(topic, deliveries, "ack")
 
     async def retry(self, topic: str, deliveries: Sequence[Delivery]) -> None:
-        live = [delivery for delivery in deliveries if _is_live(delivery.tag)]
-        if len(live) < len(deliveries):
-            logger.warning(
-                "%s: %d jobs to retry lost their channel; the broker delivers them again",
-                topic,
-                len(deliveries) - len(live),
-            )
-        if not live:
-            return
-        copies = [
-            aio_pika.Message(delivery.body, delivery_mode=PERSISTENT, headers={ATTEMPTS_HEADER: delivery.attempts})
-            for delivery in live
-        ]
-        try:
-            await self._ensure_topic(topic)  # the retry queue's binding for this topic
-            assert self._retry_exchange is not None
-            outcomes = await self._publish(self._retry_exchange, self._queue(topic), copies, topic)
-        except BackendUnavailable as exc:
-            outcomes = [exc] * len(live)
-        await self._settle(topic, [d for d, failure in zip(live, outcomes) if failure is None], "ack")
-        undelayed = [d for d, failure in zip(live, outcomes) if failure is not None]
-        if undelayed:
-            # Without a delayed copy, an immediate redelivery is the next best thing.
-            logger.warning(
-                "%s: could not delay %d retries (%r); requeueing them",
-                topic,
-                len(undelayed),
-                next(failure for failure in outcomes if failure is not None),
-            )
-            await self._settle(topic, undelayed, "requeue")
+        await self._decide(topic, deliveries, "retry")
 
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
-        await self._settle(topic, deliveries, "reject")
+        await self._decide(topic, deliveries, "dead")
 
     async def depth(self, topic: str) -> int:
+        """Jobs waiting: those prefetched here and not handed out yet, counted exactly, and the
+        messages ready on the broker, counted as jobs at the mean of the recent ones this process
+        saw on the topic (``JobsPerMessage``). 0 exactly when nothing waits."""
         await self._ensure_topic(topic)
         admin = await self._bounded(self._admin_channel().get_underlay_channel())
         declared = await self._bounded(admin.queue_declare(self._queue(topic), passive=True))
+        ready = self._jobs_per_message(topic).jobs(int(declared.message_count or 0))
         consumer = self._consumers.get(topic)
         if consumer is None:
-            return int(declared.message_count or 0)
-        # Jobs no longer ready may still be on their way to our buffer: a round trip on the
+            return ready
+        # Messages no longer ready may still be on their way to our buffer: a round trip on the
         # consumer's channel (a no-op qos) lets them arrive, so that none is counted nowhere.
         channel = await self._bounded(consumer.channel.get_underlay_channel())
-        await self._bounded(channel.basic_qos(prefetch_count=consumer.prefetch))
+        await self._bounded(channel.basic_qos(prefetch_count=PREFETCH))
         for _ in range(3):
             await asyncio.sleep(0)
-        return int(declared.message_count or 0) + consumer.waiting()
+        return ready + consumer.waiting()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -319,6 +302,9 @@ class AmqpQueue:
             await self._bounded(operation)
         except BackendUnavailable as exc:
             logger.debug("rabbitmq: ignored while shutting down: %r", exc)
+
+    def _jobs_per_message(self, topic: str) -> JobsPerMessage:
+        return self._sizes.setdefault(topic, JobsPerMessage())
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -376,15 +362,13 @@ class AmqpQueue:
             await self._quietly(probe.close())
         return await self._bounded(admin.declare_queue(name, durable=True, arguments=arguments))
 
-    async def _publish(
-        self, exchange: AbstractExchange, routing_key: str, messages: list[aio_pika.Message], topic: str
-    ) -> list[BaseException | None]:
+    async def _publish(self, copies: Sequence[Copy], topic: str) -> list[BaseException | None]:
         """Publish concurrently; once the broker answered for every message, each one's failure or None."""
         self._admin_channel()  # fail fast while disconnected
         results = await asyncio.gather(
             *(
                 asyncio.wait_for(exchange.publish(message, routing_key, mandatory=True), CONFIRM_TIMEOUT)
-                for message in messages
+                for exchange, routing_key, message in copies
             ),
             return_exceptions=True,
         )
@@ -398,47 +382,119 @@ class AmqpQueue:
                 raise failure
         return outcomes
 
-    async def _settle(self, topic: str, deliveries: Sequence[Delivery], how: str) -> None:
-        """Settle each on the channel it came from; if that is gone, the broker redelivers it."""
+    async def _decide(self, topic: str, deliveries: Sequence[Delivery], fate: Fate) -> None:
+        """Record each job's fate, and settle the messages whose every job now has one."""
+        complete: list[Envelope] = []
+        lost = 0
+        for delivery in deliveries:
+            job: Job = delivery.tag
+            if not job.envelope.live:
+                lost += 1
+            elif job.envelope.decide(job.index, fate):
+                complete.append(job.envelope)
+        if lost:
+            logger.warning("%s: %d jobs to %s lost their channel; the broker delivers them again", topic, lost, fate)
+        await self._settle(topic, complete)
 
-        async def settle(message: AbstractIncomingMessage) -> None:
-            if how == "ack":
-                await message.ack()
-            elif how == "reject":
-                await message.reject(requeue=False)
-            else:
-                await message.nack(requeue=True)  # RabbitMQ 4.3+ does not count a nack as a failure
-
-        # Concurrently: each call waits until its frame is written, and their order does not matter.
-        results = await asyncio.gather(*(settle(delivery.tag) for delivery in deliveries), return_exceptions=True)
+    async def _settle(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        """Settle each message on the channel it came from; if that is gone, the broker redelivers it."""
+        # Concurrently: each waits for its own frames and confirms, and their order does not matter.
+        results = await asyncio.gather(
+            *(self._settle_one(topic, envelope) for envelope in envelopes), return_exceptions=True
+        )
         lost = [result for result in results if isinstance(result, _OUTAGE)]
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, _OUTAGE):
                 raise result  # settling a job twice, say: a bug, not an outage
         if lost:
             logger.warning(
-                "%s: could not %s %d jobs (%r); they will be delivered again", topic, how, len(lost), lost[0]
+                "%s: could not settle %d messages (%r); they will be delivered again", topic, len(lost), lost[0]
             )
 
-    async def _consumer(self, topic: str, max_batch: int) -> _Consumer:
+    async def _settle_one(self, topic: str, envelope: Envelope) -> None:
+        message, fates = envelope.message, set(envelope.fates)
+        if fates == {"ack"}:
+            await message.ack()
+        elif fates == {"dead"} and not envelope.framed:
+            await message.reject(requeue=False)  # the dead-letter exchange routes it to the dead queue
+        elif fates == {"back"} and (not envelope.framed or envelope.returned):
+            # As it is (RabbitMQ 4.3+ does not count a nack as a failure); an envelope the broker
+            # took back before is split when it comes round again.
+            await message.nack(requeue=True)
+        elif (failure := await self._queue_copies(topic, envelope, split=False)) is None:
+            await message.ack()
+        else:
+            # Some copies may be queued already: their jobs will come twice; none is lost.
+            logger.warning("%s: could not move the jobs of a message (%r); requeueing it whole", topic, failure)
+            await message.nack(requeue=True)
+
+    async def _queue_copies(self, topic: str, envelope: Envelope, split: bool) -> BaseException | None:
+        """Queue copies of a message's jobs where their fates send them; a failure, or None once confirmed.
+
+        Jobs to retry travel on as one message (the delayed retry), jobs given back as one, dead
+        jobs one message each; for a split, every job as a message of its own. Copies carry the
+        attempts so far, so that each job's count goes on.
+        """
+        try:
+            await self._ensure_topic(topic)  # the queues and the retry binding the copies go to
+            if self._publishing is None or self._retry_exchange is None:
+                raise BackendUnavailable("rabbitmq: not connected")
+            default, work, attempts = self._publishing.default_exchange, self._queue(topic), envelope.attempts
+            # Jobs given back or split were not handed out: this delivery was no attempt for them.
+            back = envelope.fated("back")
+            groups = [[body] for body in envelope.bodies] if split else [back] if back else []
+            copies = [(default, work, batches.message(group, attempts - 1)) for group in groups]
+            if retry := envelope.fated("retry"):
+                copies.append((self._retry_exchange, work, batches.message(retry, attempts)))
+            dead = self._queue(topic, "dead")
+            copies.extend((default, dead, batches.message([body], attempts)) for body in envelope.fated("dead"))
+            outcomes = await self._publish(copies, topic)
+        except BackendUnavailable as exc:
+            return exc
+        for group in groups:
+            self._jobs_per_message(topic).saw(len(group))
+        return next((outcome for outcome in outcomes if outcome is not None), None)
+
+    async def _split(self, topic: str, consumer: _Consumer, envelope: Envelope) -> None:
+        """Queue each job of a returned envelope as a message of its own, then ack the envelope.
+
+        If the broker does not take the copies, the envelope is handed out whole after all:
+        requeueing it would count one more return against all of its jobs.
+        """
+        consumer.splitting += len(envelope.bodies)
+        try:
+            failure = await self._queue_copies(topic, envelope, split=True)
+        finally:
+            consumer.splitting -= len(envelope.bodies)
+        if failure is None:
+            logger.info("%s: split a returned message into its %d jobs", topic, len(envelope.bodies))
+            try:
+                await envelope.message.ack()
+            except _OUTAGE as exc:
+                logger.warning("%s: could not ack a split message (%r); its jobs will come twice", topic, exc)
+        else:
+            logger.warning("%s: could not split a returned message (%r); handing it out whole", topic, failure)
+            envelope.keep_whole = True
+            consumer.buffer.appendleft(envelope)
+
+    async def _consumer(self, topic: str) -> _Consumer:
         if topic in self._consumers:
             return self._consumers[topic]
         async with self._lock(f"consume:{topic}"):
             if topic not in self._consumers:
                 await self._ensure_topic(topic)
-                prefetch = max(PREFETCH_PER_BATCH * max_batch, MIN_PREFETCH)
-                self._consumers[topic] = await self._start_consumer(topic, prefetch)
+                self._consumers[topic] = await self._start_consumer(topic)
             return self._consumers[topic]
 
-    async def _start_consumer(self, topic: str, prefetch: int) -> _Consumer:
+    async def _start_consumer(self, topic: str) -> _Consumer:
         self._admin_channel()  # fail fast while disconnected
         assert self._connection is not None
         channel: AbstractRobustChannel = await self._bounded(self._connection.channel(publisher_confirms=False))
         try:
-            await self._bounded(channel.set_qos(prefetch_count=prefetch))
+            await self._bounded(channel.set_qos(prefetch_count=PREFETCH))
             # Passive: the admin channel owns the arguments (and declares the queue after a reconnect).
             queue = await self._bounded(channel.declare_queue(self._queue(topic), passive=True))
-            consumer = _Consumer(channel, queue, prefetch)
+            consumer = _Consumer(channel, queue, self._jobs_per_message(topic))
             consumer.tag = await self._bounded(queue.consume(consumer.push))
         except BaseException:
             await self._quietly(channel.close())
@@ -446,12 +502,16 @@ class AmqpQueue:
         return consumer
 
     async def _stop_consumer(self, topic: str, consumer: _Consumer, connected: bool) -> None:
-        """Cancel the consumer and requeue what it prefetched (a nack: not a failed attempt)."""
+        """Cancel the consumer and give back the jobs it prefetched but did not hand out."""
         if not connected:
             consumer.buffer.clear()  # the broker requeues them when it sees the connection gone
             return
         await self._quietly(consumer.queue.cancel(consumer.tag))
-        prefetched = [Delivery(message.body, tag=message) for message in consumer.take(len(consumer.buffer))]
-        await self._settle(topic, prefetched, "requeue")
-        if prefetched:
-            logger.info("%s: gave %d prefetched jobs back", topic, len(prefetched))
+        buffered = [envelope for envelope in consumer.buffer if envelope.live]
+        consumer.buffer.clear()
+        jobs = sum(envelope.remaining for envelope in buffered)
+        # An envelope partly handed out is settled when the last of those jobs is decided, or,
+        # if that never comes, redelivered whole once its channel closes.
+        await self._settle(topic, [envelope for envelope in buffered if envelope.give_back()])
+        if jobs:
+            logger.info("%s: gave %d prefetched jobs back", topic, jobs)

@@ -22,6 +22,7 @@ from typing import Any
 import aio_pika
 import pytest
 
+from chatd.backends import amqp_batches
 from chatd.backends.amqp_queue import CONFIRM_TIMEOUT, AmqpQueue
 from chatd.errors import BackendUnavailable
 from chatd.ports import Delivery
@@ -279,6 +280,159 @@ async def test_a_thousand_jobs_in_bounded_batches(space: QueueNamespace) -> None
 
     assert await eventually(drained)
     assert await queue.receive("index", 64, 0.3) == []
+
+
+# -- envelopes: a publish call's jobs travel as one message ------------------------------------
+
+
+def test_a_batch_is_cut_into_envelopes_within_their_bounds() -> None:
+    small = [b"s" * 100] * 600
+    assert [len(group) for group in amqp_batches.groups(small)] == [256, 256, 88]
+    large = [b"L" * 400_000] * 5
+    assert [len(group) for group in amqp_batches.groups(large)] == [2, 2, 1]
+    oversized = [b"a", b"O" * (2 << 20), b"b"]
+    assert [len(group) for group in amqp_batches.groups(oversized)] == [1, 1, 1]  # alone, not refused
+    jobs = [b"", b"\x00\x00\x00\x01", b"xyz"]
+    assert amqp_batches.unframe(amqp_batches.frame(jobs), 3) == jobs
+    assert amqp_batches.unframe(amqp_batches.frame(jobs), 2) is None  # a count that does not add up
+    assert amqp_batches.unframe(amqp_batches.frame(jobs)[:-1], 3) is None
+
+
+async def test_an_envelopes_jobs_are_delivered_once_each_whatever_their_bytes(space: QueueNamespace) -> None:
+    queue = await space.open()
+    # Bytes that look like framing, empty jobs, a job larger than the rest together.
+    jobs = [b"", b"\x00\x00\x00\x05hello", b"\xff" * 4, bytes(range(256)), b"x" * 70_000, b""]
+    jobs += [b"job %03d" % n for n in range(94)]
+    await queue.publish("messages", jobs)
+    assert await space.message_count("messages") == 1
+    received = await receive_all(queue, "messages", len(jobs), max_batch=64)
+    assert bodies(received) == sorted(jobs)
+    assert all(delivery.attempts == 1 for delivery in received)
+    await queue.ack("messages", received)
+    assert await queue.receive("messages", 64, 0.3) == []
+    assert await queue.depth("messages") == 0
+
+    other = await space.open()  # nothing left unacked to come back either
+    assert await other.receive("messages", 64, 0.5) == []
+
+
+async def test_jobs_of_one_envelope_acked_retried_and_dead_lettered_each_their_way(space: QueueNamespace) -> None:
+    queue = await space.open()
+    await queue.publish("messages", [b"ok-1", b"again-1", b"dead-1", b"ok-2", b"again-2", b"dead-2"])
+    received = {d.body: d for d in await receive_all(queue, "messages", 6)}
+    await queue.ack("messages", [received[b"ok-1"]])
+    await queue.retry("messages", [received[b"again-1"], received[b"again-2"]])
+    await queue.dead_letter("messages", [received[b"dead-1"]])
+    await queue.ack("messages", [received[b"ok-2"]])
+    await queue.dead_letter("messages", [received[b"dead-2"]])  # the last decision settles the message
+
+    async def dead() -> int:
+        return await space.message_count("messages.dead")
+
+    assert await eventually(dead) == 2
+    buried = [await space.get_one("messages.dead") for _ in range(2)]
+    # One message per dead job, as a single job: what an operator reads in the dead queue.
+    assert sorted(m.body for m in buried if m is not None) == [b"dead-1", b"dead-2"]
+    assert all(m is not None and "x-chatd-jobs" not in (m.headers or {}) for m in buried)
+
+    again = await receive_all(queue, "messages", 2)
+    assert sorted((d.body, d.attempts) for d in again) == [(b"again-1", 2), (b"again-2", 2)]
+    await queue.ack("messages", again)
+    assert await queue.receive("messages", 10, 1.0) == []  # the acked ones do not come back
+    assert await queue.depth("messages") == 0
+
+
+async def test_an_envelope_is_handed_out_across_receives_of_smaller_batches(space: QueueNamespace) -> None:
+    queue = await space.open()
+    jobs = [b"%02d" % n for n in range(10)]
+    await queue.publish("chats", jobs)
+    batches = []
+    for _ in range(4):
+        batch = await queue.receive("chats", 3, 5.0)
+        await queue.ack("chats", batch)  # the message is acked with its last job
+        batches.append(len(batch))
+    assert batches == [3, 3, 3, 1]
+    assert await queue.depth("chats") == 0
+    await queue.close()
+    assert await (await space.open()).receive("chats", 10, 0.5) == []
+
+
+async def test_jobs_of_an_envelope_not_handed_out_are_given_back_at_shutdown(space: QueueNamespace) -> None:
+    worker = await space.open()
+    await worker.publish("chats", [b"%02d" % n for n in range(10)])
+    first = await worker.receive("chats", 4, 5.0)
+    assert len(first) == 4
+    await worker.ack("chats", first)
+    await worker.close()  # six jobs of the envelope were never handed out
+
+    restarted = await space.open()
+    rest = await receive_all(restarted, "chats", 6)
+    assert sorted(bodies(first) + bodies(rest)) == [b"%02d" % n for n in range(10)]
+    assert all(delivery.attempts == 1 for delivery in rest)  # given back is no failed attempt
+    await restarted.ack("chats", rest)
+    assert await restarted.receive("chats", 10, 0.5) == []
+
+
+async def test_a_killer_inside_an_envelope_is_dead_lettered_alone(space: QueueNamespace) -> None:
+    await (await space.open(max_attempts=3)).publish("index", [b"good-1", b"killer", b"good-2"])
+    worker = await space.open(max_attempts=3)
+    held = await receive_all(worker, "index", 3)
+    assert [d.attempts for d in held] == [1, 1, 1]
+    await worker.close()  # the killer takes its consumer down with the whole envelope in hand
+
+    # Returned, the envelope is split into single jobs: the good ones are stored now, and the
+    # broker's delivery limit counts the killer's returns alone (its copy's, after the envelope's).
+    stored: list[Delivery] = []
+    killer_attempts = []
+    for _ in range(3):
+        worker = await space.open(max_attempts=3)
+        received: list[Delivery] = []
+
+        async def killer_in_hand(worker: AmqpQueue = worker, received: list[Delivery] = received) -> bool:
+            received.extend(await worker.receive("index", 10, 0.2))
+            return any(d.body == b"killer" for d in received)
+
+        await eventually(killer_in_hand, timeout=20, interval=0)
+        good = [d for d in received if d.body != b"killer"]
+        await worker.ack("index", good)
+        stored.extend(good)
+        killer_attempts += [d.attempts for d in received if d.body == b"killer"]
+        await worker.close()  # killed again
+
+    async def dead() -> int:
+        return await space.message_count("index.dead")
+
+    assert await eventually(dead) == 1
+    assert bodies(stored) == [b"good-1", b"good-2"]
+    assert all(d.attempts == 2 for d in stored)
+    assert killer_attempts == [2, 3, 4]
+    buried = await space.get_one("index.dead")
+    assert buried is not None and buried.body == b"killer"
+    survivor = await space.open(max_attempts=3)
+    assert await survivor.receive("index", 10, 0.5) == []
+
+
+async def test_single_job_messages_without_the_envelope_header_are_one_job_each(space: QueueNamespace) -> None:
+    queue = await space.open()
+    await queue.depth("messages")  # declares the topic's queues
+    # What a previous version queued, and a message claiming jobs its framing does not hold.
+    plain = [b"old-1", b"\x00\x00\x00\x01x"]
+    async with space.channel() as channel:
+        for body in plain:
+            await channel.default_exchange.publish(aio_pika.Message(body), f"{space.prefix}.messages")
+        broken = aio_pika.Message(b"\x00\x00\x00\x09short", headers={"x-chatd-jobs": 2})
+        await channel.default_exchange.publish(broken, f"{space.prefix}.messages")
+    received = await receive_all(queue, "messages", 3)
+    # The broken one is handed out whole, for its consumer to dead-letter as undecodable.
+    assert bodies(received) == sorted([*plain, b"\x00\x00\x00\x09short"])
+    await queue.dead_letter("messages", [d for d in received if d.body.endswith(b"short")])
+    await queue.ack("messages", [d for d in received if not d.body.endswith(b"short")])
+
+    async def dead() -> int:
+        return await space.message_count("messages.dead")
+
+    assert await eventually(dead) == 1
+    assert await queue.receive("messages", 10, 0.5) == []
 
 
 async def test_an_unreachable_broker_fails_fast(space: QueueNamespace) -> None:

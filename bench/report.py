@@ -36,7 +36,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def ms(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
+    return f"{value:.1f} ms" if round(value, 1) < 10 else f"{value:.0f} ms"
 
 
 def seconds(value: float | None) -> str:

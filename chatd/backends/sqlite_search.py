@@ -67,7 +67,9 @@ class SqliteSearchIndex(SqliteBacked):
 def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
     key = (doc.application_id, doc.chat_number, doc.message_number)
     row = conn.execute(
-        "SELECT revision FROM search_documents WHERE application_id = ? AND chat_number = ? AND message_number = ?", key
+        "SELECT revision, content FROM search_documents"
+        " WHERE application_id = ? AND chat_number = ? AND message_number = ?",
+        key,
     ).fetchone()
     if row is not None and row[0] > doc.revision:
         return  # a newer edit is indexed already
@@ -75,7 +77,13 @@ def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
         "INSERT OR REPLACE INTO search_documents VALUES (?, ?, ?, ?, ?, ?)",
         (*key, doc.content, format_time(doc.created_at), doc.revision),
     )
-    conn.execute("DELETE FROM search_terms WHERE application_id = ? AND chat_number = ? AND message_number = ?", key)
+    if row is not None:
+        # Remove the old version's words by their full key: the terms are keyed (chat, term,
+        # message), so a delete by message alone would scan every term of the chat.
+        conn.executemany(
+            "DELETE FROM search_terms WHERE application_id = ? AND chat_number = ? AND term = ? AND message_number = ?",
+            [(doc.application_id, doc.chat_number, term, doc.message_number) for term in set(words(row[1]))],
+        )
     conn.executemany(
         "INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?, ?)",
         [(doc.application_id, doc.chat_number, term, doc.message_number) for term in set(words(doc.content))],

@@ -86,6 +86,15 @@ async def test_newer_revision_wins_whatever_the_order(backends: Backends) -> Non
     assert [h.content for h in (await backends.search.search(1, 1, "edited", 1, 20)).hits] == ["edited text"]
 
 
+async def test_an_edit_forgets_the_old_words_and_keeps_the_neighbours(backends: Backends) -> None:
+    await backends.search.index([document(1, 1, n, f"original words {n}") for n in (1, 2, 3)])
+    await backends.search.index([document(1, 1, 2, "edited words", revision=2)])
+    await backends.search.refresh()
+    assert [h.message_number for h in (await backends.search.search(1, 1, "original", 1, 20)).hits] == [1, 3]
+    assert [h.message_number for h in (await backends.search.search(1, 1, "edited", 1, 20)).hits] == [2]
+    assert (await backends.search.search(1, 1, "words", 1, 20)).total == 3
+
+
 async def test_reindexing_never_duplicates(backends: Backends) -> None:
     for _ in range(3):
         await backends.search.index([document(1, 1, 1, "same message")])

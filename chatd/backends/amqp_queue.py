@@ -439,6 +439,8 @@ class AmqpQueue:
             await self._ensure_topic(topic)  # the queues and the retry binding the copies go to
             if self._publishing is None or self._retry_exchange is None:
                 raise BackendUnavailable("rabbitmq: not connected")
+            # After a reconnect, the consumer's channel may deliver before this one is restored.
+            await self._bounded(self._publishing.ready())
             default, work, attempts = self._publishing.default_exchange, self._queue(topic), envelope.attempts
             # Jobs given back or split were not handed out: this delivery was no attempt for them.
             back = envelope.fated("back")

@@ -128,6 +128,7 @@ class Envelope:
         self.handed = 0
         self.keep_whole = False  # set when splitting it failed
         self.fates: list[Fate | None] = [None] * len(self.bodies)
+        self.undecided = len(self.bodies)
 
     @property
     def live(self) -> bool:
@@ -144,9 +145,9 @@ class Envelope:
 
     @property
     def must_split(self) -> bool:
-        """Returned to the broker before any job of it was decided, maybe by a job killing its
-        consumer: it travels on as single jobs, so that the broker's delivery limit (which
-        counts a message's returns) isolates the killer instead of dead-lettering its mates."""
+        """The broker took it back from a consumer, maybe one that a job of it killed, and no
+        job of it has been handed out here: it travels on as single jobs, so that the broker's
+        delivery limit (which counts a message's returns) isolates a killer from its mates."""
         return self.framed and len(self.bodies) > 1 and self.returned and self.handed == 0 and not self.keep_whole
 
     def hand_out(self, limit: int) -> list[Job]:
@@ -159,14 +160,15 @@ class Envelope:
         if self.fates[index] is not None:
             raise ValueError(f"job {index} of a message was already settled ({self.fates[index]})")
         self.fates[index] = fate
-        return all(self.fates)
+        self.undecided -= 1
+        return self.undecided == 0
 
     def give_back(self) -> bool:
         """Decide every job not handed out as ``back``; True once every job has a fate."""
         for index in range(self.handed, len(self.bodies)):
-            self.fates[index] = "back"
+            self.decide(index, "back")
         self.handed = len(self.bodies)
-        return all(self.fates)
+        return self.undecided == 0
 
     def fated(self, fate: Fate) -> list[bytes]:
         return [body for body, its in zip(self.bodies, self.fates) if its == fate]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +55,7 @@ def serve(settings: Settings) -> int:
     except ImportError:  # uvloop is optional on platforms without it
         pass
     app = create_app(settings)
+    _tune_garbage_collector()
     # aiohttp handles SIGTERM/SIGINT: stop accepting, finish in-flight requests within the
     # grace period, then run the cleanup contexts (which drain the background loops).
     web.run_app(
@@ -65,6 +67,19 @@ def serve(settings: Settings) -> int:
         print=None,
     )
     return 0
+
+
+def _tune_garbage_collector() -> None:
+    """Fewer, cheaper collections: a request makes many short-lived objects and few cycles.
+
+    The objects made at start-up (modules, settings, routes) are moved out of the collector's
+    view, so the collections that do run do not walk them again; the first generation holds
+    more objects before it is collected, so a busy process pauses less often.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(50_000, middle, oldest)
 
 
 async def queue_reindex(backends: Backends, batch: int = 1000) -> int:

@@ -179,6 +179,7 @@ class Delivery:
     """One job as a consumer received it."""
 
     body: bytes
+    # Deliveries so far; jobs published together share one count until a broker splits them.
     attempts: int = 1
     tag: Any = field(default=None, repr=False)
 
@@ -187,13 +188,19 @@ class Queue(Backend, Protocol):
     """Durable job queues, one per topic ("chats", "messages", "index")."""
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
-        """Return only once every body is durably queued (publisher confirms)."""
+        """Return only once every body is durably queued (publisher confirms).
+
+        The bodies of one call may travel together (one broker message), so a caller with
+        a batch publishes it in one call: the broker's cost is per message, not per job.
+        """
 
     async def receive(self, topic: str, max_batch: int, max_wait: float) -> list[Delivery]:
         """Wait up to ``max_wait`` for jobs; return at most ``max_batch`` (maybe none).
 
         Jobs stay owned by this consumer until acked, retried or dead-lettered; a consumer
-        that dies without doing so has its jobs delivered again.
+        that dies without doing so has its jobs delivered again. Jobs published in one call
+        may be settled together: an ack is final once the others of that call are decided
+        too, so a consumer that dies before may see acked jobs again (stores are idempotent).
         """
 
     async def ack(self, topic: str, deliveries: Sequence[Delivery]) -> None: ...
@@ -205,7 +212,11 @@ class Queue(Backend, Protocol):
         """Move poison jobs aside, out of the way of the others."""
 
     async def depth(self, topic: str) -> int:
-        """Jobs waiting (not counting those delivered and not yet acked)."""
+        """Jobs waiting (not counting those delivered and not yet acked); 0 exactly when none wait.
+
+        Where a broker counts messages that carry several jobs, the jobs are estimated from the
+        jobs per message this process saw lately on the topic (exact while they resemble them).
+        """
 
 
 class SearchIndex(Backend, Protocol):

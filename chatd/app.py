@@ -33,7 +33,8 @@ def create_app(
     app[keys.SETTINGS] = settings
     app.router.add_routes(health.routes)
     if settings.role in ("all", "api"):
-        for module in (applications, chats, messages, docs):
+        # The hot path first: aiohttp tries the resources under one prefix in order.
+        for module in (messages, chats, applications, docs):
             app.router.add_routes(module.routes)
     workers = settings.role in ("all", "worker") if run_workers is None else run_workers
     app.cleanup_ctx.append(_backends_context(backends or make_backends(settings), clock))

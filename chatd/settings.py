@@ -37,7 +37,8 @@ class Settings:
     max_content_chars: int = 10_000
     cache_ttl_seconds: float = 1800.0
     index_batch_size: int = 1000
-    index_batch_wait_seconds: float = 1.0
+    # Short enough that a message is searchable well within a second or two at any load.
+    index_batch_wait_seconds: float = 0.25
     worker_batch_size: int = 200
     worker_batch_wait_seconds: float = 0.05
     reconcile_interval_seconds: float = 5.0

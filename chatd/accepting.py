@@ -6,10 +6,11 @@ each; here requests that arrive together share them, as a database's group commi
 one log flush among concurrent transactions:
 
 - a request joins the pending group and waits on a future;
-- a flush takes the whole group: one ``Counters.take`` for every counter involved (each
-  counter gives one contiguous range), the store reservations the new numbers need (shared,
-  and usually none), one ``Cache.set_many`` for idempotency records, one ``Queue.publish``
-  per topic; then every request of the group gets its number, or the group's error;
+- a flush takes the whole group: one ``Cache.add_many`` claiming its idempotency keys, one
+  ``Counters.take`` for every counter involved (each counter gives one contiguous range),
+  the store reservations the new numbers need (shared, and usually none), one
+  ``Cache.set_many`` for the idempotency records, one ``Queue.publish`` per topic; then every
+  request of the group gets its number, or the group's error;
 - at most ``max_in_flight`` flushes run at once. Under light load a request is flushed on
   the next loop iteration, alone; under heavy load requests pile up while flushes are in
   flight, so groups grow with the load and the round trips per request shrink.
@@ -50,12 +51,18 @@ class _Request:
     scope: NumberScope
     topic: str
     make_job: JobMaker
-    # The idempotency cache key this request claimed, to record its job under.
+    # The idempotency cache key to record this request's job under, once it holds the key's claim.
     record_key: str | None = None
+    claimed: bool = False
     # Set for a retry whose job was recorded by an earlier attempt: publish it again as it is.
     number: int = 0
     job: bytes = b""
     done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def replay(self, recorded: bytes) -> None:
+        """Become the retry of the request that recorded ``recorded``: its number, its job."""
+        data = orjson.loads(recorded)
+        self.number, self.job, self.record_key = int(data["number"]), data["job"].encode(), None
 
 
 class Acceptor:
@@ -71,7 +78,7 @@ class Acceptor:
         number_block: int = 100,
         idempotency_ttl: float = 86400.0,
         max_group: int = 512,
-        max_in_flight: int = 4,
+        max_in_flight: int = 2,
     ):
         self.counters = counters
         self.store = store
@@ -102,12 +109,7 @@ class Acceptor:
         request = _Request(scope, topic, make_job)
         if idempotency_key is not None:
             request.record_key = f"idem:{scope.key}:{idempotency_key}"
-            recorded = await self._claim(request.record_key)
-            if recorded is not None:
-                data = orjson.loads(recorded)
-                request.number, request.job, request.record_key = int(data["number"]), data["job"].encode(), None
-        self._pending.append(request)
-        self._schedule()
+        self._join(request)
         return await request.done
 
     async def drain(self) -> None:
@@ -119,6 +121,10 @@ class Acceptor:
                 self._start_flushes()
 
     # -- grouping --------------------------------------------------------------------------
+
+    def _join(self, request: _Request) -> None:
+        self._pending.append(request)
+        self._schedule()
 
     def _schedule(self) -> None:
         # Flush on the next loop iteration, so that every request whose handler runs in this
@@ -142,6 +148,7 @@ class Acceptor:
 
     async def _flush(self, group: list[_Request]) -> None:
         try:
+            group = await self._claim_keys(group)
             await self._number(group)
             await self._record(group)
         except BaseException as exc:
@@ -166,6 +173,52 @@ class Acceptor:
                     request.done.set_result(request.number)
 
     # -- idempotency -----------------------------------------------------------------------
+
+    async def _claim_keys(self, group: list[_Request]) -> list[_Request]:
+        """Claim the idempotency keys of the group at once; return the requests that go on now.
+
+        A key claimed here lets its request take a number. A key whose job is recorded makes
+        its request a replay of that job. A key claimed by a request still in progress sends
+        its request to wait for that one (outside the group), then to join a later group.
+        """
+        claimants = {
+            request.record_key: request
+            for request in reversed(group)  # reversed: the first request of a key is the one kept
+            if request.record_key is not None and not request.claimed
+        }
+        if not claimants:
+            return group
+        claimed = await self.cache.add_many(dict.fromkeys(claimants, _CLAIMED), _CLAIM_SECONDS)
+        for key, request in claimants.items():
+            request.claimed = claimed[key]
+        losers = [request for request in group if request.record_key is not None and not request.claimed]
+        if losers:
+            recorded = await self.cache.get_many(list({request.record_key or "" for request in losers}))
+            for request in losers:
+                value = recorded.get(request.record_key) if request.record_key else None
+                if value is not None and value != _CLAIMED:
+                    request.replay(value)
+                else:
+                    self._wait_for_claim(request)
+        return [request for request in group if request.record_key is None or request.claimed]
+
+    def _wait_for_claim(self, request: _Request) -> None:
+        async def wait() -> None:
+            assert request.record_key is not None
+            try:
+                recorded = await self._claim(request.record_key)
+            except Exception as exc:
+                _fail([request], exc)
+                return
+            if recorded is None:
+                request.claimed = True
+            else:
+                request.replay(recorded)
+            self._join(request)
+
+        task = asyncio.create_task(wait())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _claim(self, key: str) -> bytes | None:
         """The job recorded under ``key``; None once this request has claimed the key.
@@ -197,7 +250,8 @@ class Acceptor:
     async def _free_claims(self, group: list[_Request]) -> None:
         # Nothing was recorded, so nothing was published: free the keys for the retries.
         for request in group:
-            if request.record_key is not None:
+            if request.record_key is not None and request.claimed:
+                request.claimed = False
                 with contextlib.suppress(Exception):
                     await self.cache.delete(request.record_key)
 

@@ -58,6 +58,7 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
                 cache_ttl=settings.cache_ttl_seconds,
                 number_block=settings.number_block_size,
                 idempotency_ttl=settings.idempotency_ttl_seconds,
+                groups_in_flight=settings.accept_groups_in_flight,
                 clock=clock,
             )
             app[keys.BACKENDS] = backends

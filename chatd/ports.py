@@ -162,6 +162,12 @@ class Cache(Backend, Protocol):
     async def set_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> None:
         """Set every key, in one round trip."""
 
+    async def add_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> dict[str, bool]:
+        """``add`` for every key, in one round trip: which of them this call set."""
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        """``get`` for every key, in one round trip."""
+
     async def delete(self, key: str) -> None: ...
 
 

@@ -52,6 +52,7 @@ class ChatService:
         cache_ttl: float = 1800.0,
         number_block: int = 100,
         idempotency_ttl: float = 86400.0,
+        groups_in_flight: int = 2,
         clock: Clock = utc_now,
     ):
         self.backends = backends
@@ -69,6 +70,7 @@ class ChatService:
             backends.queue,
             number_block=number_block,
             idempotency_ttl=idempotency_ttl,
+            max_in_flight=groups_in_flight,
         )
         self._refs: OrderedDict[str, ApplicationRef] = OrderedDict()
         self._chats_seen: OrderedDict[int, int] = OrderedDict()

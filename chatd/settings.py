@@ -50,6 +50,9 @@ class Settings:
     # Size of the number blocks reserved durably in the store ahead of the counters.
     number_block_size: int = 100
     idempotency_ttl_seconds: float = 24 * 3600.0
+    # Group commit of creations: groups of requests being numbered and published at once.
+    # Fewer means larger groups (less work per request) and a longer wait for the next one.
+    accept_groups_in_flight: int = 2
     # Namespaces, so that several deployments (or test runs) can share one server.
     redis_prefix: str = "chatd:"
     amqp_prefix: str = "chatd"

@@ -112,3 +112,31 @@ async def test_an_idempotent_retry_gets_the_first_number_and_publishes_the_same_
     again = await acceptor.accept(scope, "chats", job_maker("changed"), "same")
     assert (first, other, again) == (1, 2, 1)
     assert [orjson.loads(bodies[0])["label"] for _, bodies in queue.calls] == ["first", "other", "first"]
+
+
+async def test_one_key_twice_in_one_group_takes_one_number(backends: Backends) -> None:
+    acceptor, _, queue = make_acceptor(backends)
+    scope = NumberScope(1, 1)
+    first, second = await asyncio.gather(
+        acceptor.accept(scope, "messages", job_maker("first"), "twice"),
+        acceptor.accept(scope, "messages", job_maker("second"), "twice"),
+    )
+    assert first == second == 1
+    assert await acceptor.accept(scope, "messages", job_maker("next")) == 2
+    # The second request published the first one's job again (workers store it once).
+    labels = [orjson.loads(body)["label"] for _, bodies in queue.calls for body in bodies]
+    assert set(labels) == {"first", "next"}
+
+
+async def test_a_key_in_progress_elsewhere_waits_for_its_record(backends: Backends) -> None:
+    acceptor, _, _ = make_acceptor(backends)
+    scope = NumberScope(1, 1)
+    key = f"idem:{scope.key}:elsewhere"
+    assert await backends.cache.add(key, b"claimed", 10)  # another api process holds the key
+    waiting = asyncio.create_task(acceptor.accept(scope, "messages", job_maker("retry"), "elsewhere"))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    recorded = orjson.dumps({"number": 7, "job": orjson.dumps({"label": "original", "number": 7}).decode()})
+    await backends.cache.set(key, recorded, 60)  # the other process recorded its job
+    assert await asyncio.wait_for(waiting, 10) == 7
+

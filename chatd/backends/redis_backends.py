@@ -292,6 +292,17 @@ class RedisCache(_RedisPort):
             pipe.set(self._key(key), value, px=_milliseconds(ttl_seconds))
         await self.connection.run(pipe.execute())
 
+    async def add_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> dict[str, bool]:
+        pipe = self.connection.client.pipeline(transaction=False)
+        for key, value in values.items():
+            pipe.set(self._key(key), value, px=_milliseconds(ttl_seconds), nx=True)
+        stored = await self.connection.run(pipe.execute())
+        return {key: bool(done) for key, done in zip(values, stored)}
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        values = await self.connection.run(self.connection.client.mget([self._key(key) for key in keys]))
+        return dict(zip(keys, cast("list[bytes | None]", values)))
+
     async def delete(self, key: str) -> None:
         await self.connection.run(self.connection.client.delete(self._key(key)))
 

@@ -135,6 +135,24 @@ class SqliteCache(SqliteBacked):
 
         await self.db.transaction(put_all)
 
+    async def add_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> dict[str, bool]:
+        return await self.db.transaction(
+            lambda conn: {key: self._put(conn, key, value, ttl_seconds, replace=False) for key, value in values.items()}
+        )
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        def read(conn: sqlite3.Connection) -> dict[str, bytes | None]:
+            now = time.time()
+            found: dict[str, bytes | None] = {}
+            for key in keys:
+                row = conn.execute(
+                    "SELECT value FROM embedded_cache WHERE key = ? AND expires > ?", (key, now)
+                ).fetchone()
+                found[key] = None if row is None else bytes(row[0])
+            return found
+
+        return await self.db.read(read)
+
     def _put(self, conn: sqlite3.Connection, key: str, value: bytes, ttl: float, replace: bool) -> bool:
         now = time.time()
         self._writes += 1

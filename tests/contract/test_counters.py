@@ -82,6 +82,8 @@ async def test_cache_get_set_add_delete(backends: Backends) -> None:
     assert await cache.get("a") is None
     await cache.set_many({"b": b"3", "c": b"4"}, 60)
     assert (await cache.get("b"), await cache.get("c")) == (b"3", b"4")
+    assert await cache.add_many({"b": b"x", "d": b"5"}, 60) == {"b": False, "d": True}
+    assert await cache.get_many(["b", "d", "none"]) == {"b": b"3", "d": b"5", "none": None}
 
 
 async def test_lock_has_one_owner_until_released_or_expired(backends: Backends) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from chatd import metrics
 from chatd.domain import NumberScope
 from chatd.errors import BackendUnavailable, Conflict
 from chatd.ports import Cache, CounterRange, Counters, Queue, Store
@@ -147,6 +148,7 @@ class Acceptor:
             self._schedule()
 
     async def _flush(self, group: list[_Request]) -> None:
+        metrics.ACCEPT_GROUP_SIZE.observe(len(group))
         try:
             group = await self._claim_keys(group)
             await self._number(group)

@@ -11,6 +11,11 @@ REQUESTS = Counter("chatd_http_requests_total", "HTTP requests answered", ["meth
 REQUEST_SECONDS = Histogram("chatd_http_request_seconds", "Time to answer an HTTP request", ["route"])
 NUMBERS = Counter("chatd_numbers_handed_out_total", "Chat and message numbers handed to clients", ["kind"])
 JOBS_DONE = Counter("chatd_jobs_done_total", "Queued jobs processed and acked", ["topic"])
+ACCEPT_GROUP_SIZE = Histogram(
+    "chatd_accept_group_size",
+    "Creation requests numbered and published together (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 JOBS_DEAD = Counter("chatd_jobs_dead_lettered_total", "Queued jobs moved to the dead-letter queue", ["topic"])
 
 

@@ -139,4 +139,3 @@ async def test_a_key_in_progress_elsewhere_waits_for_its_record(backends: Backen
     recorded = orjson.dumps({"number": 7, "job": orjson.dumps({"label": "original", "number": 7}).decode()})
     await backends.cache.set(key, recorded, 60)  # the other process recorded its job
     assert await asyncio.wait_for(waiting, 10) == 7
-

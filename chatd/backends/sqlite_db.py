@@ -16,9 +16,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+# A write transaction waiting for its turn: the function to run, and its caller's future.
+_Transaction = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 
 _shared: dict[str, SqliteDatabase] = {}
 _shared_lock = threading.Lock()
@@ -43,6 +45,9 @@ class SqliteDatabase:
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._users = 0
+        # Write transactions waiting for the writer thread, and whether it is busy with a group.
+        self._queued: list[_Transaction] = []
+        self._writing = False
 
     @classmethod
     def shared(cls, path: str) -> SqliteDatabase:
@@ -118,20 +123,71 @@ class SqliteDatabase:
         return await asyncio.get_running_loop().run_in_executor(self._reader, lambda: _no_cursor(fn(conn)))
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""
+        """Run ``fn(conn)`` in a write transaction; if it raises, none of its changes stay.
 
-        def run() -> T:
-            conn = self._require()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        Transactions asked for while the writer is busy are committed together when it is
+        free (group commit): one ``BEGIN IMMEDIATE`` ... ``COMMIT`` with each function in a
+        savepoint of its own, so one that raises rolls back alone. The file's write lock,
+        which the api and worker processes take in turns, is then taken once per group
+        instead of once per transaction, and the event loop is woken once per group.
+        """
+        if self._executor is None:
+            raise RuntimeError("database is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        self._queued.append((fn, done))
+        if not self._writing:
+            self._write_queued(loop)
+        return await done
+
+    def _write_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        group, self._queued = self._queued, []
+        self._writing = bool(group)
+        if not group or self._executor is None:
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(RuntimeError("database is closed"))
+            return
+        written = loop.run_in_executor(self._executor, self._write_group, group)
+        written.add_done_callback(lambda future: self._settle(loop, group, future))
+
+    def _write_group(self, group: list[_Transaction]) -> list[tuple[bool, Any]]:
+        """On the writer thread: every function of the group, each in a savepoint, one commit."""
+        conn = self._require()
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            for fn, done in group:
+                if done.cancelled():  # its caller stopped waiting before it started
+                    outcomes.append((False, asyncio.CancelledError()))
+                    continue
+                conn.execute("SAVEPOINT one")
+                try:
+                    result = _no_cursor(fn(conn))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO one")
+                    outcomes.append((False, exc))
+                else:
+                    outcomes.append((True, result))
+                conn.execute("RELEASE one")
             conn.execute("COMMIT")
-            return _no_cursor(result)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
 
-        return await self._submit(run)
+    def _settle(self, loop: asyncio.AbstractEventLoop, group: list[_Transaction], written: asyncio.Future[Any]) -> None:
+        failure = written.exception() if not written.cancelled() else asyncio.CancelledError()
+        outcomes = [(False, failure)] * len(group) if failure is not None else written.result()
+        for (_, done), (ok, value) in zip(group, outcomes):
+            if done.done():
+                continue
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
+        self._write_queued(loop)
 
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:

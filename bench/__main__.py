@@ -36,7 +36,8 @@ Every phase runs on a new namespace (database, key prefix, queue prefix, index, 
 so that one phase's backlog does not slow the next. --quick shortens the rounds (3 s) and the
 end-to-end load (5 s) for a check that the benchmark works; its figures are not for the README.
 The tables go to stdout and, as markdown, to --output (bench/results.md, or
-bench/results-quick.md with --quick).
+bench/results-quick.md with --quick). A full run of both sets with the default output also
+replaces the tables in README.md, between its `bench:results` markers.
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ async def main(argv: list[str] | None = None) -> int:
     output.write_text(text)
     print("\n" + text)
     logger.info("written to %s", output)
+    if not args.quick and args.output is None and {"embedded", "real"} <= set(args.sets):
+        if report.splice_into_readme(HERE.parent / "README.md", text):
+            logger.info("README.md's Performance tables replaced by this run's")
     return 0
 
 

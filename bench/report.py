@@ -220,3 +220,17 @@ def markdown(results: dict[str, SetResult], options: Options, started: float, ma
     parts = [head, acceptance_table(results, options), ab_table(results, options)]
     parts += [end_to_end_table(results, options), ratios_line(results), rss_table(results), cpu_table(results)]
     return "\n\n".join(part.rstrip() for part in parts if part) + "\n"
+
+
+README_START = "<!-- bench:results:start (written by make bench) -->"
+README_END = "<!-- bench:results:end -->"
+
+
+def splice_into_readme(readme: Path, tables: str) -> bool:
+    """Put ``tables`` between the README's markers; False (and nothing written) without them."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[: start + len(README_START)] + "\n" + tables.strip() + "\n" + text[end:])
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 
 from aiohttp import web
@@ -43,12 +44,33 @@ async def rename_application(request: web.Request) -> web.Response:
 
 
 def _require_admin(request: web.Request) -> None:
-    """Listing reveals every tenant's token: with an admin token configured, only admins may."""
-    expected = request.app[keys.SETTINGS].admin_token
+    """Listing reveals every tenant's token: only admins may, except on a loopback-only server.
+
+    Without ``CHATD_ADMIN_TOKEN`` the list is open on 127.0.0.1 (``make run`` stays easy) and
+    closed on any other address, where anyone who reaches the port would read every token.
+    """
+    settings = request.app[keys.SETTINGS]
+    expected = settings.admin_token
     if not expected:
-        return
-    given = request.headers.get("Authorization", "")
-    if not secrets.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        if _is_loopback(settings.host):
+            return
+        raise Unauthorized(
+            "listing applications is closed on a server reachable from other hosts: set CHATD_ADMIN_TOKEN and"
+            " send 'Authorization: Bearer <admin token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    # Header bytes that are not UTF-8 reach us as surrogates: they can only be a wrong token.
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(given, f"Bearer {expected}".encode()):
         raise Unauthorized(
             "listing applications needs 'Authorization: Bearer <admin token>'", headers={"WWW-Authenticate": "Bearer"}
         )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" (every address)
+        return False

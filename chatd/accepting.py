@@ -34,7 +34,7 @@ import orjson
 
 from chatd import metrics
 from chatd.domain import NumberScope
-from chatd.errors import BackendUnavailable, Conflict
+from chatd.errors import BackendUnavailable, Conflict, Unprocessable
 from chatd.ports import Cache, CounterRange, Counters, Queue, Store
 
 logger = logging.getLogger(__name__)
@@ -55,14 +55,31 @@ class _Request:
     # The idempotency cache key to record this request's job under, once it holds the key's claim.
     record_key: str | None = None
     claimed: bool = False
+    # What the request asks for (kind, chat, content), recorded with the key: a retry must match.
+    fingerprint: str = ""
     # Set for a retry whose job was recorded by an earlier attempt: publish it again as it is.
     number: int = 0
     job: bytes = b""
     done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def replay(self, recorded: bytes) -> None:
-        """Become the retry of the request that recorded ``recorded``: its number, its job."""
+        """Become the retry of the request that recorded ``recorded``: its number, its job.
+
+        A key reused for another request (another body or chat) fails this one with 422, as
+        payment APIs do: silently answering with the first request's number would drop the
+        new content. Records from before fingerprints were kept are taken as they are.
+        """
         data = orjson.loads(recorded)
+        if data.get("fingerprint", self.fingerprint) != self.fingerprint:
+            self.record_key = None
+            if not self.done.done():
+                self.done.set_exception(
+                    Unprocessable(
+                        "this Idempotency-Key was used with another request (body or chat); use a new key",
+                        code="idempotency_key_reused",
+                    )
+                )
+            return
         self.number, self.job, self.record_key = int(data["number"]), data["job"].encode(), None
 
 
@@ -99,7 +116,12 @@ class Acceptor:
         self._reserving: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def accept(
-        self, scope: NumberScope, topic: str, make_job: JobMaker, idempotency_key: str | None = None
+        self,
+        scope: NumberScope,
+        topic: str,
+        make_job: JobMaker,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
     ) -> int:
         """Take the next number of ``scope``, queue ``make_job(number)`` durably, return the number.
 
@@ -107,9 +129,10 @@ class Acceptor:
         and a retry publishes the recorded job again (workers store it once) and returns its
         number: whatever point the first attempt died at, the client's number ends up stored.
         """
-        request = _Request(scope, topic, make_job)
+        request = _Request(scope, topic, make_job, fingerprint=fingerprint)
         if idempotency_key is not None:
-            request.record_key = f"idem:{scope.key}:{idempotency_key}"
+            # Per application, not per chat: the same key sent to another chat is a reuse.
+            request.record_key = f"idem:{scope.application_id}:{idempotency_key}"
         self._join(request)
         return await request.done
 
@@ -202,7 +225,9 @@ class Acceptor:
                     request.replay(value)
                 else:
                     self._wait_for_claim(request)
-        return [request for request in group if request.record_key is None or request.claimed]
+        return [
+            request for request in group if not request.done.done() and (request.record_key is None or request.claimed)
+        ]
 
     def _wait_for_claim(self, request: _Request) -> None:
         async def wait() -> None:
@@ -216,7 +241,8 @@ class Acceptor:
                 request.claimed = True
             else:
                 request.replay(recorded)
-            self._join(request)
+            if not request.done.done():
+                self._join(request)
 
         task = asyncio.create_task(wait())
         self._background.add(task)
@@ -242,7 +268,9 @@ class Acceptor:
 
     async def _record(self, group: list[_Request]) -> None:
         records = {
-            request.record_key: orjson.dumps({"number": request.number, "job": request.job.decode()})
+            request.record_key: orjson.dumps(
+                {"number": request.number, "job": request.job.decode(), "fingerprint": request.fingerprint}
+            )
             for request in group
             if request.record_key is not None
         }

@@ -31,6 +31,8 @@ class Message:
     content: str
     created_at: datetime
     updated_at: datetime
+    # Known in the answer to an edit: the revision that edit wrote.
+    revision: int | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -81,6 +83,7 @@ class ChatService:
         return await self.store.create_application(secrets.token_urlsafe(24), name, self.clock())
 
     async def application(self, token: str) -> Application:
+        _require_canonical(token)
         key = f"app:{token}"
         cached = await self.cache.get(key)
         if cached is not None:
@@ -95,6 +98,7 @@ class ChatService:
         return await self.store.list_applications(page, per_page)
 
     async def rename_application(self, token: str, name: str) -> Application:
+        _require_canonical(token)
         app = await self.store.rename_application(token, name)
         if app is None:
             raise NotFound("no application has this token", code="application_not_found")
@@ -113,7 +117,7 @@ class ChatService:
         def make_job(number: int) -> bytes:
             return jobs.encode_chat(ChatJob(app.id, number, self.clock()))
 
-        return await self.acceptor.accept(NumberScope(app.id), jobs.CHATS, make_job, idempotency_key)
+        return await self.acceptor.accept(NumberScope(app.id), jobs.CHATS, make_job, idempotency_key, "chat")
 
     async def chat(self, token: str, number: int) -> Chat:
         app = await self.application(token)
@@ -140,7 +144,11 @@ class ChatService:
             return jobs.encode_message(MessageJob(app.id, chat_number, number, content, self.clock()))
 
         scope = NumberScope(app.id, chat_number)
-        return await self.acceptor.accept(scope, jobs.MESSAGES, make_job, idempotency_key)
+        fingerprint = ""
+        if idempotency_key is not None:
+            digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+            fingerprint = f"message:{chat_number}:{digest}"
+        return await self.acceptor.accept(scope, jobs.MESSAGES, make_job, idempotency_key, fingerprint)
 
     async def message(self, token: str, chat_number: int, number: int) -> Message:
         app = await self.application(token)
@@ -159,15 +167,15 @@ class ChatService:
 
     async def edit_message(self, token: str, chat_number: int, number: int, content: str) -> Message:
         app = await self.application(token)
-        document = await self.store.update_message(app.id, chat_number, number, content, self.clock())
+        updated_at = self.clock()
+        document = await self.store.update_message(app.id, chat_number, number, content, updated_at)
         if document is None:
             await self.message(token, chat_number, number)  # raises the precise 404
             raise NotFound(f"message {number} does not exist", code="message_not_found")
         # The indexer keeps the highest revision, so this edit wins over any late re-delivery.
         await self.queue.publish(jobs.INDEX, [jobs.encode_document(document)])
-        stored = await self.store.get_message(app.id, chat_number, number)
-        assert stored is not None
-        return stored
+        # What this edit wrote, not a read-back: a concurrent edit may have landed since.
+        return Message(number, document.content, document.created_at, updated_at, document.revision)
 
     async def search(self, token: str, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
         app = await self.application(token)
@@ -214,6 +222,17 @@ class ApplicationRef:
     """What the write paths need of an application: its id, which never changes."""
 
     id: int
+
+
+# Tokens are made by secrets.token_urlsafe: anything else names no application. Refusing it
+# before any lookup keeps engines that compare loosely (MariaDB pads trailing spaces) from
+# matching it, and keeps such spellings out of the cache, where a rename would not reach them.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _require_canonical(token: str) -> None:
+    if _TOKEN.fullmatch(token) is None:
+        raise NotFound("no application has this token", code="application_not_found")
 
 
 def _trim(entries: OrderedDict[Any, Any], limit: int = 100_000) -> None:

@@ -131,7 +131,7 @@ async def test_one_key_twice_in_one_group_takes_one_number(backends: Backends) -
 async def test_a_key_in_progress_elsewhere_waits_for_its_record(backends: Backends) -> None:
     acceptor, _, _ = make_acceptor(backends)
     scope = NumberScope(1, 1)
-    key = f"idem:{scope.key}:elsewhere"
+    key = f"idem:{scope.application_id}:elsewhere"
     assert await backends.cache.add(key, b"claimed", 10)  # another api process holds the key
     waiting = asyncio.create_task(acceptor.accept(scope, "messages", job_maker("retry"), "elsewhere"))
     await asyncio.sleep(0.2)

@@ -103,7 +103,7 @@ class _Lost(Exception):
 
 
 def _application(row: Sequence[Any]) -> Application:
-    return Application(int(row[0]), row[1], row[2], int(row[3]), from_db(row[4]))
+    return Application(int(row[0]), writes.token_text(row[1]), row[2], int(row[3]), from_db(row[4]))
 
 
 class MysqlStore:

@@ -25,6 +25,11 @@ from chatd.migrations import migration_files, split_statements
 logger = logging.getLogger(__name__)
 
 
+def token_text(value: bytes | str) -> str:
+    """A token as read back: VARBINARY since migration 0002 (bytes), VARCHAR before it."""
+    return value.decode() if isinstance(value, bytes | bytearray) else value
+
+
 def to_db(moment: datetime) -> datetime:
     """A naive UTC datetime cut to milliseconds, as DATETIME(3) stores it.
 
@@ -256,7 +261,7 @@ async def fold_deltas(cursor: aiomysql.Cursor, limit: int) -> CountsReconciled:
     tokens: list[str] = []
     if per_app:
         await cursor.execute(f"SELECT token FROM applications WHERE id IN ({_marks(len(per_app))})", list(per_app))
-        tokens = [row[0] for row in await cursor.fetchall()]
+        tokens = [token_text(row[0]) for row in await cursor.fetchall()]
     return CountsReconciled(len(rows), tokens)
 
 

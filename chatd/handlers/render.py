@@ -38,12 +38,15 @@ def chat(record: Chat) -> dict[str, Any]:
 
 
 def message(record: Message) -> dict[str, Any]:
-    return {
+    shown: dict[str, Any] = {
         "number": record.number,
         "content": record.content,
         "created_at": format_time(record.created_at),
         "updated_at": format_time(record.updated_at),
     }
+    if record.revision is not None:
+        shown["revision"] = record.revision
+    return shown
 
 
 def page(result: Page[Any], render: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from chatd import keys
 from chatd.backends.registry import close_all, make_backends, open_all
 from chatd.handlers import applications, chats, docs, health, messages
 from chatd.handlers.middleware import error_middleware
+from chatd.handlers.protocol import add_routes
 from chatd.ports import Backends
 from chatd.service import ChatService, Clock, utc_now
 from chatd.settings import Settings
@@ -31,11 +32,11 @@ def create_app(
     """
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     app[keys.SETTINGS] = settings
-    app.router.add_routes(health.routes)
+    add_routes(app, health.routes)
     if settings.role in ("all", "api"):
         # The hot path first: aiohttp tries the resources under one prefix in order.
         for module in (messages, chats, applications, docs):
-            app.router.add_routes(module.routes)
+            add_routes(app, module.routes)
     workers = settings.role in ("all", "worker") if run_workers is None else run_workers
     app.cleanup_ctx.append(_backends_context(backends or make_backends(settings), clock))
     if workers:

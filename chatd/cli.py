@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from chatd import jobs, logs
 from chatd.app import create_app
 from chatd.backends.registry import close_all, make_backends, open_all
+from chatd.handlers.protocol import ChatdRunner
 from chatd.ports import Backends
 from chatd.settings import ROLES, Settings
 
@@ -56,17 +58,27 @@ def serve(settings: Settings) -> int:
         pass
     app = create_app(settings)
     _tune_garbage_collector()
-    # aiohttp handles SIGTERM/SIGINT: stop accepting, finish in-flight requests within the
-    # grace period, then run the cleanup contexts (which drain the background loops).
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        print=None,
-    )
+    asyncio.run(_serve(app, settings))
     return 0
+
+
+async def _serve(app: web.Application, settings: Settings) -> None:
+    """What ``web.run_app`` does, with chatd's HTTP protocol (``ChatdRunner``).
+
+    On SIGTERM/SIGINT: stop accepting, finish in-flight requests within the grace period,
+    then run the cleanup contexts (which drain the background loops).
+    """
+    runner = ChatdRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def _tune_garbage_collector() -> None:

@@ -61,6 +61,9 @@ class Settings:
     elasticsearch_shards: int = 3
     elasticsearch_replicas: int | None = None
     log_level: str = "INFO"
+    # A request body must arrive whole within this time of its handler starting (else 408),
+    # so a client that sends headers and then trickles (or stalls) cannot hold a handler.
+    body_timeout_seconds: float = 30.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import time
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler
 
-from chatd import metrics
+from chatd import keys, metrics
 from chatd.errors import BackendUnavailable, ChatdError
 from chatd.handlers.render import error_response
 
@@ -31,12 +32,52 @@ _REQUEST_ID_PREFIX = os.urandom(8).hex()
 _request_ids = (f"{_REQUEST_ID_PREFIX}{number:08x}" for number in itertools.count(1))
 
 
+# Not an HTTP status: the client went away before an answer (counted as NGINX does).
+CLIENT_CLOSED = 499
+
+
+class BodyTimeout(asyncio.TimeoutError):
+    """The request body did not arrive whole in time.
+
+    A TimeoutError so that aiohttp, draining the unread rest of the body after the response
+    ("lingering close"), takes it as the end of the wait rather than an unhandled error.
+    """
+
+
+def _expire_body(payload: StreamReader) -> None:
+    if not payload.is_eof():
+        payload.set_exception(BodyTimeout())
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or next(_request_ids)
     started = time.perf_counter()
+    payload = request.content
+    # A small body arrives with its headers and is complete here: only a body still on its way
+    # (large, slow, or stalled) pays for a timer.
+    deadline = None
+    if not payload.is_eof():
+        timeout = request.app[keys.SETTINGS].body_timeout_seconds
+        deadline = asyncio.get_running_loop().call_later(timeout, _expire_body, payload)
     try:
         response = await handler(request)
+    except BodyTimeout:
+        logger.info("request %s: the body did not arrive in time", request_id)
+        response = error_response(408, "request_timeout", "the request body did not arrive in time")
+        response.force_close()  # the rest of the body would be read as the next request
+    except ConnectionResetError:
+        if request.transport is not None:  # a backend's connection was reset, not the client's
+            logger.exception("request %s: %s %s failed", request_id, request.method, request.path)
+            response = error_response(500, "internal_error", f"internal error (request id {request_id})")
+        else:
+            # The client closed the connection mid-request (usually mid-body): no one to answer.
+            logger.info("request %s: the client disconnected before the answer", request_id)
+            response = error_response(CLIENT_CLOSED, "client_closed", "the client closed the connection")
+    except web.RequestPayloadError:
+        # A body the parser refused part-way (bad chunk size, bad compressed data).
+        response = error_response(400, "malformed_body", "the request body is not valid HTTP/1.1 framing")
+        response.force_close()
     except ChatdError as exc:
         response = error_response(exc.status, exc.code, exc.message, exc.headers)
     except BackendUnavailable as exc:
@@ -50,6 +91,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         logger.exception("request %s: %s %s failed", request_id, request.method, request.path)
         response = error_response(500, "internal_error", f"internal error (request id {request_id})")
+    finally:
+        if deadline is not None:
+            deadline.cancel()
     response.headers["X-Request-Id"] = request_id
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     metrics.request_counter(request.method, route, response.status).inc()

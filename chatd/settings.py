@@ -24,10 +24,13 @@ class Settings:
     amqp_url: str | None = None
     elasticsearch_url: str | None = None
     # Where the embedded search index keeps its SQLite file when Elasticsearch is not used.
-    search_path: str = "./chatd-search.db"
+    # Empty: derived from the store (``chatd.backends.registry.search_path``), so a search
+    # file never outlives or strays from the store it indexes.
+    search_path: str = ""
     # The embedded counters, cache, lock and queue live in the store's file when the store is
     # SQLite, and in this file when it is MySQL but some of Redis/RabbitMQ are not configured.
-    embedded_path: str = "./chatd-embedded.db"
+    # Empty: named after the MySQL database (``chatd.backends.registry.embedded_path``).
+    embedded_path: str = ""
     admin_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080

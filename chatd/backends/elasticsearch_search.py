@@ -7,6 +7,11 @@ standard analyzer would disagree with it on ordinary chat text ("let's", "exampl
 could mimic it (``pattern`` tokenizer, ``pattern_replace``) live in the analysis-common
 module, which a core-only server lacks. The query then uses term-level ``prefix`` and
 ``fuzzy`` queries, which compare whole words exactly as ``chatd.searching.word_matches``.
+
+Per-query work is bounded by the definition itself (words cut at ``MAX_WORD_CHARS``, no
+fuzzy matching past ``MAX_FUZZY_CHARS``, at most ``MAX_QUERY_WORDS`` words) and, as a last
+guard, by ``search_timeout``: a search still running then is reported unavailable, never
+answered with the partial result the shards had found so far.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, Seriali
 from chatd.domain import SearchDocument, SearchHit, SearchResult
 from chatd.errors import BackendUnavailable, BadRequest
 from chatd.jobs import format_time, parse_time
-from chatd.searching import allowed_edits, query_words, words
+from chatd.searching import query_terms, words
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +95,7 @@ class ElasticsearchIndex:
         request_timeout: float = 10.0,
         ping_timeout: float = 2.0,
         max_retries: int = 2,
+        search_timeout: float = 5.0,
     ):
         self.url = url
         self.index_name = index
@@ -99,6 +105,7 @@ class ElasticsearchIndex:
         self.request_timeout = request_timeout
         self.ping_timeout = ping_timeout
         self.max_retries = max_retries
+        self.search_timeout = search_timeout
         self._client: AsyncElasticsearch | None = None
 
     @property
@@ -217,7 +224,7 @@ class ElasticsearchIndex:
         return retry
 
     async def search(self, application_id: int, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
-        wanted = query_words(query)
+        wanted = query_terms(query)
         if not wanted:
             return SearchResult(0, [])
         routing = f"{application_id}:{chat_number}"
@@ -251,7 +258,11 @@ class ElasticsearchIndex:
                 source_includes=_HIT_FIELDS,
                 # A total from some shards only would be a wrong answer: fail instead.
                 allow_partial_search_results=False,
+                # Shards stop collecting at the timeout, so a runaway query frees the search threads.
+                timeout=f"{int(self.search_timeout * 1000)}ms",
             )
+        if response.get("timed_out"):
+            raise BackendUnavailable(f"elasticsearch search: took longer than {self.search_timeout} s")
         hits = [
             SearchHit(
                 hit["_source"]["message_number"], hit["_source"]["content"], parse_time(hit["_source"]["created_at"])
@@ -299,10 +310,9 @@ def _source(doc: SearchDocument) -> dict[str, Any]:
     }
 
 
-def _word_query(word: str) -> dict[str, Any]:
-    """``word`` as a prefix of a message word, or within ``allowed_edits`` of one."""
+def _word_query(word: str, edits: int) -> dict[str, Any]:
+    """``word`` as a prefix of a message word, or within ``edits`` of one."""
     clauses: list[dict[str, Any]] = [{"prefix": {"words": {"value": word}}}]
-    edits = allowed_edits(word)
     if edits:
         # constant_score reads every matching term; the default rewrite keeps only the best
         # 50 (max_expansions) of the whole shard, which may all belong to other chats.
@@ -322,14 +332,14 @@ def _word_query(word: str) -> dict[str, Any]:
     return {"bool": {"should": clauses, "minimum_should_match": 1}}
 
 
-def _query(application_id: int, chat_number: int, wanted: list[str]) -> dict[str, Any]:
+def _query(application_id: int, chat_number: int, wanted: list[tuple[str, int]]) -> dict[str, Any]:
     # Filter context throughout: hits are ordered by number, so scores would be wasted work.
     return {
         "bool": {
             "filter": [
                 {"term": {"application_id": application_id}},
                 {"term": {"chat_number": chat_number}},
-                *(_word_query(word) for word in wanted),
+                *(_word_query(word, edits) for word, edits in wanted),
             ]
         }
     }

@@ -3,17 +3,25 @@
 An inverted index (chat, word) -> message numbers. A query scans the chat's distinct
 words once per query word, keeps those that match (``chatd.searching``), and intersects
 the messages that contain them.
+
+The file records the identity of the store it indexes (``search_meta``). Opened for another
+store (a new database beside an old search file), it empties itself and logs a warning:
+its documents, keyed by the same numbers with higher revisions, would otherwise win over
+the new store's and hide its messages. ``chatd reindex`` then rebuilds it from the store.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from chatd.backends.sqlite_db import SqliteBacked
 from chatd.domain import SearchDocument, SearchHit, SearchResult
 from chatd.jobs import format_time, parse_time
-from chatd.searching import query_words, word_matches, words
+from chatd.searching import query_terms, word_matches, words
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS search_documents (application_id INTEGER NOT NULL, chat_number INTEGER NOT NULL,"
@@ -22,7 +30,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS search_terms (application_id INTEGER NOT NULL, chat_number INTEGER NOT NULL,"
     " term TEXT NOT NULL, message_number INTEGER NOT NULL,"
     " PRIMARY KEY (application_id, chat_number, term, message_number)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
 )
+_STORE_KEY = "store_identity"
 _CHUNK = 500
 
 
@@ -36,6 +46,22 @@ class SqliteSearchIndex(SqliteBacked):
 
     name = "sqlite-search"
     schema = _SCHEMA
+
+    def __init__(self, path: str, store_identity: Callable[[], Awaitable[str]] | None = None):
+        """``store_identity`` reads the id of the store this index belongs to; None skips the check."""
+        super().__init__(path)
+        self._store_identity = store_identity
+
+    async def open(self) -> None:
+        await super().open()
+        if self._store_identity is None:
+            return
+        try:
+            identity = await self._store_identity()
+            await self.db.transaction(lambda conn: _claim(conn, identity, self.db.path))
+        except BaseException:
+            await self.close()
+            raise
 
     async def destroy(self) -> None:
         """Forget every document (as a lost search index would)."""
@@ -58,10 +84,30 @@ class SqliteSearchIndex(SqliteBacked):
         return []
 
     async def search(self, application_id: int, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
-        wanted = query_words(query)
+        wanted = query_terms(query)
         if not wanted:
             return SearchResult(0, [])
         return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, page, per_page))
+
+
+def _claim(conn: sqlite3.Connection, identity: str, path: str) -> None:
+    """Tie the file to the store ``identity``, emptying it first if it holds another store's documents."""
+    row = conn.execute("SELECT value FROM search_meta WHERE key = ?", (_STORE_KEY,)).fetchone()
+    if row is not None and row[0] == identity:
+        return
+    # No identity yet: a new file, or one written before identities were recorded, whose
+    # store cannot be known; its documents are dropped too, as they may be another store's.
+    if row is not None or conn.execute("SELECT 1 FROM search_documents LIMIT 1").fetchone() is not None:
+        logger.warning(
+            "search index %s belongs to another store (%s, not %s): emptied it;"
+            " run `chatd reindex` to make the store's existing messages searchable",
+            path,
+            row[0] if row is not None else "unrecorded",
+            identity,
+        )
+        conn.execute("DELETE FROM search_terms")
+        conn.execute("DELETE FROM search_documents")
+    conn.execute("INSERT OR REPLACE INTO search_meta VALUES (?, ?)", (_STORE_KEY, identity))
 
 
 def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
@@ -91,7 +137,12 @@ def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
 
 
 def _search(
-    conn: sqlite3.Connection, application_id: int, chat_number: int, wanted: list[str], page: int, per_page: int
+    conn: sqlite3.Connection,
+    application_id: int,
+    chat_number: int,
+    wanted: list[tuple[str, int]],
+    page: int,
+    per_page: int,
 ) -> SearchResult:
     chat = (application_id, chat_number)
     vocabulary = [
@@ -101,8 +152,8 @@ def _search(
         )
     ]
     found: set[int] | None = None
-    for query_word in wanted:
-        terms = [term for term in vocabulary if word_matches(query_word, term)]
+    for query_word, edits in wanted:
+        terms = [term for term in vocabulary if word_matches(query_word, edits, term)]
         numbers: set[int] = set()
         for part in _chunks(terms):
             marks = ",".join("?" * len(part))

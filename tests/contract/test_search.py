@@ -100,3 +100,61 @@ async def test_reindexing_never_duplicates(backends: Backends) -> None:
         await backends.search.index([document(1, 1, 1, "same message")])
     await backends.search.refresh()
     assert (await backends.search.search(1, 1, "same", 1, 20)).total == 1
+
+
+# Words the two backends once read differently: past Elasticsearch's 255-character token
+# limit (issue 11, finding 3), in scripts without spaces, outside the Basic Multilingual
+# Plane (two UTF-16 units each, as Lucene counts), emoji (not words) and mixed scripts.
+LONG_WORD = "long" + "a" * 250 + "tailword"  # 262 characters
+WIDE_WORD = "\U00020000" * 200  # 200 characters, 400 UTF-16 code units
+SCRIPTS = [
+    "東京で会いましょう",
+    "我喜欢学习中文 hello",
+    "emoji 🎉 party 🥳",
+    "Привет мир and 世界",
+    f"before {LONG_WORD} after",
+    f"wide {WIDE_WORD}",
+    "İstanbul straße",
+    "mixed日本語words and café☕bar",
+]
+SCRIPT_CASES = {
+    "東京": [1],
+    "東京で会いましょう": [1],
+    "中文": [],
+    "我喜欢": [2],
+    "🎉": [],
+    "🎉 party": [3],
+    "привет": [4],
+    "ПРИВЕТ МИР": [4],
+    "世界": [4],
+    "мир 世界": [4],
+    LONG_WORD: [5],
+    LONG_WORD[:255]: [5],
+    LONG_WORD + "more": [5],
+    "tailword": [],
+    "after": [5],
+    WIDE_WORD: [6],
+    WIDE_WORD[:127]: [6],
+    "\U00020000" * 128 + "x": [6],
+    "İstanbul": [7],
+    "straße": [7],
+    "mixed日本語": [8],
+    "mixed日本語words": [8],
+    "café": [8],
+    "bar": [8],
+}
+
+
+@pytest.fixture
+async def scripts(backends: Backends) -> Backends:
+    documents = [document(1, 3, number, text) for number, text in enumerate(SCRIPTS, start=1)]
+    assert await backends.search.index(documents) == []
+    await backends.search.refresh()
+    return backends
+
+
+@pytest.mark.parametrize("query", sorted(SCRIPT_CASES), ids=lambda query: ascii(query)[1:40])
+async def test_scripts_and_long_words(scripts: Backends, query: str) -> None:
+    result = await scripts.search.search(1, 3, query, 1, 100)
+    assert [hit.message_number for hit in result.hits] == SCRIPT_CASES[query]
+    assert result.total == len(SCRIPT_CASES[query])

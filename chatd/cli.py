@@ -68,7 +68,10 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     On SIGTERM/SIGINT: stop accepting, finish in-flight requests within the grace period,
     then run the cleanup contexts (which drain the background loops).
     """
-    runner = ChatdRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds)
+    # keepalive_timeout as run_app sets it: aiohttp's own default keeps an idle connection an hour.
+    runner = ChatdRunner(
+        app, access_log=None, keepalive_timeout=75.0, shutdown_timeout=settings.shutdown_timeout_seconds
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

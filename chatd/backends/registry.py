@@ -90,10 +90,21 @@ async def _mysql_identity(url: str) -> str:
     )
     try:
         async with conn.cursor() as cursor:
+            # Looked up first: CREATE TABLE IF NOT EXISTS and INSERT IGNORE on an existing row
+            # raise MySQL warnings, which aiomysql turns into Python warnings on every start.
             await cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {_IDENTITY_TABLE} (singleton TINYINT PRIMARY KEY, id CHAR(32) NOT NULL)"
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = %s",
+                (_IDENTITY_TABLE,),
             )
-            await cursor.execute(f"INSERT IGNORE INTO {_IDENTITY_TABLE} VALUES (1, %s)", (uuid.uuid4().hex,))
+            if not (await cursor.fetchone())[0]:
+                await cursor.execute(
+                    f"CREATE TABLE IF NOT EXISTS {_IDENTITY_TABLE}"
+                    " (singleton TINYINT PRIMARY KEY, id CHAR(32) NOT NULL)"
+                )
+            await cursor.execute(
+                f"INSERT INTO {_IDENTITY_TABLE} VALUES (1, %s) ON DUPLICATE KEY UPDATE singleton = singleton",
+                (uuid.uuid4().hex,),
+            )
             await cursor.execute(f"SELECT id FROM {_IDENTITY_TABLE}")
             return str((await cursor.fetchone())[0])
     finally:

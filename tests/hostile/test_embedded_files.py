@@ -101,3 +101,27 @@ async def test_a_legacy_search_file_without_an_identity_is_rebuilt(tmp_path: Pat
         assert (await backends.search.search(1, 1, "stale", 1, 10)).total == 0
     finally:
         await close_all(backends)
+
+
+async def test_beside_mysql_a_search_file_follows_its_database(tmp_path: Path) -> None:
+    """Two MySQL databases given one search file: the second one's open empties it."""
+    from tests.conftest import MYSQL_URL, create_mysql_database, drop_mysql_database, unique_name
+
+    names = [unique_name(), unique_name()]
+    for name in names:
+        await create_mysql_database(name)
+    try:
+        for name, stale in zip(names, (True, False)):
+            settings = Settings(database_url=f"{MYSQL_URL}/{name}", search_path=f"{tmp_path}/search.db")
+            backends = make_backends(settings)
+            await open_all(backends)
+            try:
+                await backends.store.migrate()
+                if stale:
+                    await backends.search.index([document(1, 1, 1, "other database", revision=5)])
+                assert (await backends.search.search(1, 1, "other", 1, 10)).total == (1 if stale else 0)
+            finally:
+                await close_all(backends)
+    finally:
+        for name in names:
+            await drop_mysql_database(name)

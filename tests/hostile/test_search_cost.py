@@ -91,3 +91,19 @@ async def test_an_expensive_query_answers_correctly_at_an_ordinary_cost(
     if backend_set == "real":
         ratio = await _ratio(corpus, query)
         assert ratio < MAX_RATIO, f"{ratio:.1f} times an ordinary query"
+
+
+async def test_a_search_past_its_timeout_is_unavailable_not_partial() -> None:
+    """The last guard: shards that stopped at ``search_timeout`` give no (partial) answer."""
+    from chatd.backends.elasticsearch_search import ElasticsearchIndex
+    from chatd.errors import BackendUnavailable
+
+    class TimedOut:
+        async def search(self, **request: object) -> dict:
+            assert request["timeout"] == "250ms"
+            return {"timed_out": True, "hits": {"total": {"value": 1}, "hits": []}}
+
+    index = ElasticsearchIndex("http://127.0.0.1:1", search_timeout=0.25)
+    index._client = TimedOut()  # type: ignore[assignment]
+    with pytest.raises(BackendUnavailable):
+        await index.search(1, 1, "hello", 1, 20)

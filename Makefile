@@ -56,4 +56,4 @@ bench-quick: install services bench-tools
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .hypothesis chatd.db* chatd-search.db* chatd-embedded.db*
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .hypothesis chatd.db* chatd-search.db* chatd-embedded.db* *.search.db* *.embedded.db*

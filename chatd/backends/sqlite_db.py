@@ -2,10 +2,10 @@
 
 Each transaction runs as one plain function on the database's own writer thread: one thread
 hop per transaction instead of one per statement, and no other coroutine can slip a statement
-into a transaction in progress. Reads run on a second thread with a connection of their own,
-so a GET never queues behind a write transaction (WAL mode: readers see the last commit and
-never wait). Other processes are kept out by SQLite's own file lock (writers queue behind
-``busy_timeout``).
+into a transaction in progress. Reads run on a few reader threads, each with a connection of
+its own, so a GET never queues behind a write transaction, nor behind one slow read (WAL mode:
+readers see the last commit and never wait). Other processes are kept out by SQLite's own file
+lock (writers queue behind ``busy_timeout``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 # A write transaction waiting for its turn: the function to run, and its caller's future.
+# Reads at once per database: a slow search holds one reader, not every GET of the process.
+READERS = 4
 _Transaction = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 
 _shared: dict[str, SqliteDatabase] = {}
@@ -41,9 +43,12 @@ class SqliteDatabase:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        # An in-memory database exists once per connection: it reads through the writer.
+        # Readers: a few threads, each with a connection of its own, made on first use. An
+        # in-memory database exists once per connection: it reads through the writer.
         self._reader: ThreadPoolExecutor | None = None
-        self._read_conn: sqlite3.Connection | None = None
+        self._read_local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._read_conns_lock = threading.Lock()
         self._users = 0
         # Write transactions waiting for the writer thread, and whether it is busy with a group.
         self._queued: list[_Transaction] = []
@@ -65,8 +70,7 @@ class SqliteDatabase:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         await self._submit(self._connect)
         if self.path != ":memory:":
-            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
-            self._read_conn = await asyncio.get_running_loop().run_in_executor(self._reader, self._connect_reader)
+            self._reader = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="sqlite-read")
 
     def _connect(self) -> None:
         if self.path != ":memory:":
@@ -80,10 +84,16 @@ class SqliteDatabase:
         conn.execute("PRAGMA foreign_keys=ON")
         self._conn = conn
 
-    def _connect_reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA query_only=ON")
+    def _reader_connection(self) -> sqlite3.Connection:
+        """This reader thread's connection, made on its first read."""
+        conn: sqlite3.Connection | None = getattr(self._read_local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA query_only=ON")
+            self._read_local.conn = conn
+            with self._read_conns_lock:
+                self._read_conns.append(conn)
         return conn
 
     async def close(self) -> None:
@@ -93,12 +103,14 @@ class SqliteDatabase:
         executor, self._executor = self._executor, None
         conn, self._conn = self._conn, None
         reader, self._reader = self._reader, None
-        read_conn, self._read_conn = self._read_conn, None
         loop = asyncio.get_running_loop()
         if reader is not None:
-            if read_conn is not None:
-                await loop.run_in_executor(reader, read_conn.close)
-            reader.shutdown(wait=True)
+            reader.shutdown(wait=True)  # no read runs after this: their connections can close here
+            with self._read_conns_lock:
+                read_conns, self._read_conns = self._read_conns, []
+            self._read_local = threading.local()
+            for read_conn in read_conns:
+                read_conn.close()
         if conn is not None:
             await loop.run_in_executor(executor, conn.close)
         executor.shutdown(wait=True)
@@ -117,10 +129,11 @@ class SqliteDatabase:
 
         It sees every transaction committed before it was called.
         """
-        if self._reader is None or self._read_conn is None:
+        if self._reader is None:
             return await self._submit(lambda: _no_cursor(fn(self._require())))
-        conn = self._read_conn
-        return await asyncio.get_running_loop().run_in_executor(self._reader, lambda: _no_cursor(fn(conn)))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, lambda: _no_cursor(fn(self._reader_connection()))
+        )
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in a write transaction; if it raises, none of its changes stay.

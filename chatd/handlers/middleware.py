@@ -96,6 +96,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             deadline.cancel()
     response.headers["X-Request-Id"] = request_id
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    metrics.request_counter(request.method, route, response.status).inc()
-    metrics.request_timer(route).observe(time.perf_counter() - started)
+    metrics.REQUEST_METRICS.observe(request.method, route, response.status, time.perf_counter() - started)
     return response

@@ -1,8 +1,27 @@
 """Full-text search in SQLite: the embedded stand-in for Elasticsearch.
 
-An inverted index (chat, word) -> message numbers. A query scans the chat's distinct
-words once per query word, keeps those that match (``chatd.searching``), and intersects
-the messages that contain them.
+An inverted index (chat, word) -> message numbers. Each query word's matching words
+(``chatd.searching``) are looked up, never scanned for, and the messages that contain them
+intersected, so a search's work grows with its matches, not with the chat's vocabulary:
+
+* exact and prefix matches are one range of the term index, ``term >= w AND term < w'``
+  (``w`` with its last character incremented: SQLite compares TEXT as UTF-8 bytes, which
+  order like code points, so the range holds exactly the words starting with ``w``);
+* matches within edits come from ``search_variants``, a deletion neighbourhood (SymSpell):
+  every distinct word of a chat is stored under each string it becomes with up to
+  ``_term_depth`` characters deleted. A word within ``k`` edits of a query word (a
+  transposition being one) shares such a string with it, each side having lost at most
+  ``k`` characters, so the query word's own deletions (up to its allowed edits) find every
+  candidate; ``word_matches`` then keeps the true matches. A query word of 10 characters
+  makes at most 1 + 10 + 45 = 56 lookups. The table's cost, per distinct word of a chat of
+  ``n`` characters: up to 1 + n + n(n-1)/2 rows for 4 to 12 characters (two deletions: 29
+  for 7, 56 for 10, 79 for 12), n + 1 for 2, 3 and 13 to 33 (one), none for 1 or more than
+  33 (prefix matches only). 12 and 33, not 10 and 32: a query word may allow more edits
+  than the word it matches (``_term_depth``).
+
+The file records the version of this layout (``search_meta``): a file written before the
+variants existed would miss typo matches, so it empties itself with a warning instead, and
+``chatd reindex`` rebuilds it.
 
 The file records the identity of the store it indexes (``search_meta``). Opened for another
 store (a new database beside an old search file), it empties itself and logs a warning:
@@ -12,6 +31,7 @@ the new store's and hide its messages. ``chatd reindex`` then rebuilds it from t
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -19,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from chatd.backends.sqlite_db import SqliteBacked
 from chatd.domain import SearchDocument, SearchHit, SearchResult
 from chatd.jobs import format_time, parse_time
-from chatd.searching import query_terms, word_matches, words
+from chatd.searching import allowed_edits, query_terms, word_matches, words
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +51,14 @@ _SCHEMA = (
     " term TEXT NOT NULL, message_number INTEGER NOT NULL,"
     " PRIMARY KEY (application_id, chat_number, term, message_number)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS search_variants (application_id INTEGER NOT NULL, chat_number INTEGER NOT NULL,"
+    " variant TEXT NOT NULL, term TEXT NOT NULL,"
+    " PRIMARY KEY (application_id, chat_number, variant, term)) WITHOUT ROWID",
 )
 _STORE_KEY = "store_identity"
+_VERSION_KEY = "schema_version"
+# 2: search_variants, the deletion neighbourhood of every term. Files without it are rebuilt.
+_SCHEMA_VERSION = 2
 _CHUNK = 500
 
 
@@ -54,6 +80,11 @@ class SqliteSearchIndex(SqliteBacked):
 
     async def open(self) -> None:
         await super().open()
+        try:
+            await self.db.transaction(lambda conn: _upgrade(conn, self.db.path))
+        except BaseException:
+            await self.close()
+            raise
         if self._store_identity is None:
             return
         try:
@@ -68,6 +99,7 @@ class SqliteSearchIndex(SqliteBacked):
 
         def wipe(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM search_terms")
+            conn.execute("DELETE FROM search_variants")
             conn.execute("DELETE FROM search_documents")
 
         await self.db.transaction(wipe)
@@ -106,8 +138,28 @@ def _claim(conn: sqlite3.Connection, identity: str, path: str) -> None:
             identity,
         )
         conn.execute("DELETE FROM search_terms")
+        conn.execute("DELETE FROM search_variants")
         conn.execute("DELETE FROM search_documents")
     conn.execute("INSERT OR REPLACE INTO search_meta VALUES (?, ?)", (_STORE_KEY, identity))
+
+
+def _upgrade(conn: sqlite3.Connection, path: str) -> None:
+    """Empty a file written with an older layout (``_SCHEMA_VERSION``), which would search wrongly."""
+    row = conn.execute("SELECT value FROM search_meta WHERE key = ?", (_VERSION_KEY,)).fetchone()
+    if row is not None and int(row[0]) >= _SCHEMA_VERSION:
+        return
+    if conn.execute("SELECT 1 FROM search_documents LIMIT 1").fetchone() is not None:
+        logger.warning(
+            "search index %s has an older layout (version %s, not %s): emptied it;"
+            " run `chatd reindex` to make the store's existing messages searchable",
+            path,
+            row[0] if row is not None else 1,
+            _SCHEMA_VERSION,
+        )
+        conn.execute("DELETE FROM search_terms")
+        conn.execute("DELETE FROM search_variants")
+        conn.execute("DELETE FROM search_documents")
+    conn.execute("INSERT OR REPLACE INTO search_meta VALUES (?, ?)", (_VERSION_KEY, str(_SCHEMA_VERSION)))
 
 
 def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
@@ -119,6 +171,14 @@ def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
     ).fetchone()
     if row is not None and row[0] > doc.revision:
         return  # a newer edit is indexed already
+    chat = (doc.application_id, doc.chat_number)
+    old_terms = set(words(row[1])) if row is not None else set()
+    # Words new to the chat get their deletion variants; looked up before their postings exist.
+    fresh = [
+        term
+        for term in set(words(doc.content)) - old_terms
+        if _term_depth(len(term)) and not _in_chat(conn, chat, term)
+    ]
     conn.execute(
         "INSERT OR REPLACE INTO search_documents VALUES (?, ?, ?, ?, ?, ?)",
         (*key, doc.content, format_time(doc.created_at), doc.revision),
@@ -134,6 +194,82 @@ def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
         "INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?, ?)",
         [(doc.application_id, doc.chat_number, term, doc.message_number) for term in set(words(doc.content))],
     )
+    conn.executemany(
+        "INSERT OR IGNORE INTO search_variants VALUES (?, ?, ?, ?)",
+        [(*chat, variant, term) for term in fresh for variant in _deletions(term, _term_depth(len(term)))],
+    )
+    # Words the edit removed from the chat's last message that had them: their variants go too.
+    gone = [term for term in old_terms if _term_depth(len(term)) and not _in_chat(conn, chat, term)]
+    conn.executemany(
+        "DELETE FROM search_variants WHERE application_id = ? AND chat_number = ? AND variant = ? AND term = ?",
+        [(*chat, variant, term) for term in gone for variant in _deletions(term, _term_depth(len(term)))],
+    )
+
+
+def _in_chat(conn: sqlite3.Connection, chat: tuple[int, int], term: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM search_terms WHERE application_id = ? AND chat_number = ? AND term = ? LIMIT 1", (*chat, term)
+    ).fetchone()
+    return row is not None
+
+
+@functools.cache
+def _term_depth(length: int) -> int:
+    """The deletions a word of ``length`` characters needs so every query word within edits finds it.
+
+    Not the word's own allowance: a query word of another length may allow more edits (a
+    10-character query word, two edits, matches 12-character words), and each edit of a
+    match costs the word at most one deletion. So: the most edits of any query word length
+    near enough to match.
+    """
+    allowances = ((other, allowed_edits("x" * other)) for other in range(max(1, length - 2), length + 3))
+    return max((edits for other, edits in allowances if abs(other - length) <= edits), default=0)
+
+
+def _deletions(word: str, depth: int) -> set[str]:
+    """``word`` and every string it becomes with up to ``depth`` characters deleted."""
+    found = layer = {word}
+    for _ in range(depth):
+        layer = {variant[:at] + variant[at + 1 :] for variant in layer for at in range(len(variant))}
+        found = found | layer
+    return found
+
+
+def _prefix_end(word: str) -> str | None:
+    """The least string above every string that starts with ``word`` (None: there is none).
+
+    ``word`` with its last character incremented, skipping the surrogates UTF-8 cannot hold;
+    SQLite's BINARY order of UTF-8 bytes is code point order, so this bound is exact.
+    """
+    chars = list(word)
+    while chars:
+        following = ord(chars.pop()) + 1
+        if 0xD800 <= following <= 0xDFFF:
+            following = 0xE000
+        if following <= 0x10FFFF:
+            return "".join(chars) + chr(following)
+    return None
+
+
+def _matching_terms(conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int) -> set[str]:
+    """The chat's words that ``query_word`` matches (``word_matches``), by index lookups only."""
+    end = _prefix_end(query_word)
+    prefixed = conn.execute(
+        "SELECT DISTINCT term FROM search_terms WHERE application_id = ? AND chat_number = ? AND term >= ?"
+        + (" AND term < ?" if end is not None else ""),
+        (*chat, query_word) + ((end,) if end is not None else ()),
+    )
+    terms = {row[0] for row in prefixed}
+    if edits:
+        for part in _chunks(sorted(_deletions(query_word, edits))):
+            marks = ",".join("?" * len(part))
+            candidates = conn.execute(
+                "SELECT DISTINCT term FROM search_variants WHERE application_id = ? AND chat_number = ?"
+                f" AND variant IN ({marks})",
+                (*chat, *part),
+            )
+            terms.update(term for (term,) in candidates if word_matches(query_word, edits, term))
+    return terms
 
 
 def _search(
@@ -145,15 +281,9 @@ def _search(
     per_page: int,
 ) -> SearchResult:
     chat = (application_id, chat_number)
-    vocabulary = [
-        row[0]
-        for row in conn.execute(
-            "SELECT DISTINCT term FROM search_terms WHERE application_id = ? AND chat_number = ?", chat
-        )
-    ]
     found: set[int] | None = None
     for query_word, edits in wanted:
-        terms = [term for term in vocabulary if word_matches(query_word, edits, term)]
+        terms = sorted(_matching_terms(conn, chat, query_word, edits))
         numbers: set[int] = set()
         for part in _chunks(terms):
             marks = ",".join("?" * len(part))

@@ -1,0 +1,179 @@
+"""The embedded index finds a query word's terms without reading the chat's vocabulary (issue 8, item 2).
+
+Exact and prefix terms come from a range of the term index, fuzzy ones from a table of
+deletion variants (``chatd.backends.sqlite_search``). These tests check that the lookup
+finds exactly the terms the old full scan found (``word_matches`` over every term of the
+chat), and that a search's work does not grow with the vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatd.backends import sqlite_search
+from chatd.backends.sqlite_search import SqliteSearchIndex
+from chatd.searching import MAX_FUZZY_CHARS, MAX_TWO_EDIT_CHARS, allowed_edits, query_terms, word_matches, words
+from tests.factories import document
+
+# Letters that exercise the UTF-8 byte order SQLite compares TEXT in: ASCII, two-byte (é, ß),
+# three-byte (漢, and U+FFFF's neighbour ﬀ is not a word char, so 豈), four-byte (𠀀) characters.
+ALPHABET = "abcé漢豈𠀀1"
+
+
+def _connection() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    for statement in SqliteSearchIndex.schema:
+        conn.execute(statement)
+    return conn
+
+
+def _mutate(word: str, rng: random.Random, times: int) -> str:
+    """``word`` after ``times`` random edits: insert, delete, substitute or swap neighbours."""
+    for _ in range(times):
+        op = rng.choice("idst")
+        at = rng.randrange(len(word) + 1)
+        char = rng.choice(ALPHABET)
+        if op == "i":
+            word = word[:at] + char + word[at:]
+        elif op == "d" and at < len(word):
+            word = word[:at] + word[at + 1 :]
+        elif op == "s" and at < len(word):
+            word = word[:at] + char + word[at + 1 :]
+        elif op == "t" and at + 1 < len(word):
+            word = word[:at] + word[at + 1] + word[at] + word[at + 2 :]
+    return word
+
+
+def _old_scan(vocabulary: set[str], query_word: str, edits: int) -> set[str]:
+    return {term for term in vocabulary if word_matches(query_word, edits, term)}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    texts=st.lists(st.text(ALPHABET + " ", max_size=40), min_size=1, max_size=6),
+    lengths=st.lists(st.integers(1, MAX_FUZZY_CHARS + 3), max_size=4),
+    seed=st.integers(0, 2**32),
+    fuzzy=st.booleans(),
+)
+def test_the_lookup_finds_what_the_full_scan_found(
+    texts: list[str], lengths: list[int], seed: int, fuzzy: bool
+) -> None:
+    rng = random.Random(seed)
+    # Words at the length boundaries of the definition (10/11/12, 32/33/34 characters) too.
+    texts = texts + ["".join(rng.choice(ALPHABET) for _ in range(n)) for n in lengths]
+    conn = _connection()
+    for number, text in enumerate(texts, start=1):
+        sqlite_search._index_one(conn, document(1, 1, number, text))
+    sqlite_search._index_one(conn, document(1, 2, 1, " ".join(texts[::-1])))  # another chat's terms
+    vocabulary = {word for text in texts for word in words(text)}
+    # Query words near the vocabulary (typos, prefixes), and random ones.
+    queries = [_mutate(term, rng, rng.randrange(4)) for term in sorted(vocabulary)]
+    queries += [term[: rng.randrange(1, len(term) + 1)] for term in sorted(vocabulary)]
+    queries += ["".join(rng.choice(ALPHABET) for _ in range(rng.randrange(1, 14))) for _ in range(5)]
+    for query in queries:
+        for query_word in words(query):
+            edits = allowed_edits(query_word) if fuzzy else 0
+            found = sqlite_search._matching_terms(conn, (1, 1), query_word, edits)
+            assert found == _old_scan(vocabulary, query_word, edits), (query_word, edits)
+
+
+def test_every_typo_at_the_length_boundaries_is_found() -> None:
+    """Exhaustive near the boundaries where a word and its typo have different allowances."""
+    rng = random.Random(8)
+    conn = _connection()
+    vocabulary: set[str] = set()
+    for length in (2, 3, 4, 5, 6, MAX_TWO_EDIT_CHARS, MAX_TWO_EDIT_CHARS + 1, MAX_TWO_EDIT_CHARS + 2):
+        for length_ in (length, MAX_FUZZY_CHARS - 1, MAX_FUZZY_CHARS, MAX_FUZZY_CHARS + 1, MAX_FUZZY_CHARS + 2):
+            term = "".join(rng.choice("abcdefgh") for _ in range(length_))
+            vocabulary.add(term)
+    for number, term in enumerate(sorted(vocabulary), start=1):
+        sqlite_search._index_one(conn, document(1, 1, number, term))
+    for term in sorted(vocabulary):
+        for _ in range(30):
+            query_word = _mutate(term, rng, rng.randrange(1, 3)) or "a"
+            edits = allowed_edits(query_word)
+            assert sqlite_search._matching_terms(conn, (1, 1), query_word, edits) == _old_scan(
+                vocabulary, query_word, edits
+            ), (query_word, term)
+
+
+async def _search_steps(path: Path, distinct_words: int) -> tuple[int, list[int]]:
+    """SQLite VM steps of one search in a chat of ``distinct_words`` random words, and its hits."""
+    rng = random.Random(distinct_words)
+    # Vocabulary of letters a-m; the query's words are of letters n-z, so no vocabulary word
+    # is within its edits and the matches stay the same whatever the vocabulary's size.
+    vocabulary = [
+        "".join(rng.choice("abcdefghijklm") for _ in range(rng.randrange(4, 10))) for _ in range(distinct_words)
+    ]
+    texts = [" ".join(vocabulary[start : start + 20]) for start in range(0, len(vocabulary), 20)]
+    texts.append("sunny tuesday ponytail")
+    index = SqliteSearchIndex(str(path))
+    await index.open()
+    try:
+        await index.index([document(1, 1, number, text) for number, text in enumerate(texts, start=1)])
+        wanted = query_terms("suny tuesdya ponyt")
+
+        def measured(conn: sqlite3.Connection) -> tuple[int, list[int]]:
+            """The search, on the reader's thread and connection, counting SQLite VM steps."""
+            steps = 0
+
+            def count() -> int:
+                nonlocal steps
+                steps += 1
+                return 0
+
+            conn.set_progress_handler(count, 1)
+            try:
+                result = sqlite_search._search(conn, 1, 1, wanted, 1, 20)
+            finally:
+                conn.set_progress_handler(None, 1)
+            return steps, [hit.message_number for hit in result.hits]
+
+        return await index.db.read(measured)
+    finally:
+        await index.close()
+
+
+async def test_a_search_does_not_read_the_chat_vocabulary(tmp_path: Path) -> None:
+    small, small_hits = await _search_steps(tmp_path / "small.db", 2_000)
+    large, large_hits = await _search_steps(tmp_path / "large.db", 20_000)
+    assert small_hits == [101] and large_hits == [1001]
+    # The full scan read every term: ten times the vocabulary, ten times the steps.
+    assert large / small < 1.5, f"{small} steps for 2,000 words, {large} for 20,000"
+
+
+async def _reopened(path: Path, query: str) -> list[int]:
+    index = SqliteSearchIndex(str(path))
+    await index.open()
+    try:
+        return [hit.message_number for hit in (await index.search(1, 1, query, 1, 20)).hits]
+    finally:
+        await index.close()
+
+
+async def test_a_file_of_an_older_layout_is_emptied_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "search.db"
+    index = SqliteSearchIndex(str(path))
+    await index.open()
+    await index.index([document(1, 1, 1, "hello")])
+    await index.close()
+    with caplog.at_level(logging.WARNING, logger="chatd.backends.sqlite_search"):
+        assert await _reopened(path, "helo") == [1]  # the current layout is kept
+    assert "older layout" not in caplog.text
+    # A file from before the variants: no version recorded, no variants for its words.
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM search_meta WHERE key = 'schema_version'")
+        conn.execute("DELETE FROM search_variants")
+    with caplog.at_level(logging.WARNING, logger="chatd.backends.sqlite_search"):
+        # Emptied: even a prefix, which needs no variants, finds nothing until a reindex.
+        assert await _reopened(path, "hel") == []
+    assert "older layout" in caplog.text and "chatd reindex" in caplog.text

@@ -47,6 +47,21 @@ class Page(Generic[T]):
         return (self.total + self.per_page - 1) // self.per_page
 
 
+@dataclass
+class CursorPage(Generic[T]):
+    """A keyset page: the items numbered past ``after``, and where the next page starts.
+
+    ``next_after`` is None on the last page. ``total`` is set only where it is cheap (search);
+    list pages leave it out, as counting a chat on every page would cost O(chat) each time.
+    """
+
+    items: list[T]
+    after: int
+    limit: int
+    next_after: int | None
+    total: int | None = None
+
+
 @dataclass(frozen=True)
 class NumberScope:
     """What a counter numbers: an application's chats, or one chat's messages."""

@@ -68,9 +68,22 @@ class Store(Backend, Protocol):
 
     async def list_chats(self, application_id: int, page: int, per_page: int) -> Page[Chat]: ...
 
+    async def list_chats_after(self, application_id: int, after: int, limit: int) -> list[Chat]:
+        """Up to ``limit`` stored chats numbered above ``after``, by number (a keyset page).
+
+        Reads on the unique (application, number) index: the cost is ``limit`` rows however
+        deep the page, unlike an OFFSET. No total is counted.
+        """
+
     async def get_message(self, application_id: int, chat_number: int, number: int) -> Message | None: ...
 
     async def list_messages(self, application_id: int, chat_number: int, page: int, per_page: int) -> Page[Message]: ...
+
+    async def list_messages_after(self, application_id: int, chat_number: int, after: int, limit: int) -> list[Message]:
+        """Up to ``limit`` stored messages of the chat numbered above ``after``, by number (a keyset page).
+
+        Reads on the unique (chat, number) index; an unknown chat has none. No total is counted.
+        """
 
     async def update_message(
         self, application_id: int, chat_number: int, number: int, content: str, updated_at: datetime
@@ -233,6 +246,15 @@ class SearchIndex(Backend, Protocol):
 
     async def search(self, application_id: int, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
         """Matches ordered by message number."""
+
+    async def search_after(
+        self, application_id: int, chat_number: int, query: str, after: int, limit: int
+    ) -> SearchResult:
+        """Up to ``limit`` matches numbered above ``after``, by number; ``total`` counts every match.
+
+        A keyset page: unlike ``search``, it reaches matches at any depth (past Elasticsearch's
+        result window too).
+        """
 
     async def refresh(self) -> None:
         """Make everything indexed so far visible to search (tests and tools)."""

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -20,14 +20,18 @@ from chatd.domain import (
     Application,
     Chat,
     ChatJob,
+    CursorPage,
     Message,
     MessageJob,
     NumberScope,
     Page,
+    SearchHit,
     SearchResult,
 )
 from chatd.errors import NotFound, Pending
 from chatd.ports import Backends
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +136,12 @@ class ChatService:
         app = await self.application(token)
         return await self.store.list_chats(app.id, page, per_page)
 
+    async def list_chats_after(self, token: str, after: int, limit: int) -> CursorPage[Chat]:
+        app = await self.application(token)
+        # One row past the page tells whether there is a next page, without a COUNT.
+        chats = await self.store.list_chats_after(app.id, after, limit + 1)
+        return _cursor_page(chats, after, limit, lambda chat: chat.number)
+
     # Messages
 
     async def create_message(
@@ -165,6 +175,12 @@ class ChatService:
         await self._require_chat(app, chat_number)
         return await self.store.list_messages(app.id, chat_number, page, per_page)
 
+    async def list_messages_after(self, token: str, chat_number: int, after: int, limit: int) -> CursorPage[Message]:
+        app = await self.application(token)
+        await self._require_chat(app, chat_number)
+        messages = await self.store.list_messages_after(app.id, chat_number, after, limit + 1)
+        return _cursor_page(messages, after, limit, lambda message: message.number)
+
     async def edit_message(self, token: str, chat_number: int, number: int, content: str) -> Message:
         app = await self.application(token)
         updated_at = self.clock()
@@ -181,6 +197,16 @@ class ChatService:
         app = await self.application(token)
         await self._require_chat(app, chat_number)
         return await self.search_index.search(app.id, chat_number, query, page, per_page)
+
+    async def search_after(
+        self, token: str, chat_number: int, query: str, after: int, limit: int
+    ) -> CursorPage[SearchHit]:
+        app = await self.application(token)
+        await self._require_chat(app, chat_number)
+        result = await self.search_index.search_after(app.id, chat_number, query, after, limit + 1)
+        page = _cursor_page(result.hits, after, limit, lambda hit: hit.message_number)
+        page.total = result.total
+        return page
 
     # Numbers
 
@@ -258,3 +284,10 @@ def _application_from_cache(raw: bytes) -> Application:
     return Application(
         data["id"], data["token"], data["name"], data["chats_count"], datetime.fromisoformat(data["created_at"])
     )
+
+
+def _cursor_page(items: list[T], after: int, limit: int, number: Callable[[T], int]) -> CursorPage[T]:
+    """Cut a keyset read of ``limit + 1`` items to the page; the extra item means a next page exists."""
+    page = items[:limit]
+    next_after = number(page[-1]) if len(items) > limit and page else None
+    return CursorPage(page, after, limit, next_after)

@@ -245,7 +245,21 @@ class ElasticsearchIndex:
             size = total - start
         return await self._search(routing, criteria, start, size)
 
-    async def _search(self, routing: str, criteria: dict[str, Any], start: int, size: int) -> SearchResult:
+    async def search_after(
+        self, application_id: int, chat_number: int, query: str, after: int, limit: int
+    ) -> SearchResult:
+        wanted = query_terms(query)
+        if not wanted:
+            return SearchResult(0, [])
+        # search_after on the sort key, with from 0: the window limit counts from + size, so any
+        # depth is reachable; and the total still counts every match, not only those past ``after``.
+        criteria = _query(application_id, chat_number, wanted)
+        return await self._search(f"{application_id}:{chat_number}", criteria, 0, limit, after)
+
+    async def _search(
+        self, routing: str, criteria: dict[str, Any], start: int, size: int, after: int | None = None
+    ) -> SearchResult:
+        keyset: dict[str, Any] = {} if after is None else {"search_after": [after]}
         with _outage("search"):
             response = await self.client.search(
                 index=self.index_name,
@@ -254,6 +268,7 @@ class ElasticsearchIndex:
                 sort=[{"message_number": "asc"}],
                 from_=start,
                 size=size,
+                **keyset,
                 track_total_hits=True,
                 source_includes=_HIT_FIELDS,
                 # A total from some shards only would be a wrong answer: fail instead.

@@ -260,6 +260,17 @@ class MysqlStore:
 
         return await self._run(query, commit=False)
 
+    async def list_chats_after(self, application_id: int, after: int, limit: int) -> list[Chat]:
+        async def query(cursor: aiomysql.Cursor) -> list[Chat]:
+            await cursor.execute(
+                "SELECT number, messages_count, created_at FROM chats WHERE application_id = %s AND number > %s"
+                " ORDER BY number LIMIT %s",
+                (application_id, after, limit),
+            )
+            return [Chat(int(r[0]), int(r[1]), from_db(r[2])) for r in await cursor.fetchall()]
+
+        return await self._run(query, commit=False)
+
     # Messages
 
     async def save_messages(self, jobs: Sequence[MessageJob]) -> list[SearchDocument]:
@@ -290,6 +301,20 @@ class MysqlStore:
             )
             items = [Message(int(r[0]), r[1], from_db(r[2]), from_db(r[3])) for r in await cursor.fetchall()]
             return Page(items, page, per_page, int(total))
+
+        return await self._run(query, commit=False)
+
+    async def list_messages_after(self, application_id: int, chat_number: int, after: int, limit: int) -> list[Message]:
+        async def query(cursor: aiomysql.Cursor) -> list[Message]:
+            chat_id = await writes.chat_id(cursor, application_id, chat_number)
+            if chat_id is None:
+                return []
+            await cursor.execute(
+                "SELECT number, content, created_at, updated_at FROM messages WHERE chat_id = %s AND number > %s"
+                " ORDER BY number LIMIT %s",
+                (chat_id, after, limit),
+            )
+            return [Message(int(r[0]), r[1], from_db(r[2]), from_db(r[3])) for r in await cursor.fetchall()]
 
         return await self._run(query, commit=False)
 

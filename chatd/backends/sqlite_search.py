@@ -31,6 +31,7 @@ the new store's and hide its messages. ``chatd reindex`` then rebuilds it from t
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import sqlite3
@@ -120,6 +121,14 @@ class SqliteSearchIndex(SqliteBacked):
         if not wanted:
             return SearchResult(0, [])
         return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, page, per_page))
+
+    async def search_after(
+        self, application_id: int, chat_number: int, query: str, after: int, limit: int
+    ) -> SearchResult:
+        wanted = query_terms(query)
+        if not wanted:
+            return SearchResult(0, [])
+        return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, 1, limit, after))
 
 
 def _claim(conn: sqlite3.Connection, identity: str, path: str) -> None:
@@ -279,6 +288,7 @@ def _search(
     wanted: list[tuple[str, int]],
     page: int,
     per_page: int,
+    after: int = 0,
 ) -> SearchResult:
     chat = (application_id, chat_number)
     found: set[int] | None = None
@@ -299,7 +309,9 @@ def _search(
         if not found:
             return SearchResult(0, [])
     ordered = sorted(found or ())
-    window = ordered[(page - 1) * per_page : page * per_page]
+    # Keyset: the matches are sorted numbers, so a cursor page starts at the first one past ``after``.
+    first = bisect.bisect_right(ordered, after) + (page - 1) * per_page
+    window = ordered[first : first + per_page]
     hits = []
     for number in window:
         row = conn.execute(

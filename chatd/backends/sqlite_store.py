@@ -122,6 +122,16 @@ class SqliteStore(SqliteBacked):
 
         return await self.db.read(query)
 
+    async def list_chats_after(self, application_id: int, after: int, limit: int) -> list[Chat]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT number, messages_count, created_at FROM chats WHERE application_id = ? AND number > ?"
+                " ORDER BY number LIMIT ?",
+                (application_id, after, limit),
+            ).fetchall()
+        )
+        return [Chat(r[0], r[1], parse_time(r[2])) for r in rows]
+
     # Messages
 
     async def save_messages(self, jobs: Sequence[MessageJob]) -> list[SearchDocument]:
@@ -154,6 +164,17 @@ class SqliteStore(SqliteBacked):
             return Page(items, page, per_page, total)
 
         return await self.db.read(query)
+
+    async def list_messages_after(self, application_id: int, chat_number: int, after: int, limit: int) -> list[Message]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT m.number, m.content, m.created_at, m.updated_at"
+                " FROM chats c JOIN messages m ON m.chat_id = c.id"
+                " WHERE c.application_id = ? AND c.number = ? AND m.number > ? ORDER BY m.number LIMIT ?",
+                (application_id, chat_number, after, limit),
+            ).fetchall()
+        )
+        return [Message(r[0], r[1], parse_time(r[2]), parse_time(r[3])) for r in rows]
 
     async def update_message(
         self, application_id: int, chat_number: int, number: int, content: str, updated_at: datetime

@@ -24,8 +24,13 @@ async def create_chat(request: web.Request) -> web.Response:
 
 @routes.get("/applications/{token}/chats")
 async def list_chats(request: web.Request) -> web.Response:
+    token = request.match_info["token"]
+    cursor = parsing.cursor(request)
+    if cursor is not None:
+        after = await request.app[keys.SERVICE].list_chats_after(token, cursor.after, cursor.limit)
+        return render.json_response(render.cursor_page(after, render.chat), headers=render.next_link(request, after))
     page, per_page = parsing.paging(request)
-    result = await request.app[keys.SERVICE].list_chats(request.match_info["token"], page, per_page)
+    result = await request.app[keys.SERVICE].list_chats(token, page, per_page)
     return render.json_response(render.page(result, render.chat))
 
 

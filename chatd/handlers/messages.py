@@ -33,8 +33,13 @@ async def create_message(request: web.Request) -> web.Response:
 @routes.get(BASE)
 async def list_messages(request: web.Request) -> web.Response:
     chat = parsing.path_number(request, "chat")
+    token = request.match_info["token"]
+    cursor = parsing.cursor(request)
+    if cursor is not None:
+        after = await request.app[keys.SERVICE].list_messages_after(token, chat, cursor.after, cursor.limit)
+        return render.json_response(render.cursor_page(after, render.message), headers=render.next_link(request, after))
     page, per_page = parsing.paging(request)
-    result = await request.app[keys.SERVICE].list_messages(request.match_info["token"], chat, page, per_page)
+    result = await request.app[keys.SERVICE].list_messages(token, chat, page, per_page)
     return render.json_response(render.page(result, render.message))
 
 
@@ -47,8 +52,13 @@ async def search_messages(request: web.Request) -> web.Response:
         raise BadRequest("'query' is required", code="missing_parameter")
     if len(query) > MAX_QUERY_CHARS:
         raise BadRequest(f"'query' must be at most {MAX_QUERY_CHARS} characters", code="invalid_parameter")
+    token = request.match_info["token"]
+    cursor = parsing.cursor(request)
+    if cursor is not None:
+        after = await request.app[keys.SERVICE].search_after(token, chat, query, cursor.after, cursor.limit)
+        return render.json_response(render.search_cursor(after), headers=render.next_link(request, after))
     page, per_page = parsing.paging(request)
-    result = await request.app[keys.SERVICE].search(request.match_info["token"], chat, query, page, per_page)
+    result = await request.app[keys.SERVICE].search(token, chat, query, page, per_page)
     return render.json_response(render.search(result, page, per_page))
 
 

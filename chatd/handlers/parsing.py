@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -73,6 +73,40 @@ def paging(request: web.Request) -> tuple[int, int]:
     if not 1 <= per_page <= MAX_PER_PAGE:
         raise BadRequest(f"'per_page' must be between 1 and {MAX_PER_PAGE}", code="invalid_parameter")
     return page, per_page
+
+
+class Cursor(NamedTuple):
+    """Keyset paging: the items numbered above ``after`` (0 to start), ``limit`` of them."""
+
+    after: int
+    limit: int
+
+
+# Numbers in paths go up to 18 digits, so a cursor (the last number of a page) may too.
+_MAX_CURSOR_DIGITS = 18
+
+
+def _given(request: web.Request, names: tuple[str, ...]) -> bool:
+    return any(request.query.get(name) for name in names)
+
+
+def cursor(request: web.Request) -> Cursor | None:
+    """The cursor asked for with ``after``/``limit``, or None for ``page``/``per_page`` paging.
+
+    The two styles answer different questions (a position vs. a page number), so a request
+    naming both is refused rather than silently preferring one.
+    """
+    if not _given(request, ("after", "limit")):
+        return None
+    if _given(request, ("page", "per_page")):
+        raise BadRequest("use either 'after'/'limit' or 'page'/'per_page', not both", code="invalid_parameter")
+    raw = request.query.get("after") or "0"
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_CURSOR_DIGITS:
+        raise BadRequest(f"'after' must be a number of at least 0, not {raw!r}", code="invalid_parameter")
+    limit = _query_int(request, "limit", DEFAULT_PER_PAGE)
+    if not 1 <= limit <= MAX_PER_PAGE:
+        raise BadRequest(f"'limit' must be between 1 and {MAX_PER_PAGE}", code="invalid_parameter")
+    return Cursor(int(raw), limit)
 
 
 def idempotency_key(request: web.Request) -> str | None:

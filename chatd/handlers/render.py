@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatd.domain import Application, Chat, Message, Page, SearchResult
+from chatd.domain import Application, Chat, CursorPage, Message, Page, SearchHit, SearchResult
 from chatd.jobs import format_time
 
 
@@ -61,14 +61,45 @@ def page(result: Page[Any], render: Any) -> dict[str, Any]:
     }
 
 
+def cursor_page(result: CursorPage[Any], render: Any) -> dict[str, Any]:
+    # No total: counting the whole chat on every page would cost what the cursor saves.
+    return {
+        "data": [render(item) for item in result.items],
+        "meta": {"limit": result.limit, "after": result.after, "next_after": result.next_after},
+    }
+
+
+def next_link(request: web.Request, result: CursorPage[Any]) -> dict[str, str]:
+    """The ``Link: <...>; rel="next"`` header of a cursor page (GitHub's style), or none on the last page.
+
+    Relative to this server and keeping the other query parameters (``query``): a reference
+    built from the Host header would point wherever a client's Host said.
+    """
+    if result.next_after is None:
+        return {}
+    url = request.rel_url.update_query(after=str(result.next_after), limit=str(result.limit))
+    return {"Link": f'<{url}>; rel="next"'}
+
+
+def search_hit(hit: SearchHit) -> dict[str, Any]:
+    return {"message_number": hit.message_number, "content": hit.content, "created_at": format_time(hit.created_at)}
+
+
+def search_cursor(result: CursorPage[SearchHit]) -> dict[str, Any]:
+    return {
+        "total": result.total,
+        "limit": result.limit,
+        "after": result.after,
+        "next_after": result.next_after,
+        "messages": [search_hit(hit) for hit in result.items],
+    }
+
+
 def search(result: SearchResult, page_number: int, per_page: int) -> dict[str, Any]:
     return {
         "total": result.total,
         "total_pages": Page(result.hits, page_number, per_page, result.total).total_pages,
         "page": page_number,
         "per_page": per_page,
-        "messages": [
-            {"message_number": hit.message_number, "content": hit.content, "created_at": format_time(hit.created_at)}
-            for hit in result.hits
-        ],
+        "messages": [search_hit(hit) for hit in result.hits],
     }

@@ -289,6 +289,22 @@ async def test_deep_pages_are_refused_but_short_last_pages_served() -> None:
         assert await numbers(es, "deep", 3, 10, chat_number=2) == (23, [21, 22, 23])
 
 
+async def test_a_cursor_reaches_past_the_result_window() -> None:
+    async with opened(max_result_window=25) as es:
+        await es.index([document(1, 1, number, f"deep {number}") for number in range(1, 31)])
+        await es.refresh()
+        walked: list[int] = []
+        after = 0
+        while True:
+            result = await es.search_after(1, 1, "deep", after, 10)
+            assert result.total == 30
+            if not result.hits:
+                break
+            walked += [hit.message_number for hit in result.hits]
+            after = walked[-1]
+        assert walked == list(range(1, 31))
+
+
 async def test_fuzzy_terms_of_other_chats_do_not_crowd_out_this_one() -> None:
     # Elasticsearch's default fuzzy rewrite keeps the 50 best terms of the whole shard; a shard
     # holds many chats, so this chat's word would be lost among the others' near-misses.

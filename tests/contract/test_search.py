@@ -158,3 +158,16 @@ async def test_scripts_and_long_words(scripts: Backends, query: str) -> None:
     result = await scripts.search.search(1, 3, query, 1, 100)
     assert [hit.message_number for hit in result.hits] == SCRIPT_CASES[query]
     assert result.total == len(SCRIPT_CASES[query])
+
+
+async def test_keyset_pages_match_the_numbered_pages(corpus: Backends) -> None:
+    first = await corpus.search.search_after(1, 1, "hel", 0, 2)
+    second = await corpus.search.search_after(1, 1, "hel", 2, 2)
+    last = await corpus.search.search_after(1, 1, "hel", 4, 2)
+    assert [[h.message_number for h in r.hits] for r in (first, second, last)] == [[1, 2], [3, 4], [5]]
+    # The total counts every match, not only those past the cursor.
+    assert first.total == second.total == last.total == 5
+    # A cursor between matches starts at the next one; past the last there is nothing.
+    assert [h.message_number for h in (await corpus.search.search_after(1, 1, "hel", 3, 10)).hits] == [4, 5]
+    assert (await corpus.search.search_after(1, 1, "hel", 5, 10)).hits == []
+    assert (await corpus.search.search_after(1, 1, "?!", 0, 10)).total == 0

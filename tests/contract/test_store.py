@@ -145,3 +145,22 @@ async def test_documents_after_walks_every_message_once(backends: Backends) -> N
     assert sorted((d.chat_number, d.message_number) for d in seen) == [(c, n) for c in (1, 2) for n in (1, 2, 3)]
     edited = next(d for d in seen if (d.chat_number, d.message_number) == (2, 3))
     assert (edited.content, edited.revision, edited.application_id) == ("edited", 2, app.id)
+
+
+async def test_keyset_pages_of_chats_and_messages(backends: Backends) -> None:
+    store = backends.store
+    app = await store.create_application("tok", "App", WHEN)
+    other = await store.create_application("tok-2", "Other", WHEN)
+    await store.save_chats([chat_job(app.id, n) for n in (1, 2, 4, 7)] + [chat_job(other.id, 3)])
+    assert [c.number for c in await store.list_chats_after(app.id, 0, 2)] == [1, 2]
+    assert [c.number for c in await store.list_chats_after(app.id, 2, 2)] == [4, 7]
+    assert [c.number for c in await store.list_chats_after(app.id, 3, 10)] == [4, 7]
+    assert await store.list_chats_after(app.id, 7, 10) == []
+    await store.save_messages([message_job(app.id, 1, n, f"m{n}") for n in (1, 2, 3, 5, 8)])
+    await store.save_messages([message_job(app.id, 2, 4, "elsewhere"), message_job(other.id, 1, 4, "other app")])
+    page = await store.list_messages_after(app.id, 1, 2, 2)
+    assert [(m.number, m.content) for m in page] == [(3, "m3"), (5, "m5")]
+    assert page[0].created_at == WHEN
+    assert [m.number for m in await store.list_messages_after(app.id, 1, 5, 10)] == [8]
+    assert await store.list_messages_after(app.id, 1, 8, 10) == []
+    assert await store.list_messages_after(app.id, 9, 0, 10) == []  # unknown chat

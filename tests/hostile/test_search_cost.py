@@ -27,7 +27,9 @@ ONE_EDIT_WORDS = " ".join((CJK * 2)[start : start + 19] for start in range(10))
 # An ordinary search: two everyday words, one with a typo (two edits allowed for each).
 ORDINARY = "lovely weathr"
 RUNS = 9
-MAX_RATIO = 5.0
+# Before the bounds these queries cost 12 to 13 ordinary ones, after them 0.5 to 3.4: 8 keeps
+# the test about the bound, with room for a noisy machine.
+MAX_RATIO = 8.0
 
 
 def _changed(word: str, at: int) -> str:

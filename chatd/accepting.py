@@ -29,6 +29,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -377,12 +378,17 @@ class Acceptor:
                 reserved = await self.store.reserve_numbers(scope, upto + self.number_block)
                 self._reserved[key] = reserved
                 self._reserved.move_to_end(key)
-                while len(self._reserved) > 100_000:
-                    self._reserved.popitem(last=False)
+                trim_memo(self._reserved)
 
     def forget_reservations(self) -> None:
         """Forget what this process knows of the store's reservations (as a new process would)."""
         self._reserved.clear()
+
+
+def trim_memo(entries: OrderedDict[Any, Any], limit: int = 100_000) -> None:
+    """Keep a per-process memo bounded: drop the entries added (or refreshed) first."""
+    while len(entries) > limit:
+        entries.popitem(last=False)
 
 
 def _fail(requests: list[_Request], exc: BaseException) -> None:

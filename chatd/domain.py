@@ -47,7 +47,7 @@ class Page(Generic[T]):
         return (self.total + self.per_page - 1) // self.per_page
 
 
-@dataclass
+@dataclass(frozen=True)
 class CursorPage(Generic[T]):
     """A keyset page: the items numbered past ``after``, and where the next page starts.
 

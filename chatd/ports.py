@@ -90,6 +90,13 @@ class Store(Backend, Protocol):
     ) -> SearchDocument | None:
         """Change a stored message; the returned document carries the new revision."""
 
+    async def identity(self) -> str:
+        """A random id this store keeps for life, made the first time it is asked for.
+
+        Files derived from a store (the embedded search index) record it, so that a file left
+        over from another store is rebuilt instead of answering for this one.
+        """
+
     async def number_floor(self, scope: NumberScope) -> int:
         """The lowest value a counter for ``scope`` may restart from.
 

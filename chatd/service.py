@@ -10,12 +10,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 
 from chatd import jobs
-from chatd.accepting import Acceptor
+from chatd.accepting import Acceptor, trim_memo
 from chatd.domain import (
     Application,
     Chat,
@@ -204,9 +204,7 @@ class ChatService:
         app = await self.application(token)
         await self._require_chat(app, chat_number)
         result = await self.search_index.search_after(app.id, chat_number, query, after, limit + 1)
-        page = _cursor_page(result.hits, after, limit, lambda hit: hit.message_number)
-        page.total = result.total
-        return page
+        return _cursor_page(result.hits, after, limit, lambda hit: hit.message_number, result.total)
 
     # Numbers
 
@@ -231,7 +229,7 @@ class ChatService:
         if not await self._was_handed_out(scope, chat_number):
             raise NotFound(f"chat {chat_number} does not exist", code="chat_not_found")
         self._chats_seen[app.id] = max(chat_number, self._chats_seen.get(app.id, 0))
-        _trim(self._chats_seen)
+        trim_memo(self._chats_seen)
 
     async def _application_ref(self, token: str) -> ApplicationRef:
         """The application's id for the write paths: ids never change, so the process keeps them."""
@@ -239,7 +237,7 @@ class ChatService:
         if ref is None:
             app = await self.application(token)
             ref = self._refs[token] = ApplicationRef(app.id)
-            _trim(self._refs)
+            trim_memo(self._refs)
         return ref
 
 
@@ -261,12 +259,6 @@ def _require_canonical(token: str) -> None:
         raise NotFound("no application has this token", code="application_not_found")
 
 
-def _trim(entries: OrderedDict[Any, Any], limit: int = 100_000) -> None:
-    """Keep a per-process memo bounded: drop the entries added first."""
-    while len(entries) > limit:
-        entries.popitem(last=False)
-
-
 def _application_to_cache(app: Application) -> bytes:
     return orjson.dumps(
         {
@@ -286,8 +278,10 @@ def _application_from_cache(raw: bytes) -> Application:
     )
 
 
-def _cursor_page(items: list[T], after: int, limit: int, number: Callable[[T], int]) -> CursorPage[T]:
+def _cursor_page(
+    items: list[T], after: int, limit: int, number: Callable[[T], int], total: int | None = None
+) -> CursorPage[T]:
     """Cut a keyset read of ``limit + 1`` items to the page; the extra item means a next page exists."""
     page = items[:limit]
     next_after = number(page[-1]) if len(items) > limit and page else None
-    return CursorPage(page, after, limit, next_after)
+    return CursorPage(page, after, limit, next_after, total)

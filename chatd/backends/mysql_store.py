@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +39,9 @@ from chatd.domain import (
 from chatd.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
+
+# The store's identity (Store.identity): one row, a random id written the first time it is asked for.
+IDENTITY_TABLE = "chatd_store_identity"
 
 T = TypeVar("T")
 Work = Callable[[aiomysql.Cursor], Awaitable[T]]
@@ -342,6 +346,27 @@ class MysqlStore:
         return await self._run(update, commit=True)
 
     # Numbers and counts
+
+    async def identity(self) -> str:
+        async def read_or_create(cursor: aiomysql.Cursor) -> str:
+            # Looked up first: CREATE TABLE IF NOT EXISTS on an existing table raises a MySQL
+            # warning, which aiomysql turns into a Python warning on every start.
+            await cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = %s",
+                (IDENTITY_TABLE,),
+            )
+            if not (await cursor.fetchone())[0]:
+                await cursor.execute(
+                    f"CREATE TABLE IF NOT EXISTS {IDENTITY_TABLE} (singleton TINYINT PRIMARY KEY, id CHAR(32) NOT NULL)"
+                )
+            await cursor.execute(
+                f"INSERT INTO {IDENTITY_TABLE} VALUES (1, %s) ON DUPLICATE KEY UPDATE singleton = singleton",
+                (uuid.uuid4().hex,),
+            )
+            await cursor.execute(f"SELECT id FROM {IDENTITY_TABLE}")
+            return str((await cursor.fetchone())[0])
+
+        return await self._run(read_or_create, commit=True)
 
     async def number_floor(self, scope: NumberScope) -> int:
         if scope.chat_number is None:

@@ -3,27 +3,21 @@
 Every embedded file is derived from the store's location unless set explicitly: beside a
 SQLite store ``dir/chatd.db`` the search index is ``dir/chatd.search.db``; beside a MySQL
 database ``chat`` the files are ``./chat.search.db`` and ``./chat.embedded.db``. The search
-index is also tied to its store by the store's identity (``store_identity``), so a file
+index is also tied to its store by the store's identity (``Store.identity``), so a file
 left over from another store is rebuilt rather than silently answering for it.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from chatd.backends.sqlite_counters import SqliteCache, SqliteCounters, SqliteLock
-from chatd.backends.sqlite_db import SqliteDatabase, path_from_url
+from chatd.backends.sqlite_db import path_from_url
 from chatd.backends.sqlite_queue import SqliteQueue
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.backends.sqlite_store import SqliteStore
 from chatd.ports import Backends, Cache, Counters, Lock, Queue, SearchIndex, Store
 from chatd.settings import Settings
-
-# The store's identity: one row, a random id written the first time anyone asks for it.
-_IDENTITY_TABLE = "chatd_store_identity"
 
 
 def _derived(settings: Settings, kind: str) -> str:
@@ -50,67 +44,6 @@ def embedded_path(settings: Settings) -> str:
     return settings.embedded_path or _derived(settings, "embedded")
 
 
-def store_identity(database_url: str) -> Callable[[], Awaitable[str]]:
-    """A function that reads (creating it once if need be) the random id of the store at ``database_url``."""
-    if database_url.startswith("mysql://"):
-        return lambda: _mysql_identity(database_url)
-    return lambda: _sqlite_identity(path_from_url(database_url))
-
-
-def _read_or_create_identity(conn: sqlite3.Connection) -> str:
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {_IDENTITY_TABLE} (singleton INTEGER PRIMARY KEY, id TEXT NOT NULL)")
-    conn.execute(f"INSERT OR IGNORE INTO {_IDENTITY_TABLE} VALUES (1, ?)", (uuid.uuid4().hex,))
-    return str(conn.execute(f"SELECT id FROM {_IDENTITY_TABLE}").fetchone()[0])
-
-
-async def _sqlite_identity(path: str) -> str:
-    # The store's own shared database (writer thread and all): opening it again only counts a user.
-    db = SqliteDatabase.shared(path)
-    await db.open()
-    try:
-        return await db.transaction(_read_or_create_identity)
-    finally:
-        await db.close()
-
-
-async def _mysql_identity(url: str) -> str:
-    import aiomysql
-
-    from chatd.backends.mysql_store import MysqlTarget
-
-    target = MysqlTarget.parse(url)
-    conn = await aiomysql.connect(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        password=target.password,
-        db=target.database,
-        autocommit=True,
-        connect_timeout=target.connect_timeout,
-    )
-    try:
-        async with conn.cursor() as cursor:
-            # Looked up first: CREATE TABLE IF NOT EXISTS and INSERT IGNORE on an existing row
-            # raise MySQL warnings, which aiomysql turns into Python warnings on every start.
-            await cursor.execute(
-                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = %s",
-                (_IDENTITY_TABLE,),
-            )
-            if not (await cursor.fetchone())[0]:
-                await cursor.execute(
-                    f"CREATE TABLE IF NOT EXISTS {_IDENTITY_TABLE}"
-                    " (singleton TINYINT PRIMARY KEY, id CHAR(32) NOT NULL)"
-                )
-            await cursor.execute(
-                f"INSERT INTO {_IDENTITY_TABLE} VALUES (1, %s) ON DUPLICATE KEY UPDATE singleton = singleton",
-                (uuid.uuid4().hex,),
-            )
-            await cursor.execute(f"SELECT id FROM {_IDENTITY_TABLE}")
-            return str((await cursor.fetchone())[0])
-    finally:
-        conn.close()
-
-
 def make_store(settings: Settings) -> Store:
     if settings.database_url.startswith("mysql://"):
         from chatd.backends.mysql_store import MysqlStore
@@ -122,6 +55,7 @@ def make_store(settings: Settings) -> Store:
 def make_backends(settings: Settings) -> Backends:
     """Unopened backends for ``settings``; open them with ``open_all``."""
     embedded = embedded_path(settings)
+    store = make_store(settings)
     counters: Counters
     cache: Cache
     lock: Lock
@@ -150,8 +84,9 @@ def make_backends(settings: Settings) -> Backends:
             replicas=settings.elasticsearch_replicas,
         )
     else:
-        search = SqliteSearchIndex(search_path(settings), store_identity(settings.database_url))
-    return Backends(make_store(settings), counters, cache, queue, search, lock)
+        # Opened after the store (Backends.all's order), it asks the store for its identity.
+        search = SqliteSearchIndex(search_path(settings), store.identity)
+    return Backends(store, counters, cache, queue, search, lock)
 
 
 async def open_all(backends: Backends) -> None:

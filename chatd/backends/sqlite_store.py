@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,6 +22,9 @@ from chatd.domain import (
 )
 from chatd.jobs import format_time, parse_time
 from chatd.migrations import migration_files, split_statements
+
+# The store's identity (Store.identity): one row, a random id written the first time it is asked for.
+IDENTITY_TABLE = "chatd_store_identity"
 
 _APP_COLUMNS = "id, token, name, chats_count, created_at"
 
@@ -196,6 +200,17 @@ class SqliteStore(SqliteBacked):
         return await self.db.transaction(update)
 
     # Numbers and counts
+
+    async def identity(self) -> str:
+        def read_or_create(conn: sqlite3.Connection) -> str:
+            # Here rather than in a migration: the search index asks before the store migrates.
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {IDENTITY_TABLE} (singleton INTEGER PRIMARY KEY, id TEXT NOT NULL)"
+            )
+            conn.execute(f"INSERT OR IGNORE INTO {IDENTITY_TABLE} VALUES (1, ?)", (uuid.uuid4().hex,))
+            return str(conn.execute(f"SELECT id FROM {IDENTITY_TABLE}").fetchone()[0])
+
+        return await self.db.transaction(read_or_create)
 
     async def number_floor(self, scope: NumberScope) -> int:
         def query(conn: sqlite3.Connection) -> int:

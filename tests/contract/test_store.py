@@ -164,3 +164,10 @@ async def test_keyset_pages_of_chats_and_messages(backends: Backends) -> None:
     assert [m.number for m in await store.list_messages_after(app.id, 1, 5, 10)] == [8]
     assert await store.list_messages_after(app.id, 1, 8, 10) == []
     assert await store.list_messages_after(app.id, 9, 0, 10) == []  # unknown chat
+
+
+async def test_a_store_keeps_one_identity(backends: Backends, namespace) -> None:  # type: ignore[no-untyped-def]
+    first = await backends.store.identity()
+    assert len(first) == 32 and await backends.store.identity() == first
+    again = await namespace.open_backends()  # another process on the same store
+    assert await again.store.identity() == first

@@ -9,20 +9,16 @@ deployment keeps one measurement's backlog out of the next one.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from tests.conftest import Namespace
-from tests.processes import ChatdProcess, free_port
+from tests.processes import ChatdProcess, await_ready, free_port
 
 
 @dataclass
@@ -92,20 +88,8 @@ class Ceiling:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bench.ceiling", "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the ceiling exited at start:\n{self.log_path.read_text()[-3000:]}")
-                try:
-                    async with session.get(f"{self.url}/readyz") as response:
-                        if response.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the ceiling did not answer in {timeout} s")
-                await asyncio.sleep(0.1)
+        await await_ready(self.process, self.url, self.log_path, "the ceiling", timeout)
+        return self
 
     @property
     def pid(self) -> int:

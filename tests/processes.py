@@ -31,6 +31,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+async def await_ready(
+    process: subprocess.Popen[bytes], url: str, log_path: Path, what: str, timeout: float = 30.0
+) -> None:
+    """Poll ``url``/readyz until it answers 200; raise with the end of the log if ``process`` exits or times out."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited at start:\n{log_path.read_text()[-3000:]}")
+            try:
+                async with session.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not ready:\n{log_path.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+
+
 class ChatdProcess:
     def __init__(self, settings: Settings, role: str, log_dir: Path):
         self.settings = settings
@@ -53,20 +73,8 @@ class ChatdProcess:
             [sys.executable, "-m", "chatd", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"chatd {self.role} exited at start:\n{self.log_path.read_text()[-3000:]}")
-                try:
-                    async with session.get(f"{self.url}/readyz") as response:
-                        if response.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"chatd {self.role} not ready:\n{self.log_path.read_text()[-3000:]}")
-                await asyncio.sleep(0.1)
+        await await_ready(self.process, self.url, self.log_path, f"chatd {self.role}", timeout)
+        return self
 
     async def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM, and the exit code once it is gone."""

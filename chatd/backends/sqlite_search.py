@@ -83,14 +83,9 @@ class SqliteSearchIndex(SqliteBacked):
         await super().open()
         try:
             await self.db.transaction(lambda conn: _upgrade(conn, self.db.path))
-        except BaseException:
-            await self.close()
-            raise
-        if self._store_identity is None:
-            return
-        try:
-            identity = await self._store_identity()
-            await self.db.transaction(lambda conn: _claim(conn, identity, self.db.path))
+            if self._store_identity is not None:
+                identity = await self._store_identity()
+                await self.db.transaction(lambda conn: _claim(conn, identity, self.db.path))
         except BaseException:
             await self.close()
             raise

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from chatd import jobs, logs
+from chatd import logs, reindexing
 from chatd.app import create_app
 from chatd.backends.registry import close_all, make_backends, open_all
 from chatd.handlers.protocol import ChatdRunner
-from chatd.ports import Backends
 from chatd.settings import ROLES, Settings
 
 
@@ -30,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("reconcile", help="recount every chats_count and messages_count from the stored rows")
     commands.add_parser("check", help="check that every configured backend answers")
     commands.add_parser(
-        "reindex", help="queue every stored message for the search indexer (after the search index lost data)"
+        "reindex", help="rebuild the search index from the stored messages (after it lost data, or to rebuild it)"
     )
     return parser
 
@@ -97,17 +96,6 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(50_000, middle, oldest)
 
 
-async def queue_reindex(backends: Backends, batch: int = 1000) -> int:
-    """Publish every stored message to the index queue; the indexer keeps the newest revision."""
-    cursor, queued = 0, 0
-    while True:
-        cursor, documents = await backends.store.documents_after(cursor, batch)
-        if not documents:
-            return queued
-        await backends.queue.publish(jobs.INDEX, [jobs.encode_document(doc) for doc in documents])
-        queued += len(documents)
-
-
 async def _admin(command: str, settings: Settings) -> int:
     backends = make_backends(settings)
     await open_all(backends)
@@ -119,8 +107,8 @@ async def _admin(command: str, settings: Settings) -> int:
             await backends.store.recount_all()
             print("counts recomputed from the stored rows")
         elif command == "reindex":
-            queued = await queue_reindex(backends)
-            print(f"queued {queued} messages for indexing; running workers index them")
+            report = await reindexing.rebuild(backends.store, backends.search, reindexing.Progress(total=None))
+            print(f"indexed {report.messages:,} messages in {report.seconds:.1f} s ({report.per_second:,.0f}/s)")
         elif command == "check":
             failed = 0
             for backend in backends.all():

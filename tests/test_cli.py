@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
+from datetime import UTC, datetime
+
 import pytest
 
-from chatd import cli
+from chatd import cli, reindexing
+from chatd.domain import ChatJob, MessageJob
+from chatd.ports import Backends
 from tests.conftest import Api, Namespace
 
 
-async def test_reindex_rebuilds_a_lost_search_index(namespace: Namespace, make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_reindex_rebuilds_a_lost_search_index(namespace: Namespace, make_api, capsys) -> None:  # type: ignore[no-untyped-def]
     api: Api = await make_api()
     token = await api.create_application()
     chat = await api.create_chat(token)
@@ -23,8 +28,26 @@ async def test_reindex_rebuilds_a_lost_search_index(namespace: Namespace, make_a
     assert (await api.get_json(search))["total"] == 0
 
     assert await cli._admin("reindex", await namespace.settings()) == 0
-    await api.settle()
+    # Rebuilt by the command itself: searchable at once, with no worker running.
     assert (await api.get_json(search))["total"] == 2
+    assert "indexed 3 messages" in capsys.readouterr().out
+
+
+async def test_reindex_reports_progress_as_lines_off_a_terminal(backends: Backends) -> None:
+    application = await backends.store.create_application("t" * 32, "app", datetime.now(UTC))
+    await backends.store.save_chats([ChatJob(application.id, 1, datetime.now(UTC))])
+    await backends.store.save_messages(
+        [MessageJob(application.id, 1, n, f"word{n} common", datetime.now(UTC)) for n in range(1, 26)]
+    )
+    stream = io.StringIO()  # not a TTY: plain lines, no bar
+    report = await reindexing.rebuild(
+        backends.store, backends.search, reindexing.Progress(total=25, stream=stream, every=0), page_size=10
+    )
+    assert report.messages == 25
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].startswith("reindex: 25 of 25 (100%) messages")
+    assert len(lines) == 4  # after each of the 3 pages, and the closing line
+    assert (await backends.search.search(application.id, 1, "common", 1, 100)).total == 25
 
 
 @pytest.mark.parametrize("command", ["migrate", "check", "reconcile", "reindex"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -94,6 +94,8 @@ class MessageJob:
     message_number: int
     content: str
     created_at: datetime
+    # The W3C traceparent of the request that accepted it, while tracing is on (chatd.tracing).
+    trace: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class SearchDocument:
     content: str
     created_at: datetime
     revision: int
+    # Where its trace goes on (chatd.tracing), while tracing is on.
+    trace: str | None = field(default=None, compare=False, repr=False)
+    # A new message on its way from the message consumer to the indexer: its time to become
+    # searchable counts in chatd_searchable_lag_seconds (an edit's or a reindex's does not).
+    fresh: bool = field(default=False, compare=False, repr=False)
 
     @property
     def doc_id(self) -> str:

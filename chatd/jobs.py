@@ -40,28 +40,34 @@ def encode_chat(job: ChatJob) -> bytes:
 
 
 def encode_message(job: MessageJob) -> bytes:
-    return orjson.dumps(
-        {
-            "application_id": job.application_id,
-            "chat_number": job.chat_number,
-            "message_number": job.message_number,
-            "content": job.content,
-            "created_at": format_time(job.created_at),
-        }
-    )
+    fields = {
+        "application_id": job.application_id,
+        "chat_number": job.chat_number,
+        "message_number": job.message_number,
+        "content": job.content,
+        "created_at": format_time(job.created_at),
+    }
+    # The trace context travels in the job itself, not in AMQP headers: an envelope carries
+    # many jobs under one set of headers, and a job is copied between messages (retries, splits).
+    if job.trace:
+        fields["trace"] = job.trace
+    return orjson.dumps(fields)
 
 
 def encode_document(doc: SearchDocument) -> bytes:
-    return orjson.dumps(
-        {
-            "application_id": doc.application_id,
-            "chat_number": doc.chat_number,
-            "message_number": doc.message_number,
-            "content": doc.content,
-            "created_at": format_time(doc.created_at),
-            "revision": doc.revision,
-        }
-    )
+    fields = {
+        "application_id": doc.application_id,
+        "chat_number": doc.chat_number,
+        "message_number": doc.message_number,
+        "content": doc.content,
+        "created_at": format_time(doc.created_at),
+        "revision": doc.revision,
+    }
+    if doc.trace:
+        fields["trace"] = doc.trace
+    if doc.fresh:
+        fields["fresh"] = True
+    return orjson.dumps(fields)
 
 
 def _fields(body: bytes) -> dict[str, Any]:
@@ -91,6 +97,7 @@ def decode_message(body: bytes) -> MessageJob:
             int(data["message_number"]),
             str(data["content"]),
             parse_time(data["created_at"]),
+            _trace(data),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PoisonJob(f"bad message job: {exc!r}") from exc
@@ -106,6 +113,13 @@ def decode_document(body: bytes) -> SearchDocument:
             str(data["content"]),
             parse_time(data["created_at"]),
             int(data["revision"]),
+            _trace(data),
+            data.get("fresh") is True,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PoisonJob(f"bad index job: {exc!r}") from exc
+
+
+def _trace(data: dict[str, Any]) -> str | None:
+    trace = data.get("trace")
+    return trace if isinstance(trace, str) else None

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -75,3 +75,70 @@ JOBS_DEAD = Counter("chatd_jobs_dead_lettered_total", "Queued jobs moved to the 
 @lru_cache(maxsize=8)
 def numbers(kind: str) -> Any:
     return NUMBERS.labels(kind)
+
+
+# -- The operator's view (README "Operating chatd"): updated per batch, per loop run or per
+# scrape, never per request, so prometheus_client's own (locked) types cost nothing that matters.
+
+# Sampled when /metrics is scraped (chatd.backlog): every role reports what it sees of the
+# shared queues, so alert on max by (topic), which still answers while every worker is down.
+QUEUE_DEPTH = Gauge("chatd_queue_depth", "Jobs waiting in a topic's queue (RabbitMQ: messages as jobs)", ["topic"])
+QUEUE_DEAD = Gauge("chatd_queue_dead_letters", "Jobs in a topic's dead-letter queue", ["topic"])
+QUEUE_OLDEST_AGE = Gauge(
+    "chatd_queue_oldest_job_age_seconds",
+    "Age of the oldest job not yet acked (embedded: in the queue; RabbitMQ: prefetched by this process)",
+    ["topic"],
+)
+BACKEND_UP = Gauge("chatd_backend_up", "1 if the backend answered its ping at the last scrape, else 0", ["backend"])
+SAMPLE_SECONDS = Gauge("chatd_backlog_sample_seconds", "Time the last scrape took to sample queues and backends")
+
+# From the 201's numbering time (the job's created_at) to the commit that stored it, and to
+# the bulk write that made a new message searchable: the README's promise, measured.
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+STORED_LAG = Histogram(
+    "chatd_stored_lag_seconds", "From a creation's 201 to the commit that stored it", ["kind"], buckets=LAG_BUCKETS
+)
+SEARCHABLE_LAG = Histogram(
+    "chatd_searchable_lag_seconds",
+    "From a message's 201 to the bulk write that made it searchable",
+    buckets=LAG_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "chatd_batch_jobs",
+    "Jobs a consumer took in one batch",
+    ["topic"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+BATCH_SECONDS = Histogram("chatd_batch_seconds", "Time a consumer took to handle and settle one batch", ["topic"])
+JOBS_RETRIED = Counter("chatd_jobs_retried_total", "Jobs given back to their queue to be delivered again", ["topic"])
+# backend: store, search, broker, redis (or other); kind: unavailable (could not be reached or
+# timed out), rejected (answered, but refused part of the work).
+BACKEND_ERRORS = Counter("chatd_backend_errors_total", "Backend failures seen by chatd", ["backend", "kind"])
+LOOP_RESTARTS = Counter("chatd_loop_restarts_total", "Background loops restarted after a crash", ["loop"])
+RECONCILER_RUNS = Counter(
+    "chatd_reconciler_runs_total", "Reconciler runs (skipped: another process held the lock)", ["outcome"]
+)
+RECONCILER_SECONDS = Histogram("chatd_reconciler_run_seconds", "Time one reconciler run took")
+RECONCILER_LAST_SUCCESS = Gauge(
+    "chatd_reconciler_last_success_timestamp_seconds", "When this process last finished a reconciler run (Unix time)"
+)
+# Updated by the live events endpoint (SSE / WebSocket) as clients come and go.
+LIVE_CONNECTIONS = Gauge("chatd_live_connections", "Open live-event connections (SSE and WebSocket)", ["transport"])
+
+_BACKEND_PREFIXES = (
+    ("rabbitmq", "broker"),
+    ("mysql", "store"),
+    ("sqlite", "store"),
+    ("elasticsearch", "search"),
+    ("redis", "redis"),
+)
+
+
+def backend_of(error: BaseException) -> str:
+    """Which backend an adapter's ``BackendUnavailable`` is about: its message names its engine."""
+    text = str(error).lower()
+    return next((backend for prefix, backend in _BACKEND_PREFIXES if text.startswith(prefix)), "other")
+
+
+def backend_error(error: BaseException, kind: str = "unavailable") -> None:
+    BACKEND_ERRORS.labels(backend_of(error), kind).inc()

@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from chatd import metrics
+
 logger = logging.getLogger(__name__)
 
 LoopBody = Callable[[asyncio.Event], Awaitable[None]]
@@ -45,6 +47,7 @@ class Supervisor:
                 raise
             except Exception:
                 self.restarts[name] += 1
+                metrics.LOOP_RESTARTS.labels(name).inc()
                 logger.exception("background loop %s crashed; restarting in %.1fs", name, backoff)
             try:
                 await asyncio.wait_for(self.stopping.wait(), backoff)

@@ -19,6 +19,7 @@ adapter settles the message once every job of it is decided.
 from __future__ import annotations
 
 import struct
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -77,15 +78,20 @@ def unframe(data: bytes, count: int) -> list[bytes] | None:
     return bodies if at == len(data) and len(bodies) == count and count > 0 else None
 
 
-def message(bodies: Sequence[bytes], attempts: int = 0) -> aio_pika.Message:
+def message(bodies: Sequence[bytes], attempts: int = 0, queued_at: float | None = None) -> aio_pika.Message:
     """A persistent message carrying ``bodies``: plain for one job, an envelope for more.
 
     ``attempts``: deliveries the jobs had before this copy, which the consumer adds to its own.
+    ``queued_at``: when the jobs were first published (a copy keeps its original's), carried in
+    the AMQP ``timestamp`` property (whole seconds) for the age of the oldest job in /metrics.
     """
     headers: dict[str, Any] = {ATTEMPTS_HEADER: attempts} if attempts > 0 else {}
+    timestamp = int(time.time() if queued_at is None else queued_at)
     if len(bodies) == 1:
-        return aio_pika.Message(bodies[0], delivery_mode=PERSISTENT, headers=headers)
-    return aio_pika.Message(frame(bodies), delivery_mode=PERSISTENT, headers={**headers, JOBS_HEADER: len(bodies)})
+        return aio_pika.Message(bodies[0], delivery_mode=PERSISTENT, headers=headers, timestamp=timestamp)
+    return aio_pika.Message(
+        frame(bodies), delivery_mode=PERSISTENT, headers={**headers, JOBS_HEADER: len(bodies)}, timestamp=timestamp
+    )
 
 
 def _count(value: Any) -> int:
@@ -120,6 +126,8 @@ class Envelope:
     def __init__(self, message: AbstractIncomingMessage):
         self.message = message
         self.attempts = attempts_of(message)
+        # When its jobs were first published; None for a message from before timestamps.
+        self.queued_at = message.timestamp.timestamp() if message.timestamp is not None else None
         self.returned = returns_of(message) > 0
         count = (message.headers or {}).get(JOBS_HEADER)
         bodies = unframe(message.body, _count(count)) if count is not None else None

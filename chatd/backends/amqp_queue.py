@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -275,6 +276,27 @@ class AmqpQueue:
             await asyncio.sleep(0)
         return ready + consumer.waiting()
 
+    async def dead_depth(self, topic: str) -> int:
+        """Messages in the topic's dead-letter queue (one job each)."""
+        await self._ensure_topic(topic)
+        admin = await self._bounded(self._admin_channel().get_underlay_channel())
+        declared = await self._bounded(admin.queue_declare(self._queue(topic, "dead"), passive=True))
+        return int(declared.message_count or 0)
+
+    async def oldest_age(self, topic: str) -> float | None:
+        """Seconds since the oldest job this process prefetched and has not handed out was first
+        published; 0 when it holds none, None when it does not consume the topic.
+
+        The broker tells no message's age over AMQP. With a prefetch of 64 messages, the head of
+        a queue that is behind sits in its consumers' buffers, so the workers together see it;
+        with no worker at all, ``depth`` is what shows the backlog.
+        """
+        consumer = self._consumers.get(topic)
+        if consumer is None:
+            return None
+        stamps = [e.queued_at for e in consumer.buffer if e.live and e.remaining and e.queued_at is not None]
+        return max(0.0, time.time() - min(stamps)) if stamps else 0.0
+
     # -- internals -------------------------------------------------------------------------
 
     def _queue(self, topic: str, kind: str = "") -> str:
@@ -445,11 +467,12 @@ class AmqpQueue:
             # Jobs given back or split were not handed out: this delivery was no attempt for them.
             back = envelope.fated("back")
             groups = [[body] for body in envelope.bodies] if split else [back] if back else []
-            copies = [(default, work, batches.message(group, attempts - 1)) for group in groups]
+            since = envelope.queued_at
+            copies = [(default, work, batches.message(group, attempts - 1, since)) for group in groups]
             if retry := envelope.fated("retry"):
-                copies.append((self._retry_exchange, work, batches.message(retry, attempts)))
+                copies.append((self._retry_exchange, work, batches.message(retry, attempts, since)))
             dead = self._queue(topic, "dead")
-            copies.extend((default, dead, batches.message([body], attempts)) for body in envelope.fated("dead"))
+            copies.extend((default, dead, batches.message([body], attempts, since)) for body in envelope.fated("dead"))
             outcomes = await self._publish(copies, topic)
         except BackendUnavailable as exc:
             return exc

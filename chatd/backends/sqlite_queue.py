@@ -17,7 +17,7 @@ from chatd.ports import Delivery
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS embedded_jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
-    " body BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, visible_at REAL NOT NULL)",
+    " body BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, visible_at REAL NOT NULL, queued_at REAL)",
     "CREATE INDEX IF NOT EXISTS embedded_jobs_ready ON embedded_jobs (topic, visible_at, id)",
     "CREATE TABLE IF NOT EXISTS embedded_dead_jobs (id INTEGER PRIMARY KEY, topic TEXT NOT NULL,"
     " body BLOB NOT NULL, attempts INTEGER NOT NULL, failed_at REAL NOT NULL)",
@@ -39,12 +39,20 @@ class SqliteQueue(SqliteBacked):
     def _event(self, topic: str) -> asyncio.Event:
         return self._published.setdefault(topic, asyncio.Event())
 
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        super()._create_schema(conn)
+        # Files from before ``queued_at`` (the age of the oldest job, for /metrics): their rows
+        # keep NULL there, and are left out of the age (they are drained within seconds anyway).
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(embedded_jobs)")}
+        if "queued_at" not in columns:
+            conn.execute("ALTER TABLE embedded_jobs ADD COLUMN queued_at REAL")
+
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         now = time.time()
         await self.db.transaction(
             lambda conn: conn.executemany(
-                "INSERT INTO embedded_jobs (topic, body, visible_at) VALUES (?, ?, ?)",
-                [(topic, body, now) for body in bodies],
+                "INSERT INTO embedded_jobs (topic, body, visible_at, queued_at) VALUES (?, ?, ?, ?)",
+                [(topic, body, now, now) for body in bodies],
             )
         )
         self._event(topic).set()
@@ -120,3 +128,23 @@ class SqliteQueue(SqliteBacked):
             ).fetchall()
         )
         return [bytes(row[0]) for row in rows]
+
+    async def dead_depth(self, topic: str) -> int:
+        row = await self.db.read(
+            lambda conn: conn.execute("SELECT COUNT(*) FROM embedded_dead_jobs WHERE topic = ?", (topic,)).fetchone()
+        )
+        return int(row[0])
+
+    async def oldest_age(self, topic: str) -> float | None:
+        """Seconds since the oldest job of the topic still in the queue (leased or not) was published.
+
+        Ids grow in publishing order and a retry keeps its row, so the lowest id is the oldest:
+        a walk of the primary key that stops at the first row of the topic, not a scan of a backlog.
+        """
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT queued_at FROM embedded_jobs WHERE topic = ? AND queued_at IS NOT NULL ORDER BY id LIMIT 1",
+                (topic,),
+            ).fetchone()
+        )
+        return 0.0 if row is None else max(0.0, time.time() - float(row[0]))

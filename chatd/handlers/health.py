@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from chatd import keys
+from chatd import backlog, keys
 from chatd.handlers import render
 
 routes = web.RouteTableDef()
@@ -42,6 +42,8 @@ async def _check(backend) -> str:  # type: ignore[no-untyped-def]
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    """This process's metrics; queue depths and backend health sampled now (``chatd.backlog``)."""
+    await backlog.sample(request.app[keys.BACKENDS])
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -32,6 +33,35 @@ class Outcome:
     dead: list[Delivery] = field(default_factory=list)
 
 
+@dataclass
+class Tally:
+    """Jobs a consumer acked, gave back to be delivered again, and sent to the dead letters."""
+
+    done: int = 0
+    retried: int = 0
+    dead: int = 0
+
+    def copy(self) -> Tally:
+        return Tally(self.done, self.retried, self.dead)
+
+    def log_batch(self, topic: str, size: int, seconds: float, handled: bool, before: Tally) -> None:
+        """One JSON line per batch: what came in, how long it took, and what became of it."""
+        done, retried, dead = self.done - before.done, self.retried - before.retried, self.dead - before.dead
+        outcome = "outage" if not handled else "done" if done == size else "partial"
+        logger.info(
+            "batch",
+            extra={
+                "topic": topic,
+                "size": size,
+                "duration_ms": round(seconds * 1000, 2),
+                "outcome": outcome,
+                "done": done,
+                "retried": retried,
+                "dead": dead,
+            },
+        )
+
+
 class BatchConsumer(Generic[Job]):
     topic: str
 
@@ -41,6 +71,8 @@ class BatchConsumer(Generic[Job]):
         self.batch_wait = batch_wait
         self.max_attempts = max_attempts
         self._outage_backoff = 0.2
+        # What this consumer settled since it started: logged per batch and at shutdown.
+        self.tally = Tally()
 
     def decode(self, body: bytes) -> Job:
         raise NotImplementedError
@@ -72,6 +104,15 @@ class BatchConsumer(Generic[Job]):
 
     async def process(self, deliveries: Sequence[Delivery]) -> bool:
         """Handle and settle a batch; False if a backend was down and the batch was given back."""
+        started, before = time.perf_counter(), self.tally.copy()
+        handled = await self._process(deliveries)
+        seconds = time.perf_counter() - started
+        metrics.BATCH_SIZE.labels(self.topic).observe(len(deliveries))
+        metrics.BATCH_SECONDS.labels(self.topic).observe(seconds)
+        self.tally.log_batch(self.topic, len(deliveries), seconds, handled, before)
+        return handled
+
+    async def _process(self, deliveries: Sequence[Delivery]) -> bool:
         batch, poison = [], []
         for delivery in deliveries:
             try:
@@ -88,7 +129,8 @@ class BatchConsumer(Generic[Job]):
             outcome = await self.handle(batch)
         except BackendUnavailable as exc:
             logger.warning("%s: backend unavailable (%s); giving %d jobs back", self.topic, exc, len(batch))
-            await self.queue.retry(self.topic, [delivery for delivery, _ in batch])
+            metrics.backend_error(exc)
+            await self._retry([delivery for delivery, _ in batch])
             self._outage_backoff = min(self._outage_backoff * 2, 10.0)
             return False
         except Exception:
@@ -101,7 +143,7 @@ class BatchConsumer(Generic[Job]):
                     # An outage: give back the jobs not tried yet too, so none stays held.
                     rest = [delivery for delivery, _ in batch[position + 1 :]]
                     if rest:
-                        await self.queue.retry(self.topic, rest)
+                        await self._retry(rest)
                     return False
             return True
         self._outage_backoff = 0.2
@@ -110,8 +152,9 @@ class BatchConsumer(Generic[Job]):
         if done:
             await self.queue.ack(self.topic, done)
             metrics.JOBS_DONE.labels(self.topic).inc(len(done))
+            self.tally.done += len(done)
         if outcome.retry:
-            await self.queue.retry(self.topic, outcome.retry)
+            await self._retry(outcome.retry)
         if outcome.dead:
             await self._bury(outcome.dead, "cannot be processed")
         return True
@@ -121,9 +164,15 @@ class BatchConsumer(Generic[Job]):
         if delivery.attempts >= self.max_attempts:
             await self._bury([delivery], "kept failing")
         else:
-            await self.queue.retry(self.topic, [delivery])
+            await self._retry([delivery])
+
+    async def _retry(self, deliveries: Sequence[Delivery]) -> None:
+        await self.queue.retry(self.topic, deliveries)
+        metrics.JOBS_RETRIED.labels(self.topic).inc(len(deliveries))
+        self.tally.retried += len(deliveries)
 
     async def _bury(self, deliveries: Sequence[Delivery], why: str) -> None:
         logger.error("%s: %d jobs to the dead-letter queue: %s", self.topic, len(deliveries), why)
         metrics.JOBS_DEAD.labels(self.topic).inc(len(deliveries))
         await self.queue.dead_letter(self.topic, deliveries)
+        self.tally.dead += len(deliveries)

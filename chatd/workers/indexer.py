@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
-from chatd import jobs
+from chatd import jobs, metrics, tracing
 from chatd.domain import SearchDocument
 from chatd.ports import Delivery, Queue, SearchIndex
 from chatd.workers.consumer import BatchConsumer, Outcome
@@ -26,6 +27,14 @@ class Indexer(BatchConsumer[SearchDocument]):
         return jobs.decode_document(body)
 
     async def handle(self, batch: Sequence[tuple[Delivery, SearchDocument]]) -> Outcome:
-        failed = await self.search.index([doc for _, doc in batch])
+        with tracing.batch("chatd index messages", [doc.trace for _, doc in batch]):
+            failed = await self.search.index([doc for _, doc in batch])
         failed_ids = {doc.doc_id for doc in failed}
+        if failed_ids:
+            metrics.BACKEND_ERRORS.labels("search", "rejected").inc(len(failed_ids))
+        # A new message's time to become searchable, from its 201: the promise the README makes.
+        histogram, now = metrics.SEARCHABLE_LAG, time.time()
+        for _, doc in batch:
+            if doc.fresh and doc.doc_id not in failed_ids:
+                histogram.observe(max(0.0, now - doc.created_at.timestamp()))
         return Outcome(retry=[delivery for delivery, doc in batch if doc.doc_id in failed_ids])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
-from chatd import jobs
-from chatd.domain import ChatJob, MessageJob
+from chatd import jobs, metrics, tracing
+from chatd.domain import ChatJob, MessageJob, SearchDocument
 from chatd.ports import Delivery, Queue, Store
 from chatd.workers.consumer import BatchConsumer, Outcome
 
@@ -28,6 +29,7 @@ class ChatConsumer(BatchConsumer[ChatJob]):
 
     async def handle(self, batch: Sequence[tuple[Delivery, ChatJob]]) -> Outcome:
         await self.store.save_chats([job for _, job in batch])
+        _observe_lag("chat", [job.created_at for _, job in batch])
         return Outcome()
 
 
@@ -66,9 +68,15 @@ class MessageConsumer(BatchConsumer[MessageJob]):
         return jobs.decode_message(body)
 
     async def handle(self, batch: Sequence[tuple[Delivery, MessageJob]]) -> Outcome:
-        documents = await self.store.save_messages([job for _, job in batch])
+        with tracing.batch("chatd store messages", [job.trace for _, job in batch]) as traces:
+            documents = await self.store.save_messages([job for _, job in batch])
+        _observe_lag("message", [job.created_at for _, job in batch])
         if documents:
-            await self.queue.publish(jobs.INDEX, [jobs.encode_document(doc) for doc in documents])
+            onward = {
+                (job.application_id, job.chat_number, job.message_number): trace
+                for (_, job), trace in zip(batch, traces)
+            }
+            await self.queue.publish(jobs.INDEX, [_to_index(doc, onward) for doc in documents])
         stored = {(d.application_id, d.chat_number, d.message_number) for d in documents}
         orphans = [
             delivery
@@ -76,3 +84,27 @@ class MessageConsumer(BatchConsumer[MessageJob]):
             if (job.application_id, job.chat_number, job.message_number) not in stored
         ]
         return Outcome(dead=orphans)
+
+
+def _observe_lag(kind: str, accepted: Sequence[datetime]) -> None:
+    """From each job's 201 (its created_at, taken when its number was) to now, just stored."""
+    histogram, now = metrics.STORED_LAG.labels(kind), time.time()
+    for moment in accepted:
+        histogram.observe(max(0.0, now - moment.timestamp()))
+
+
+def _to_index(doc: SearchDocument, traces: Mapping[tuple[int, int, int], str | None]) -> bytes:
+    """The index job of a stored message: a first revision counts towards the searchable lag."""
+    trace = traces.get((doc.application_id, doc.chat_number, doc.message_number))
+    if doc.revision == 1 or trace:
+        doc = SearchDocument(
+            doc.application_id,
+            doc.chat_number,
+            doc.message_number,
+            doc.content,
+            doc.created_at,
+            doc.revision,
+            trace=trace,
+            fresh=doc.revision == 1,
+        )
+    return jobs.encode_document(doc)

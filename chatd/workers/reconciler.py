@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
+from chatd import metrics
 from chatd.ports import Lock, Store
 from chatd.supervisor import sleep_unless_stopping
 
@@ -37,6 +39,7 @@ class Reconciler:
         self.interval = interval
         self.owner = secrets.token_hex(8)
         self.batch = 10_000
+        self.runs = 0  # finished here, for the shutdown report
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -45,14 +48,24 @@ class Reconciler:
 
     async def reconcile_once(self) -> bool:
         """One run under the lock; False if another process holds it."""
-        if not await self.lock.acquire(LOCK_NAME, self.owner, ttl_seconds=max(30.0, self.interval * 3)):
-            return False
         try:
-            while True:
-                folded = await self.store.reconcile_counts(self.batch)
-                await self.forget_applications(folded.application_tokens)
-                if folded.deltas < self.batch:
-                    break
-        finally:
-            await self.lock.release(LOCK_NAME, self.owner)
+            if not await self.lock.acquire(LOCK_NAME, self.owner, ttl_seconds=max(30.0, self.interval * 3)):
+                metrics.RECONCILER_RUNS.labels("skipped").inc()
+                return False
+            started = time.perf_counter()
+            try:
+                while True:
+                    folded = await self.store.reconcile_counts(self.batch)
+                    await self.forget_applications(folded.application_tokens)
+                    if folded.deltas < self.batch:
+                        break
+            finally:
+                await self.lock.release(LOCK_NAME, self.owner)
+        except Exception:
+            metrics.RECONCILER_RUNS.labels("failed").inc()
+            raise
+        metrics.RECONCILER_RUNS.labels("done").inc()
+        metrics.RECONCILER_SECONDS.observe(time.perf_counter() - started)
+        metrics.RECONCILER_LAST_SUCCESS.set_to_current_time()
+        self.runs += 1
         return True

@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: install run run-real test test-embedded test-faults services services-stop lint bench bench-quick bench-tools clean
+.PHONY: install run run-real test test-embedded test-faults services services-stop lint bench bench-quick bench-tools ops-tools browser-tools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -28,7 +28,7 @@ services:
 services-stop:
 	bash scripts/services.sh stop
 
-test: install services
+test: install services ops-tools browser-tools
 	$(BIN)/pytest -p no:cacheprovider
 
 test-embedded: install
@@ -46,6 +46,16 @@ lint: install
 bench-tools:
 	@command -v wrk >/dev/null && command -v ab >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk apache2-utils >/dev/null; }
+
+# promtool (Debian's prometheus) checks deploy/prometheus/; systemd-analyze verifies deploy/systemd/.
+ops-tools:
+	@command -v promtool >/dev/null && command -v systemd-analyze >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd >/dev/null; }
+
+# Debian's chromium, driven by Playwright (executable_path=/usr/bin/chromium) in the page tests.
+browser-tools:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # Writes bench/results.md (the README's Performance tables); BENCH_ARGS="--sets real --workers 1,2" etc.
 bench: install services bench-tools

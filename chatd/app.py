@@ -9,9 +9,12 @@ from aiohttp import web
 
 from chatd import keys
 from chatd.backends.registry import close_all, make_backends, open_all
-from chatd.handlers import applications, chats, docs, health, messages
+from chatd.handlers import applications, chats, docs, events, health, messages, page
 from chatd.handlers.middleware import error_middleware
 from chatd.handlers.protocol import add_routes
+from chatd.live.announcing import announcing
+from chatd.live.context import close_streams, live_context
+from chatd.live.fanout import make_fanout
 from chatd.ports import Backends
 from chatd.service import ChatService, Clock, utc_now
 from chatd.settings import Settings
@@ -35,10 +38,16 @@ def create_app(
     add_routes(app, health.routes)
     if settings.role in ("all", "api"):
         # The hot path first: aiohttp tries the resources under one prefix in order.
-        for module in (messages, chats, applications, docs):
+        for module in (messages, chats, applications, docs, events, page):
             add_routes(app, module.routes)
     workers = settings.role in ("all", "worker") if run_workers is None else run_workers
-    app.cleanup_ctx.append(_backends_context(backends or make_backends(settings), clock))
+    # Live events: the store announces what it stored through the fan-out (every role);
+    # api processes deliver the announcements to their subscribers.
+    app[keys.FANOUT] = make_fanout(settings)
+    backends = announcing(backends or make_backends(settings), app[keys.FANOUT])
+    app.cleanup_ctx.append(_backends_context(backends, clock))
+    app.cleanup_ctx.append(live_context(serve=settings.role in ("all", "api")))
+    app.on_shutdown.append(close_streams)
     if workers:
         app.cleanup_ctx.append(_workers_context)
     return app

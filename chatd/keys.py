@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from chatd.live.fanout import Fanout
+from chatd.live.hub import Hub
 from chatd.ports import Backends
 from chatd.service import ChatService
 from chatd.settings import Settings
@@ -15,3 +17,5 @@ BACKENDS = web.AppKey("backends", Backends)
 SERVICE = web.AppKey("service", ChatService)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+FANOUT = web.AppKey[Fanout]("fanout")
+HUB = web.AppKey("hub", Hub)

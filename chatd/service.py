@@ -206,6 +206,23 @@ class ChatService:
         result = await self.search_index.search_after(app.id, chat_number, query, after, limit + 1)
         return _cursor_page(result.hits, after, limit, lambda hit: hit.message_number, result.total)
 
+    # Live events
+
+    async def live_head(self, token: str, chat_number: int | None) -> tuple[Application, int]:
+        """Check that a live subscription names something that exists (else the usual 404).
+
+        Returns the application and the last number handed out in the chat (``None``: among
+        the application's chats): where a subscription without a resume point starts.
+        """
+        app = await self.application(token)
+        if chat_number is not None:
+            await self._require_chat(app, chat_number)
+        scope = NumberScope(app.id, chat_number)
+        current = await self.counters.current(scope.key)
+        if current is None:
+            current = await self.store.number_floor(scope)
+        return app, current
+
     # Numbers
 
     async def _was_handed_out(self, scope: NumberScope, number: int) -> bool:

@@ -67,6 +67,13 @@ class Settings:
     # A request body must arrive whole within this time of its handler starting (else 408),
     # so a client that sends headers and then trickles (or stalls) cannot hold a handler.
     body_timeout_seconds: float = 30.0
+    # Live events: events buffered per connection before a live client counts as too slow
+    # (closed; it resumes from its last id), the keep-alive interval (also how often each
+    # feed reads the store for announcements it may have missed), and how long a feed waits
+    # for a missing number below a stored one before skipping it.
+    live_buffer_events: int = 1000
+    live_keepalive_seconds: float = 15.0
+    live_hole_wait_seconds: float = 10.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,198 @@
+"""Live events of a chat (and of an application's chats) as Server-Sent Events or a WebSocket.
+
+``GET /applications/{token}/chats/{chat}/events`` streams ``message.created`` and
+``message.updated``; ``GET /applications/{token}/events`` streams ``chat.created``. The same
+path answers a WebSocket upgrade. A stream resumes after ``Last-Event-ID`` or ``?after=``
+(a number): the stored records after it come first, then live ones, each number once, in
+order. Without either, it starts after the last number handed out when it connects.
+
+The 404s (unknown application or chat) and 400s are answered before the stream starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from chatd import keys
+from chatd.errors import BadRequest
+from chatd.handlers import parsing
+from chatd.live.events import APPLICATION_FEED, MESSAGE_UPDATED, LiveEvent
+from chatd.live.feed import Feed
+from chatd.live.hub import Hub
+from chatd.live.subscriber import SHUTTING_DOWN, SLOW_CONSUMER, Subscriber
+
+logger = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+# Events written per write call: large enough to batch a burst, small enough to interleave.
+_EVENTS_PER_WRITE = 100
+# SSE reconnection delay the browser uses after a stream ends (milliseconds).
+_RETRY_MS = 1000
+_CLOSE_MESSAGES = {
+    SLOW_CONSUMER: "the client fell too far behind; resume from the last event id",
+    SHUTTING_DOWN: "the server is shutting down; resume from the last event id",
+}
+# WebSocket close codes: 1001 going away; 4000-4999 are for applications.
+_WS_CLOSE_CODES = {SLOW_CONSUMER: 4008, SHUTTING_DOWN: 1001}
+
+
+@routes.get("/applications/{token}/chats/{chat}/events")
+async def chat_events(request: web.Request) -> web.StreamResponse:
+    chat = parsing.path_number(request, "chat")
+    return await _stream(request, chat)
+
+
+@routes.get("/applications/{token}/events")
+async def application_events(request: web.Request) -> web.StreamResponse:
+    return await _stream(request, None)
+
+
+def resume_point(request: web.Request) -> int | None:
+    """The number to resume after: ``Last-Event-ID`` (as browsers send it), else ``?after=``."""
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and header.strip():
+        if not header.strip().isdigit():
+            raise BadRequest("'Last-Event-ID' must be an event id (a number)", code="invalid_header")
+        return int(header.strip())
+    raw = request.query.get("after")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadRequest(f"'after' must be a number of at least 0, not {raw!r}", code="invalid_parameter")
+    return int(raw)
+
+
+async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
+    after = resume_point(request)
+    app, head = await request.app[keys.SERVICE].live_head(request.match_info["token"], chat)
+    hub = request.app[keys.HUB]
+    websocket = web.WebSocketResponse(compress=False, max_msg_size=4096)
+    if websocket.can_prepare(request).ok:
+        await websocket.prepare(request)
+        writer: _Writer = _WebSocketWriter(websocket)
+    else:
+        writer = await _SseWriter.start(request)
+    feed, subscriber = hub.subscribe(
+        app.id, APPLICATION_FEED if chat is None else chat, head if after is None else after
+    )
+    try:
+        await _pump(hub, feed, subscriber, writer)
+    finally:
+        hub.unsubscribe(feed, subscriber)
+    return writer.response
+
+
+async def _pump(hub: Hub, feed: Feed, subscriber: Subscriber, writer: _Writer) -> None:
+    """Write the subscriber's events until it is closed or the client goes away."""
+    reading = asyncio.create_task(writer.wait_closed())
+    reading.add_done_callback(lambda _: subscriber.close("client_gone"))
+    try:
+        while True:
+            await subscriber.wake.wait()
+            subscriber.wake.clear()
+            if subscriber.closed is not None:
+                if subscriber.closed != "client_gone":
+                    await writer.close(subscriber.closed)
+                return
+            was_full = subscriber.room == 0
+            batch = subscriber.take(_EVENTS_PER_WRITE)
+            if subscriber.buffer:
+                subscriber.wake.set()  # more to write after this batch
+            if batch:
+                await writer.send(batch)
+            if subscriber.ping_due:
+                subscriber.ping_due = False
+                await writer.ping()
+            if was_full or subscriber.room >= subscriber.capacity // 2:
+                feed.has_room(subscriber)
+    except (ConnectionError, RuntimeError):
+        return  # the client went away mid-write
+    finally:
+        reading.cancel()
+
+
+class _Writer:
+    response: web.StreamResponse
+
+    async def send(self, batch: list[LiveEvent]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self, reason: str) -> None: ...
+
+    async def wait_closed(self) -> None:
+        """Return when the client has gone (WebSocket: closed; SSE: never, a write notices)."""
+        await asyncio.Event().wait()
+
+
+class _SseWriter(_Writer):
+    def __init__(self, response: web.StreamResponse):
+        self.response = response
+        self.last_id = ""
+
+    @classmethod
+    async def start(cls, request: web.Request) -> _SseWriter:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                # NGINX: pass every event at once instead of buffering the response.
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        await response.write(b"retry: %d\n: connected\n\n" % _RETRY_MS)
+        return cls(response)
+
+    async def send(self, batch: list[LiveEvent]) -> None:
+        parts = []
+        for event in batch:
+            if event.kind != MESSAGE_UPDATED:
+                self.last_id = str(event.number)
+            # An edit keeps the id: the resume point is the last record given, not the edit.
+            parts.append(
+                b"id: %s\nevent: %s\ndata: %s\n\n" % (self.last_id.encode(), event.kind.encode(), event.data())
+            )
+        await self.response.write(b"".join(parts))
+
+    async def ping(self) -> None:
+        await self.response.write(b": keep-alive\n\n")
+
+    async def close(self, reason: str) -> None:
+        body = orjson.dumps({"error": {"code": reason, "message": _CLOSE_MESSAGES.get(reason, reason)}})
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.response.write(b"event: close\ndata: %s\n\n" % body)
+
+
+class _WebSocketWriter(_Writer):
+    def __init__(self, response: web.WebSocketResponse):
+        self.response = response
+        self.websocket = response
+        self.last_id = ""
+
+    async def send(self, batch: list[LiveEvent]) -> None:
+        for event in batch:
+            if event.kind != MESSAGE_UPDATED:
+                self.last_id = str(event.number)
+            frame = b'{"id":"%s","event":"%s","data":%s}' % (self.last_id.encode(), event.kind.encode(), event.data())
+            await self.websocket.send_frame(frame, WSMsgType.TEXT)
+
+    async def ping(self) -> None:
+        await self.websocket.ping()
+
+    async def close(self, reason: str) -> None:
+        message = f"{reason}: {_CLOSE_MESSAGES.get(reason, reason)}"[:120].encode()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.websocket.close(code=_WS_CLOSE_CODES.get(reason, 1011), message=message)
+
+    async def wait_closed(self) -> None:
+        # Clients send nothing we use; reading is what notices their close frame.
+        async for message in self.websocket:
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.ERROR):
+                break

@@ -1,5 +1,5 @@
-"""The SQL behind MysqlStore's writes: batch inserts with exact count deltas, the count fold,
-the recount and the migrations. Each function runs inside a transaction the store opened.
+"""The SQL behind MysqlStore's writes: batch inserts with exact count deltas, the count fold
+and the recount. Each function runs inside a transaction the store opened (``MysqlDatabase.run``).
 
 Batch writes take their locks in one global order (chats by application and number, then
 messages by chat and number), so that overlapping batches wait for each other instead of
@@ -10,38 +10,16 @@ chat row that the reconciler may be updating.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiomysql
 import pymysql
 
+from chatd.backends.mysql_db import from_db, to_db, token_text
 from chatd.domain import CountsReconciled, MessageJob, SearchDocument
-from chatd.migrations import migration_files, split_statements
-
-logger = logging.getLogger(__name__)
-
-
-def token_text(value: bytes | str) -> str:
-    """A token as read back: VARBINARY since migration 0002 (bytes), VARCHAR before it."""
-    return value.decode() if isinstance(value, bytes | bytearray) else value
-
-
-def to_db(moment: datetime) -> datetime:
-    """A naive UTC datetime cut to milliseconds, as DATETIME(3) stores it.
-
-    Cut here rather than by the server, because MySQL rounds extra digits and MariaDB truncates.
-    """
-    utc = moment.astimezone(UTC)
-    return utc.replace(tzinfo=None, microsecond=utc.microsecond // 1000 * 1000)
-
-
-def from_db(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC)
-
 
 _ROWS_PER_INSERT = 100
 _BYTES_PER_ROUND_TRIP = 4 * 1024 * 1024  # well under the smallest default max_allowed_packet (16 MB)
@@ -125,14 +103,6 @@ async def _chat_ids(cursor: aiomysql.Cursor, keys: Iterable[tuple[int, int]]) ->
     where, args = _where_pairs(keys, "application_id", "number")
     await cursor.execute(f"SELECT application_id, number, id FROM chats WHERE {where}", args)
     return {(int(app_id), int(number)): int(chat_id) for app_id, number, chat_id in await cursor.fetchall()}
-
-
-async def chat_id(cursor: aiomysql.Cursor, application_id: int, chat_number: int) -> int | None:
-    await cursor.execute(
-        "SELECT id FROM chats WHERE application_id = %s AND number = %s", (application_id, chat_number)
-    )
-    row = await cursor.fetchone()
-    return None if row is None else int(row[0])
 
 
 async def insert_chats(
@@ -287,29 +257,3 @@ async def recount(cursor: aiomysql.Cursor) -> None:
         raise
     await cursor.connection.commit()
     await cursor.execute("UNLOCK TABLES")
-
-
-async def apply_migrations(cursor: aiomysql.Cursor) -> list[str]:
-    await cursor.execute(
-        "SELECT COUNT(*) FROM information_schema.tables"
-        " WHERE table_schema = DATABASE() AND table_name = 'schema_migrations'"
-    )
-    if (await cursor.fetchone())[0] == 0:
-        await cursor.execute(
-            "CREATE TABLE schema_migrations (name VARCHAR(191) NOT NULL PRIMARY KEY,"
-            " applied_at DATETIME(3) NOT NULL)"
-            " ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci"
-        )
-    await cursor.execute("SELECT name FROM schema_migrations")
-    done = {row[0] for row in await cursor.fetchall()}
-    applied = []
-    for name, sql in migration_files("mysql"):
-        if name in done:
-            continue
-        for statement in split_statements(sql):
-            await cursor.execute(statement)
-        await cursor.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (%s, UTC_TIMESTAMP(3))", (name,))
-        await cursor.connection.commit()
-        logger.info("applied mysql migration %s", name)
-        applied.append(name)
-    return applied

@@ -27,7 +27,7 @@ def _derived(settings: Settings, kind: str) -> str:
         if store == ":memory:":
             return store  # the same in-memory database: nothing outlives the process
         return f"{Path(store).with_suffix('')}.{kind}.db"
-    from chatd.backends.mysql_store import MysqlTarget
+    from chatd.backends.mysql_db import MysqlTarget
 
     return f"./{MysqlTarget.parse(settings.database_url).database}.{kind}.db"
 

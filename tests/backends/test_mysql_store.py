@@ -91,9 +91,10 @@ async def assert_counts_match_rows(store: MysqlStore) -> None:
 
 async def test_affected_rows_count_only_rows_inserted(store: MysqlStore) -> None:
     # With CLIENT_FOUND_ROWS a row already there would count as 1 and the deltas would overcount.
-    assert store._pool is not None
-    async with store._pool.acquire() as conn:
-        assert not conn.client_flag & CLIENT.FOUND_ROWS
+    async def client_flag(cursor: Any) -> int:
+        return int(cursor.connection.client_flag)
+
+    assert not await store.db.run(client_flag, commit=False) & CLIENT.FOUND_ROWS
     app = await store.create_application("tok", "App", WHEN)
     await store.save_chats([chat_job(app.id, n) for n in (1, 2, 3)])
     await store.save_chats([chat_job(app.id, n) for n in (2, 3, 4, 5, 5)])

@@ -168,9 +168,12 @@ class Api:
         self.pipeline = app[keys.PIPELINE]
         self.service = app[keys.SERVICE]
 
-    async def settle(self) -> None:
-        """Run the workers until every queued job is stored, indexed and counted."""
-        await self.pipeline.run_until_idle()
+    async def settle(self, *, expect_dead_letters: bool = False) -> None:
+        """Run the workers until every queued job is stored, indexed and counted.
+
+        Fails if a job was dead-lettered, unless the test says it expects that.
+        """
+        await self.pipeline.run_until_idle(expect_dead_letters=expect_dead_letters)
 
     async def create_application(self, name: str = "Test App") -> str:
         response = await self.client.post("/applications", json={"application": {"name": name}})

@@ -73,6 +73,8 @@ class BatchConsumer(Generic[Job]):
         self._outage_backoff = 0.2
         # What this consumer settled since it started: logged per batch and at shutdown.
         self.tally = Tally()
+        # Jobs this consumer sent to the dead-letter queue, so that a test driver can tell.
+        self.dead_lettered = 0
 
     def decode(self, body: bytes) -> Job:
         raise NotImplementedError
@@ -175,4 +177,5 @@ class BatchConsumer(Generic[Job]):
         logger.error("%s: %d jobs to the dead-letter queue: %s", self.topic, len(deliveries), why)
         metrics.JOBS_DEAD.labels(self.topic).inc(len(deliveries))
         await self.queue.dead_letter(self.topic, deliveries)
+        self.dead_lettered += len(deliveries)
         self.tally.dead += len(deliveries)

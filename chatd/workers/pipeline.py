@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from chatd import jobs
 from chatd.ports import Backends
 from chatd.settings import Settings
 from chatd.supervisor import Supervisor
+from chatd.workers.consumer import BatchConsumer
 from chatd.workers.indexer import Indexer
 from chatd.workers.persist import ChatConsumer, MessageConsumer
 from chatd.workers.reconciler import Reconciler
+
+
+class JobsDeadLettered(RuntimeError):
+    """``run_until_idle`` sent jobs to the dead-letter queue that its caller did not expect."""
+
+    def __init__(self, counts: dict[str, int]):
+        self.counts = counts
+        super().__init__("jobs dead-lettered: " + ", ".join(f"{count} {topic}" for topic, count in counts.items()))
 
 
 class Pipeline:
@@ -47,15 +57,20 @@ class Pipeline:
         supervisor.start("indexer", self.indexer.run)
         supervisor.start("reconciler", self.reconciler.run)
 
-    async def run_until_idle(self, timeout: float = 30.0) -> None:
+    async def run_until_idle(self, timeout: float = 30.0, *, expect_dead_letters: bool = False) -> None:
         """Process every queued job, in pipeline order, then reconcile counts once.
 
         For tests and tools: the same code as the background loops, driven deterministically.
+        Raises JobsDeadLettered if any job went to a dead-letter queue meanwhile, unless the
+        caller expects that (as arq's ``run_check`` raises ``FailedJobs``): a job lost to the
+        dead letters would otherwise only show as something missing later, if at all.
         """
+        consumers: tuple[BatchConsumer[Any], ...] = (self.chats, self.messages, self.indexer)
+        dead_before = [consumer.dead_lettered for consumer in consumers]
         deadline = time.monotonic() + timeout
         while True:
             handled = 0
-            for consumer in (self.chats, self.messages, self.indexer):
+            for consumer in consumers:
                 handled += await consumer.run_once()
             if handled == 0 and all([await self.backends.queue.depth(topic) == 0 for topic in jobs.TOPICS]):
                 break
@@ -63,3 +78,10 @@ class Pipeline:
                 raise TimeoutError("queues did not drain")
         await self.reconciler.reconcile_once()
         await self.backends.search.refresh()
+        dead = {
+            consumer.topic: consumer.dead_lettered - before
+            for consumer, before in zip(consumers, dead_before)
+            if consumer.dead_lettered > before
+        }
+        if dead and not expect_dead_letters:
+            raise JobsDeadLettered(dead)

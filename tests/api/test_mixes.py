@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, Namespace
+from tests.conftest import Api
 
 MIXES = {
     # Production without Elasticsearch: the embedded search index next to MySQL, Redis, RabbitMQ.
@@ -18,11 +18,8 @@ MIXES = {
 
 @pytest.mark.parametrize("backend_set", ["real"])
 @pytest.mark.parametrize("mix", list(MIXES))
-async def test_a_mix_of_backends_serves_the_whole_flow(
-    namespace: Namespace, make_api, tmp_path: Path, mix: str
-) -> None:  # type: ignore[no-untyped-def]
+async def test_a_mix_of_backends_serves_the_whole_flow(make_api, tmp_path: Path, mix: str) -> None:  # type: ignore[no-untyped-def]
     overrides = dict(MIXES[mix])
-    settings = await namespace.settings()
     if overrides.pop("database_url", "keep") is None:
         overrides["database_url"] = f"sqlite:///{tmp_path}/chatd.db"
     api: Api = await make_api(
@@ -30,7 +27,6 @@ async def test_a_mix_of_backends_serves_the_whole_flow(
         embedded_path=f"{tmp_path}/embedded.db",
         **{k: v for k, v in overrides.items()},
     )
-    assert settings.redis_url and api.app is not None
     token = await api.create_application()
     chat = await api.create_chat(token)
     await api.create_message(token, chat, "mixing backends works")

@@ -32,7 +32,7 @@ test: install services ops-tools browser-tools
 	$(BIN)/pytest -p no:cacheprovider
 
 test-embedded: install
-	$(BIN)/pytest -p no:cacheprovider -k "not real"
+	$(BIN)/pytest -p no:cacheprovider -m "not real"
 
 test-faults: install services
 	$(BIN)/pytest -p no:cacheprovider -m faults

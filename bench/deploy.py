@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import Namespace
-from tests.processes import ChatdProcess, await_ready, free_port
+from tests.processes import ChatdProcess, await_ready
+from tests.servers import free_port
 
 
 @dataclass

@@ -27,7 +27,22 @@ REDIS_URL = os.environ.get("CHATD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("CHATD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ELASTICSEARCH_URL = os.environ.get("CHATD_TEST_ELASTICSEARCH_URL", "http://127.0.0.1:9200")
 
-BACKEND_SETS = ("embedded", "real")
+# Tests on the real servers carry the ``real`` mark, so `make test-embedded` selects ``-m "not real"``.
+REAL = pytest.param("real", marks=pytest.mark.real)
+BACKEND_SETS = ("embedded", REAL)
+
+# The setting that puts each port on its real server. A test that exercises some ports only
+# (a contract test) says which through the ``ports`` fixture; on the real set the others stay
+# embedded, so a Counters test neither creates a MySQL database nor deletes an index.
+PORT_URLS = {
+    "store": "database_url",
+    "counters": "redis_url",
+    "cache": "redis_url",
+    "lock": "redis_url",
+    "queue": "amqp_url",
+    "search": "elasticsearch_url",
+}
+PORTS = tuple(PORT_URLS)
 
 
 def unique_name() -> str:
@@ -84,11 +99,15 @@ def real_settings(name: str, **overrides: object) -> Settings:
 
 
 class Namespace:
-    """Settings for one test on one backend set, and the clean-up of what it created."""
+    """Settings for one test on one backend set, and the clean-up of what it created.
 
-    def __init__(self, backend_set: str, folder: Path):
+    On the real set, only ``ports`` are on the real servers; the others are embedded.
+    """
+
+    def __init__(self, backend_set: str, folder: Path, ports: tuple[str, ...] = PORTS):
         self.backend_set = backend_set
         self.folder = folder
+        self.ports = ports
         self.name = unique_name()
         self._created_database = False
         self._opened: list[Backends] = []
@@ -96,10 +115,21 @@ class Namespace:
     async def settings(self, **overrides: object) -> Settings:
         if self.backend_set == "embedded":
             return embedded_settings(self.folder, **overrides)
-        if not self._created_database:
+        if "store" in self.ports and not self._created_database:
             await create_mysql_database(self.name)
             self._created_database = True
-        return real_settings(self.name, **overrides)
+        return real_settings(self.name, **{**self._embedded_ports(), **overrides})
+
+    def _embedded_ports(self) -> dict[str, object]:
+        """The settings that keep the ports this test does not use off the real servers."""
+        values: dict[str, object] = {url: None for port, url in PORT_URLS.items() if port not in self.ports}
+        if not values:
+            return values
+        # The embedded files in this test's folder, never beside a MySQL database's name in the cwd.
+        values.update(search_path=f"{self.folder}/search.db", embedded_path=f"{self.folder}/embedded.db")
+        if "store" not in self.ports:
+            values["database_url"] = f"sqlite:///{self.folder}/chatd.db"
+        return values
 
     async def open_backends(self, **overrides: object) -> Backends:
         backends = make_backends(await self.settings(**overrides))
@@ -121,9 +151,10 @@ class Namespace:
     async def _destroy_namespace(self) -> None:
         """Remove this test's keys, queues and index from the shared servers."""
         backends = make_backends(real_settings(self.name))
+        chosen = {id(getattr(backends, port)) for port in self.ports if port != "store"}
         for backend in backends.all():
             destroy = getattr(backend, "destroy", None)
-            if destroy is None or backend is backends.store:
+            if destroy is None or id(backend) not in chosen:
                 continue
             await backend.open()
             try:
@@ -138,8 +169,14 @@ def backend_set(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def namespace(backend_set: str, tmp_path: Path) -> AsyncIterator[Namespace]:
-    space = Namespace(backend_set, tmp_path)
+def ports() -> tuple[str, ...]:
+    """The ports a test uses; a module that tests some only overrides this fixture."""
+    return PORTS
+
+
+@pytest.fixture
+async def namespace(backend_set: str, ports: tuple[str, ...], tmp_path: Path) -> AsyncIterator[Namespace]:
+    space = Namespace(backend_set, tmp_path, ports)
     try:
         yield space
     finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import REAL, Api
 
 MIXES = {
     # Production without Elasticsearch: the embedded search index next to MySQL, Redis, RabbitMQ.
@@ -16,7 +16,7 @@ MIXES = {
 }
 
 
-@pytest.mark.parametrize("backend_set", ["real"])
+@pytest.mark.parametrize("backend_set", [REAL])
 @pytest.mark.parametrize("mix", list(MIXES))
 async def test_a_mix_of_backends_serves_the_whole_flow(make_api, tmp_path: Path, mix: str) -> None:  # type: ignore[no-untyped-def]
     overrides = dict(MIXES[mix])

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,11 +24,11 @@ from chatd.backends.amqp_queue import CONFIRM_TIMEOUT, AmqpQueue
 from chatd.errors import BackendUnavailable
 from chatd.ports import Delivery
 from tests.factories import eventually, fails_without_hanging
+from tests.servers import PrivateRabbitmq, free_port, running
 
 pytestmark = pytest.mark.real
 
 AMQP_URL = os.environ.get("CHATD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 
 class QueueNamespace:
@@ -441,9 +438,7 @@ async def test_single_job_messages_without_the_envelope_header_are_one_job_each(
 
 
 async def test_an_unreachable_broker_fails_fast(space: QueueNamespace) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once the socket is closed
+    port = free_port()  # nothing listens there
     await fails_without_hanging(AmqpQueue(f"amqp://guest:guest@127.0.0.1:{port}/", prefix=space.prefix).open)
 
     closed = await space.open()
@@ -484,86 +479,14 @@ async def test_a_queue_deleted_behind_its_back_is_declared_again(space: QueueNam
 # -- a private broker, restarted under a running publisher and consumer ----------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class PrivateBroker:
-    """A RabbitMQ node of our own (own ports, own data directory) that a test may stop."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
-        (folder / "enabled_plugins").write_text("[].")
-        (folder / "rabbitmq-env.conf").write_text("")
-        self.env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": f"chatd_t_{uuid.uuid4().hex[:8]}@localhost",
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-            "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(folder / "log"),
-            "RABBITMQ_PID_FILE": str(folder / "rabbit.pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
-            "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    async def start(self) -> None:
-        with open(self.folder / "server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [RABBITMQ_SERVER],
-                env=self.env,
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while not self.listening():
-            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "private RabbitMQ did not start within 60 s"
-            await asyncio.sleep(0.2)
-
-    async def stop(self) -> None:
-        """A clean shutdown (SIGTERM): the node stops accepting and closes every connection."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self.process.wait), 30)
-        except TimeoutError:
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
-        self.process = None
-
-
 @pytest.fixture
-async def private_broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
-    if not os.path.exists(RABBITMQ_SERVER) or shutil.which("erl") is None:
-        pytest.fail(f"{RABBITMQ_SERVER} is needed to run a private broker (scripts/services.sh install)")
-    broker = PrivateBroker(tmp_path)
-    await broker.start()
-    try:
+async def private_broker(tmp_path: Path) -> AsyncIterator[PrivateRabbitmq]:
+    async with running(PrivateRabbitmq(tmp_path)) as broker:
         yield broker
-    finally:
-        await broker.stop()
 
 
 @pytest.fixture
-async def private_space(private_broker: PrivateBroker) -> AsyncIterator[QueueNamespace]:
+async def private_space(private_broker: PrivateRabbitmq) -> AsyncIterator[QueueNamespace]:
     namespace = QueueNamespace(private_broker.url)
     try:
         yield namespace
@@ -575,7 +498,7 @@ async def private_space(private_broker: PrivateBroker) -> AsyncIterator[QueueNam
 
 @pytest.mark.faults
 async def test_publisher_and_consumer_recover_from_a_broker_restart(
-    private_broker: PrivateBroker, private_space: QueueNamespace
+    private_broker: PrivateRabbitmq, private_space: QueueNamespace
 ) -> None:
     space = private_space
     publisher, consumer, leaving = await space.open(), await space.open(), await space.open()

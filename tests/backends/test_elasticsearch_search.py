@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from chatd.domain import SearchDocument
 from chatd.errors import BackendUnavailable, BadRequest
 from tests.contract.test_search import CORPUS
 from tests.factories import WHEN, document, fails_without_hanging
+from tests.servers import free_port
 
 pytestmark = pytest.mark.real
 
@@ -357,12 +357,6 @@ async def test_concurrent_opens_of_a_new_index_both_succeed() -> None:
         await first.destroy()
         await first.close()
         await second.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_a_closed_port_is_unavailable_within_a_bound() -> None:

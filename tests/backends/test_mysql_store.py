@@ -8,14 +8,10 @@ never disturbs anyone else using the shared server.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
-import socket
-import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,7 @@ from chatd.errors import BackendUnavailable
 from chatd.jobs import format_time
 from tests.conftest import MYSQL_URL, mysql_connection
 from tests.factories import WHEN, chat_job, eventually, fails_without_hanging, message_job
+from tests.servers import PrivateMariadb, free_port, running
 
 pytestmark = pytest.mark.real
 
@@ -248,10 +245,7 @@ async def test_concurrent_migrations_apply_each_file_once(database: str) -> None
 
 
 async def test_unreachable_server_is_backend_unavailable() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]  # nothing listens here once the probe is closed
-    store = MysqlStore(f"mysql://chatd:chatd@127.0.0.1:{closed_port}/chatd")
+    store = MysqlStore(f"mysql://chatd:chatd@127.0.0.1:{free_port()}/chatd")  # nothing listens there
     await fails_without_hanging(store.open)
 
 
@@ -271,63 +265,11 @@ async def test_pool_replaces_connections_the_server_killed(store: MysqlStore) ->
     assert await server_sql(f"SHOW DATABASES LIKE '{store.target.database}'") == []
 
 
-class PrivateMariadb:
-    """A mariadbd this test owns, on a free port with a throw-away datadir: stopped and restarted at will."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        self.url = f"mysql://root@127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def install(self) -> None:
-        shutil.chown(self.folder, "mysql", "mysql")
-        subprocess.run(
-            ["mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={self.folder}/data", "--skip-test-db"],
-            check=True,
-            capture_output=True,
-        )
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "mariadbd",
-                "--no-defaults",
-                "--user=mysql",
-                f"--datadir={self.folder}/data",
-                f"--port={self.port}",
-                "--bind-address=127.0.0.1",
-                f"--socket={self.folder}/mariadb.sock",
-                "--skip-grant-tables",
-                "--innodb-buffer-pool-size=32M",
-                f"--log-error={self.folder}/error.log",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()  # SIGTERM: a clean shutdown
-            self.process.wait(60)
-            self.process = None
-
-
 @pytest.fixture
-def private_mariadb() -> Iterator[PrivateMariadb]:
-    if not (shutil.which("mariadbd") and shutil.which("mariadb-install-db")) or os.geteuid() != 0:
-        pytest.fail("the restart test needs mariadbd and mariadb-install-db, run as root")
+async def private_mariadb() -> AsyncIterator[PrivateMariadb]:
     with tempfile.TemporaryDirectory(prefix="chatd-mariadb-") as folder:
-        server = PrivateMariadb(Path(folder))
-        server.install()
-        server.start()
-        try:
+        async with running(PrivateMariadb(Path(folder))) as server:
             yield server
-        finally:
-            server.stop()
 
 
 async def answers(url: str) -> bool:
@@ -347,12 +289,12 @@ async def test_store_recovers_after_a_server_restart(private_mariadb: PrivateMar
         await store.migrate()
         app = await store.create_application("tok", "App", WHEN)
         await asyncio.gather(*(store.ping() for _ in range(4)))
-        private_mariadb.stop()
+        await private_mariadb.stop()
         with pytest.raises(BackendUnavailable):
             await store.ping()
         with pytest.raises(BackendUnavailable):
             await store.save_messages([message_job(app.id, 1, 1)])
-        private_mariadb.start()
+        await private_mariadb.start()
         await eventually(lambda: answers(private_mariadb.url), timeout=60)
         # No reconnect by hand: the very next calls get working connections.
         assert await store.get_application("tok") == app

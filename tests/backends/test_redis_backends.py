@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ import pytest
 from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisCounters, RedisLock
 from chatd.errors import BackendUnavailable
 from tests.factories import eventually, fails_without_hanging
+from tests.servers import PrivateRedis, running
 
 pytestmark = pytest.mark.real
 
@@ -33,73 +30,10 @@ def unique_prefix() -> str:
     return f"chatd_t_{uuid.uuid4().hex[:12]}:"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server this test owns: started, stopped and restarted on one port."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        assert server, "redis-server is not installed (scripts/services.sh install)"
-        self.process = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-                "--logfile",
-                str(self.folder / "redis.log"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not self._answers():
-            assert self.process.poll() is None, (self.folder / "redis.log").read_text()
-            assert time.monotonic() < deadline, "private redis-server did not answer within 10s"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    async with running(PrivateRedis(tmp_path)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -367,9 +301,9 @@ async def test_recovers_after_a_server_restart(private_redis: PrivateRedis, make
     counters, lock = RedisCounters(connection), RedisLock(connection)
     await counters.seed("chats:1", 0)
     assert await asyncio.gather(*(counters.increment("chats:1") for _ in range(20)))  # fill the pool
-    await asyncio.to_thread(private_redis.stop)
+    await private_redis.stop()
     await assert_every_operation_is_unavailable(connection)
-    await asyncio.to_thread(private_redis.start)
+    await private_redis.start()
     # The same client, its pooled sockets dead: it reconnects, and finds the data gone.
     assert await counters.increment("chats:1") is None
     await counters.seed("chats:1", 20)
@@ -384,7 +318,7 @@ async def test_dead_pooled_connections_are_replaced_without_an_error(
     counters = RedisCounters(connection)
     await counters.seed("k", 0)
     assert await asyncio.gather(*(counters.increment("k") for _ in range(20)))  # fill the pool
-    await asyncio.to_thread(private_redis.stop)
-    await asyncio.to_thread(private_redis.start)
+    await private_redis.stop()
+    await private_redis.start()
     # Every pooled socket is dead; the retry on connection errors reconnects, so callers see no outage.
     assert await asyncio.gather(*(counters.current("k") for _ in range(20))) == [None] * 20

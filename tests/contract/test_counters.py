@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from chatd.ports import Backends
 from tests.factories import eventually
+
+
+@pytest.fixture
+def ports() -> tuple[str, ...]:
+    """Only the counters, cache and lock on the real servers: nothing else is created for these tests."""
+    return ("counters", "cache", "lock")
 
 
 async def test_increment_needs_a_seeded_key(backends: Backends) -> None:

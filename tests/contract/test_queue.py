@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from chatd.ports import Backends, Delivery
 from tests.factories import eventually
+
+
+@pytest.fixture
+def ports() -> tuple[str, ...]:
+    """Only the queue on the real servers: nothing else is created for these tests."""
+    return ("queue",)
 
 
 async def receive_batches(backends: Backends, topic: str, count: int, batch: int = 50) -> list[list[Delivery]]:

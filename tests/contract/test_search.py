@@ -7,6 +7,13 @@ import pytest
 from chatd.ports import Backends
 from tests.factories import document
 
+
+@pytest.fixture
+def ports() -> tuple[str, ...]:
+    """Only the search index on the real servers: nothing else is created for these tests."""
+    return ("search",)
+
+
 CORPUS = [
     "Hello, World!",
     "hello again",

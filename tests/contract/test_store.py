@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from chatd.domain import NumberScope
 from chatd.ports import Backends
 from tests.factories import WHEN, chat_job, message_job
+
+
+@pytest.fixture
+def ports() -> tuple[str, ...]:
+    """Only the store on the real servers: nothing else is created for these tests."""
+    return ("store",)
 
 
 async def test_applications_round_trip(backends: Backends) -> None:

@@ -34,7 +34,7 @@ from tests.deploy.helpers import (
     serve_settings,
     server_block,
 )
-from tests.processes import free_port
+from tests.servers import free_port
 
 
 def select_location(server: Directive, path: str) -> Directive:

@@ -21,7 +21,7 @@ from tests.faults.load import LoadClient
 from tests.faults.verify import Verdict, verify
 from tests.processes import ChatdProcess
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, pytest.mark.real, pytest.mark.timeout(600)]
 
 SERVICES = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
 FAST = {"reconcile_interval_seconds": 1.0, "index_batch_wait_seconds": 0.2, "shutdown_timeout_seconds": 15.0}

@@ -103,6 +103,7 @@ async def test_a_legacy_search_file_without_an_identity_is_rebuilt(tmp_path: Pat
         await close_all(backends)
 
 
+@pytest.mark.real
 async def test_beside_mysql_a_search_file_follows_its_database(tmp_path: Path) -> None:
     """Two MySQL databases given one search file: the second one's open empties it."""
     from tests.conftest import MYSQL_URL, create_mysql_database, drop_mysql_database, unique_name

@@ -1,0 +1,164 @@
+"""The feed's ordering rules, driven step by step with a fake store and clock (no servers)."""
+
+from __future__ import annotations
+
+from chatd.domain import Message
+from chatd.live.events import LiveEvent, message_updated, stored_message
+from chatd.live.feed import Feed
+from chatd.live.subscriber import SLOW_CONSUMER, Subscriber
+from tests.factories import WHEN, document
+
+NOW = WHEN.timestamp()
+
+
+class FakeStore:
+    """Stored messages of one chat, and the reads the feed made."""
+
+    def __init__(self) -> None:
+        self.stored: dict[int, str] = {}
+        self.reads: list[int] = []
+
+    def store(self, *numbers: int) -> list[LiveEvent]:
+        for number in numbers:
+            self.stored[number] = f"m{number}"
+        return [self.event(number) for number in numbers]
+
+    @staticmethod
+    def event(number: int) -> LiveEvent:
+        return stored_message(1, 1, Message(number, f"m{number}", WHEN, WHEN))
+
+    async def read_after(self, after: int, limit: int) -> list[LiveEvent]:
+        self.reads.append(after)
+        return [self.event(n) for n in sorted(self.stored) if n > after][:limit]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_feed(store: FakeStore, clock: Clock, **options: float) -> Feed:
+    return Feed(store.read_after, monotonic=clock, wall=lambda: NOW + 1, **options)  # type: ignore[arg-type]
+
+
+def received(subscriber: Subscriber) -> list[int]:
+    return [event.number for event in subscriber.take(10_000)]
+
+
+async def test_replay_then_live_without_gap_or_duplicate() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock, page_size=2)
+    store.store(1, 2, 3)
+    subscriber = Subscriber(after=0, capacity=100)
+    feed.add(subscriber)
+    # Announced while the replay has not read them yet, and again after: each number once.
+    feed.offer(store.store(4, 5))
+    await feed.pump()
+    feed.offer(store.store(5, 6))
+    await feed.pump()
+    assert received(subscriber) == [1, 2, 3, 4, 5, 6]
+    assert not subscriber.catching_up
+
+
+async def test_a_hole_being_filled_holds_later_numbers_back() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock, hole_wait=10)
+    subscriber = Subscriber(after=0, capacity=100)
+    feed.add(subscriber)
+    await feed.pump()
+    feed.offer(store.store(1, 3))  # 2 is still being stored by another worker
+    await feed.pump()
+    assert received(subscriber) == [1]
+    clock.now += 1
+    feed.offer(store.store(2))
+    await feed.pump()
+    assert received(subscriber) == [2, 3]
+
+
+async def test_a_hole_never_filled_is_skipped_after_the_wait() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock, hole_wait=10, recheck=0.25)
+    subscriber = Subscriber(after=0, capacity=100)
+    feed.add(subscriber)
+    feed.offer(store.store(1, 3, 4))
+    await feed.pump()
+    assert received(subscriber) == [1] and subscriber.last == 1
+    clock.now += 9
+    await feed.pump()
+    assert received(subscriber) == []
+    clock.now += 1.5
+    await feed.pump()
+    assert received(subscriber) == [3, 4]
+    # A late store of the skipped number does not come out of order.
+    feed.offer(store.store(2))
+    await feed.pump()
+    assert received(subscriber) == []
+
+
+async def test_a_lost_announcement_is_read_from_the_store() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock)
+    subscriber = Subscriber(after=0, capacity=100)
+    feed.add(subscriber)
+    await feed.pump()
+    store.store(1, 2)  # announcement lost
+    feed.offer(store.store(3))  # the next one shows a gap: the feed reads 1 and 2
+    await feed.pump()
+    assert received(subscriber) == [1, 2, 3]
+    store.store(4)  # lost, and nothing follows: the keep-alive poll finds it
+    feed.poll()
+    await feed.pump()
+    assert received(subscriber) == [4]
+
+
+async def test_a_live_subscriber_that_stops_reading_is_closed() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock)
+    subscriber = Subscriber(after=0, capacity=3)
+    feed.add(subscriber)
+    await feed.pump()
+    feed.offer(store.store(1, 2, 3))
+    await feed.pump()
+    assert subscriber.closed is None
+    feed.offer(store.store(4))
+    await feed.pump()
+    assert subscriber.closed == SLOW_CONSUMER and not subscriber.buffer
+
+
+async def test_catching_up_is_paced_by_the_reader_not_closed() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock, page_size=2)
+    store.store(*range(1, 11))
+    subscriber = Subscriber(after=0, capacity=3)
+    feed.add(subscriber)
+    got: list[int] = []
+    while len(got) < 10:
+        await feed.pump()
+        got += received(subscriber)
+        feed.has_room(subscriber)
+    assert got == list(range(1, 11)) and subscriber.closed is None
+
+
+async def test_edits_reach_those_past_the_message_and_newcomers_get_the_new_text() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock)
+    ahead = Subscriber(after=0, capacity=100)
+    feed.add(ahead)
+    await feed.pump()
+    feed.offer(store.store(1, 2))
+    await feed.pump()
+    assert received(ahead) == [1, 2]
+    behind = Subscriber(after=0, capacity=1)  # catching up: holds message 1, not yet 2
+    feed.add(behind)
+    await feed.pump()
+    edit = message_updated(document(1, 1, 2, "edited", revision=2), WHEN)
+    feed.offer([edit])
+    updates = ahead.take(10)
+    assert [(e.kind, e.number, e.content) for e in updates] == [("message.updated", 2, "edited")]
+    assert received(behind) == [1]
+    await feed.pump()
+    (second,) = behind.take(10)
+    assert (second.kind, second.number, second.content) == ("message.created", 2, "edited")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from chatd import keys
+from chatd import keys, shutdown
 from chatd.backends.registry import close_all, make_backends, open_all
 from chatd.handlers import applications, chats, docs, events, health, messages, page
 from chatd.handlers.middleware import error_middleware
@@ -79,6 +79,7 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
             finally:
                 # Requests are finished by now; a group they joined may still be publishing.
                 await service.acceptor.drain()
+                await shutdown.report(app)  # the loops have stopped (their context closed first)
         finally:
             await close_all(backends)
 

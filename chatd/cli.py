@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from chatd import logs, reindexing
+from chatd import logs, reindexing, tracing
 from chatd.app import create_app
 from chatd.backends.registry import close_all, make_backends, open_all
 from chatd.handlers.protocol import ChatdRunner
@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level)
     if args.command == "serve":
         overrides = {name: getattr(args, name) for name in ("host", "port", "role") if getattr(args, name)}
-        return serve(settings.replace(**overrides))
+        settings = settings.replace(**overrides)
+    logs.log_settings(settings, args.command)
+    if args.command == "serve":
+        return serve(settings)
     return asyncio.run(_admin(args.command, settings))
 
 
@@ -55,6 +58,7 @@ def serve(settings: Settings) -> int:
         uvloop.install()
     except ImportError:  # uvloop is optional on platforms without it
         pass
+    tracing.configure(settings.role)  # before create_app: it instruments aiohttp's Application
     app = create_app(settings)
     _tune_garbage_collector()
     asyncio.run(_serve(app, settings))

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import orjson
 
-from chatd import jobs
+from chatd import jobs, logs, tracing
 from chatd.accepting import Acceptor, trim_memo
 from chatd.domain import (
     Application,
@@ -91,10 +91,13 @@ class ChatService:
         key = f"app:{token}"
         cached = await self.cache.get(key)
         if cached is not None:
-            return _application_from_cache(cached)
+            known = _application_from_cache(cached)
+            logs.application_id.set(known.id)  # for the access log
+            return known
         app = await self.store.get_application(token)
         if app is None:
             raise NotFound("no application has this token", code="application_not_found")
+        logs.application_id.set(app.id)
         await self.cache.set(key, _application_to_cache(app), self.cache_ttl)
         return app
 
@@ -150,8 +153,10 @@ class ChatService:
         app = await self._application_ref(token)
         await self._require_chat(app, chat_number)
 
+        trace = tracing.current_traceparent()  # the request's span, while tracing is on
+
         def make_job(number: int) -> bytes:
-            return jobs.encode_message(MessageJob(app.id, chat_number, number, content, self.clock()))
+            return jobs.encode_message(MessageJob(app.id, chat_number, number, content, self.clock(), trace))
 
         scope = NumberScope(app.id, chat_number)
         fingerprint = ""
@@ -255,6 +260,7 @@ class ChatService:
             app = await self.application(token)
             ref = self._refs[token] = ApplicationRef(app.id)
             trim_memo(self._refs)
+        logs.application_id.set(ref.id)  # for the access log
         return ref
 
 

@@ -11,7 +11,7 @@ import time
 from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler
 
-from chatd import keys, metrics
+from chatd import keys, logs, metrics
 from chatd.errors import BackendUnavailable, ChatdError
 from chatd.handlers.render import error_response
 
@@ -53,6 +53,7 @@ def _expire_body(payload: StreamReader) -> None:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or next(_request_ids)
     started = time.perf_counter()
+    logs.application_id.set(None)  # a keep-alive connection runs its requests in one task
     payload = request.content
     # A small body arrives with its headers and is complete here: only a body still on its way
     # (large, slow, or stalled) pays for a timer.
@@ -96,5 +97,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             deadline.cancel()
     response.headers["X-Request-Id"] = request_id
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    metrics.REQUEST_METRICS.observe(request.method, route, response.status, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    metrics.REQUEST_METRICS.observe(request.method, route, response.status, seconds)
+    logs.ACCESS.write(request.method, route, response.status, seconds, request_id, logs.application_id.get())
     return response

@@ -299,11 +299,18 @@ def _fuzz_operation(operation: Operation, base_url: str, real: dict[str, Any], s
     return None
 
 
+# Live event streams never end (a valid request would hold the fuzzer until its timeout) and the
+# page is HTML: tests/live checks their answers against the description instead.
+NOT_FUZZED = {"/applications/{token}/chats/{chat}/events", "/applications/{token}/events", "/", "/static/{name}"}
+
+
 def _fuzz(base_url: str, real: dict[str, Any]) -> list[str]:
     schema = schemathesis.openapi.from_dict(SPEC)
     failures = []
     with requests.Session() as session:
         for path, method in sorted(SPEC_ROUTES):
+            if path in NOT_FUZZED:
+                continue
             failure = _fuzz_operation(schema[path][method], base_url, real, session)
             if failure:
                 failures.append(failure)

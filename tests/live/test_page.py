@@ -1,0 +1,91 @@
+"""The page at / in a real browser: Debian's chromium driven by Playwright, on both backend sets.
+
+Two pages on one chat: one sends, the other shows the message live; an edit travels back; a
+search finds it. Screenshots of both pages are saved under ``test-artifacts/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from chatd.app import create_app
+from tests.conftest import Namespace
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (make browser-tools); Playwright's own download cannot work here
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: make browser-tools installs Debian's chromium")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def serve(namespace: Namespace, aiohttp_client) -> str:  # type: ignore[no-untyped-def]
+    """chatd with its workers running (role all), as `make run` serves it; its base URL."""
+    settings = await namespace.settings(index_batch_wait_seconds=0.05, reconcile_interval_seconds=0.2)
+    if namespace.backend_set == "real":
+        await namespace.open_backends()  # migrates, as `chatd migrate` would
+    client = await aiohttp_client(create_app(settings))
+    return str(client.make_url("/"))
+
+
+async def search_until_found(page: Page, query: str, text: str) -> None:
+    """Search until the indexer has caught up (it runs a fraction of a second behind the store)."""
+    results = page.locator("#search-results")
+    async with asyncio.timeout(30):
+        while True:
+            await page.fill("#search-input", query)
+            await page.click("#search-button")
+            await expect(results).to_be_visible()
+            if text in await results.inner_text():
+                return
+            await asyncio.sleep(0.2)
+
+
+async def test_two_pages_on_one_chat(namespace: Namespace, aiohttp_client, browser: Browser) -> None:  # type: ignore[no-untyped-def]
+    base = await serve(namespace, aiohttp_client)
+    sender, watcher = await browser.new_page(), await browser.new_page()
+    errors: list[str] = []
+    for page in (sender, watcher):
+        page.on("pageerror", lambda error: errors.append(str(error)))
+
+    await sender.goto(base)
+    await expect(sender.locator('a[href="/docs"]')).to_have_text("API docs")
+    await sender.fill("#app-name", "Browser test")
+    await sender.click("#create-app")
+    await expect(sender.locator("#chats-panel")).to_be_visible()
+    await sender.click("#new-chat")
+    await expect(sender.locator("#chat-title")).to_have_text("Chat 1")
+    token = await sender.input_value("#token")
+
+    await watcher.goto(f"{base}#token={token}&chat=1")
+    await expect(watcher.locator("#chat-title")).to_have_text("Chat 1")
+    await expect(watcher.locator("#status")).to_have_text("live: chat 1")
+
+    await sender.fill("#message-input", "hello from the other page")
+    await sender.click("#send")
+    shown = watcher.locator('#messages li[data-number="1"] .content')
+    await expect(shown).to_have_text("hello from the other page")
+
+    # An edit on the watcher reaches the sender live.
+    watcher.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("hello, edited")))
+    await watcher.click('#messages li[data-number="1"] .edit')
+    await expect(sender.locator('#messages li[data-number="1"] .content')).to_have_text("hello, edited")
+
+    await search_until_found(watcher, "EDITD", "hello, edited")
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name, page in (("sender", sender), ("watcher", watcher)):
+        await page.screenshot(path=str(ARTIFACTS / f"page-{name}-{namespace.backend_set}.png"), full_page=True)
+    assert not errors

@@ -302,6 +302,8 @@ def _fuzz_operation(operation: Operation, base_url: str, real: dict[str, Any], s
 # Live event streams never end (a valid request would hold the fuzzer until its timeout) and the
 # page is HTML: tests/live checks their answers against the description instead.
 NOT_FUZZED = {"/applications/{token}/chats/{chat}/events", "/applications/{token}/events", "/", "/static/{name}"}
+# /docs and its files are HTML, CSS and JavaScript too: tests/operating/test_docs.py checks them.
+NOT_FUZZED |= {"/docs", "/docs/assets/{name}"}
 
 
 def _fuzz(base_url: str, real: dict[str, Any]) -> list[str]:

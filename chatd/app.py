@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from chatd import keys, shutdown
+from chatd import keys, shutdown, tracing
 from chatd.backends.registry import close_all, make_backends, open_all
 from chatd.handlers import applications, chats, docs, events, health, messages, page
 from chatd.handlers.middleware import error_middleware
@@ -33,7 +33,9 @@ def create_app(
     health endpoints), ``all`` does both. Tests may pass ``run_workers=False`` to drive the
     pipeline themselves with ``app[keys.PIPELINE].run_until_idle()``.
     """
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[*tracing.middlewares(), error_middleware]
+    )
     app[keys.SETTINGS] = settings
     add_routes(app, health.routes)
     if settings.role in ("all", "api"):

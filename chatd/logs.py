@@ -2,8 +2,9 @@
 
 Two paths. Everything goes through the ``logging`` module and python-json-logger, except the
 access log: a line per HTTP request through ``logging`` (a LogRecord, the formatter, a write
-and a flush) costs about as much as a quarter of chatd's whole request, so ``AccessLog`` encodes
-the line with orjson and writes the lines of one event-loop iteration together.
+and a flush) costs about 20 µs, a fifth of chatd's whole request at 8,800 requests/s, so
+``AccessLog`` encodes the line with orjson (about 2.5 µs) and writes the lines of one
+event-loop iteration together, one system call for many requests under load.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 # The SDK's tracer while tracing is on; None (the default) means off.
 _tracer: Any = None
+_middleware: Any = None
 _TRACEPARENT = "traceparent"
 
 
@@ -66,34 +68,39 @@ def configure(role: str) -> bool:
 
 
 def install(provider: Any) -> None:
-    """Trace with ``provider`` (a configured SDK TracerProvider): the HTTP server spans too.
+    """Trace with ``provider`` (a configured SDK TracerProvider), HTTP server spans included.
 
-    Must run before ``create_app``: the aiohttp instrumentation works by replacing
-    ``web.Application`` with a subclass that adds its middleware.
+    Must run before ``create_app``, which adds ``middlewares()`` to the application.
     """
-    global _tracer
-    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+    global _tracer, _middleware
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor, create_aiohttp_middleware
 
     instrumentor = AioHttpServerInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
-    instrumentor.instrument(tracer_provider=provider)
+    with warnings.catch_warnings():
+        # instrument() sets up the middleware's meters and settings (OTEL_PYTHON_AIOHTTP_SERVER_*)
+        # and swaps in a subclass of web.Application, which aiohttp deprecates: chatd puts the
+        # instrumentation's middleware into its own application instead, and swaps the class back.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(tracer_provider=provider)
+    instrumentor.uninstrument()
+    _middleware = create_aiohttp_middleware(tracer_provider=provider)
     _tracer = provider.get_tracer("chatd")
 
 
 def uninstall() -> None:
     """Tracing off again (tests)."""
-    global _tracer
-    if _tracer is None:
-        return
-    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
-
-    AioHttpServerInstrumentor().uninstrument()
-    _tracer = None
+    global _tracer, _middleware
+    _tracer = _middleware = None
 
 
 def enabled() -> bool:
     return _tracer is not None
+
+
+def middlewares() -> list[Any]:
+    """The HTTP server span middleware while tracing is on (first: it times everything else)."""
+    return [] if _middleware is None else [_middleware]
 
 
 def current_traceparent() -> str | None:

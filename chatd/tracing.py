@@ -115,6 +115,16 @@ def current_traceparent() -> str | None:
 
 
 @contextmanager
+def span(name: str, **attributes: Any) -> Iterator[None]:
+    """A span around a step, a child of the current one (nothing at all when tracing is off)."""
+    if _tracer is None:
+        yield
+        return
+    with _tracer.start_as_current_span(name, attributes=attributes):
+        yield
+
+
+@contextmanager
 def batch(name: str, traces: Sequence[str | None], **attributes: Any) -> Iterator[list[str | None]]:
     """Run a batch's work under one span linked to each job's trace, and one short span per job
     in the job's own trace (its parent the span that queued it).

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
+from chatd import tracing
 from chatd.domain import ChatJob, MessageJob, SearchDocument
 from chatd.live import events
 from chatd.live.fanout import Fanout
@@ -51,7 +52,9 @@ class AnnouncingStore:
 
     def _announce(self, announced: list[events.LiveEvent]) -> None:
         try:
-            self._fanout.announce(announced)
+            # In a worker's store span while tracing is on (chatd.tracing): the fan-out's step.
+            with tracing.span("chatd live announce", **{"chatd.live.events": len(announced)}):
+                self._fanout.announce(announced)
         except Exception:  # storing goes on whatever happens to the fan-out
             logger.exception("live announcement failed")
 

@@ -62,6 +62,9 @@ async def test_a_message_is_one_trace_from_post_to_index(spans, make_api) -> Non
     [store_batch] = _named(finished, "chatd store messages")
     assert {link.context.trace_id for link in store_batch.links} == {post.context.trace_id for post in posts}
     assert store_batch.attributes["chatd.batch.jobs"] == 2
+    # The live fan-out's announcement, within the store's batch.
+    announces = _named(finished, "chatd live announce")
+    assert any(span.parent is not None and span.parent.span_id == store_batch.context.span_id for span in announces)
     [index_batch] = _named(finished, "chatd index messages")
     assert {link.context.trace_id for link in index_batch.links} == {post.context.trace_id for post in posts}
     assert numbers == [1, 2]

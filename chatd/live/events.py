@@ -114,14 +114,13 @@ def stored_chat(application_id: int, chat: Chat) -> LiveEvent:
     return chat_created(application_id, chat.number, chat.created_at)
 
 
+def _row(e: LiveEvent) -> list[Any]:
+    return [e.kind, e.application_id, e.chat_number, e.number, e.created_at, e.content, e.updated_at, e.revision]
+
+
 def encode_announcement(events: Sequence[LiveEvent]) -> bytes:
     """One announcement: a batch of events as compact JSON arrays."""
-    return orjson.dumps(
-        [
-            [e.kind, e.application_id, e.chat_number, e.number, e.created_at, e.content, e.updated_at, e.revision]
-            for e in events
-        ]
-    )
+    return orjson.dumps([_row(e) for e in events])
 
 
 def decode_announcement(body: bytes) -> list[LiveEvent]:
@@ -144,17 +143,20 @@ def _decode_row(row: list[Any]) -> LiveEvent:
 
 
 def split_announcements(events: Iterable[LiveEvent], max_bytes: int) -> list[bytes]:
-    """Announcements of at most ``max_bytes`` each (one event alone may exceed it)."""
+    """Announcements of at most ``max_bytes`` each (one event alone may exceed it).
+
+    Each event is encoded once: an announcement is its rows joined into one JSON array.
+    """
     bodies: list[bytes] = []
-    chunk: list[LiveEvent] = []
+    chunk: list[bytes] = []
     size = 2
     for event in events:
-        cost = len(encode_announcement([event]))
-        if chunk and size + cost > max_bytes:
-            bodies.append(encode_announcement(chunk))
+        row = orjson.dumps(_row(event))
+        if chunk and size + len(row) + 1 > max_bytes:
+            bodies.append(b"[" + b",".join(chunk) + b"]")
             chunk, size = [], 2
-        chunk.append(event)
-        size += cost
+        chunk.append(row)
+        size += len(row) + 1
     if chunk:
-        bodies.append(encode_announcement(chunk))
+        bodies.append(b"[" + b",".join(chunk) + b"]")
     return bodies

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatd.live.events import APPLICATION_FEED, LiveEvent, decode_announcement, stored_chat, stored_message
@@ -94,10 +93,10 @@ class Hub:
         for feed in self.feeds.values():
             feed.poll()
 
-    async def keep_alive(self, sleep: Callable[[float], object] = asyncio.sleep) -> None:
+    async def keep_alive(self) -> None:
         """Ping every subscriber and poll every feed, each keep-alive interval, until cancelled."""
         while True:
-            await sleep(self.options.keepalive_seconds)  # type: ignore[misc]
+            await asyncio.sleep(self.options.keepalive_seconds)
             for feed in list(self.feeds.values()):
                 feed.poll()
                 for subscriber in feed.subscribers:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from chatd.domain import Message
-from chatd.live.events import LiveEvent, message_updated, stored_message
+from chatd.live.events import (
+    LiveEvent,
+    decode_announcement,
+    encode_announcement,
+    message_updated,
+    split_announcements,
+    stored_message,
+)
 from chatd.live.feed import Feed
 from chatd.live.subscriber import SLOW_CONSUMER, Subscriber
 from tests.factories import WHEN, document
@@ -162,3 +169,14 @@ async def test_edits_reach_those_past_the_message_and_newcomers_get_the_new_text
     await feed.pump()
     (second,) = behind.take(10)
     assert (second.kind, second.number, second.content) == ("message.created", 2, "edited")
+
+
+def test_announcements_split_by_size_and_read_back() -> None:
+    events = [FakeStore.event(n) for n in range(1, 40)]
+    bodies = split_announcements(events, 300)
+    assert len(bodies) > 1 and all(len(body) <= 300 for body in bodies)
+    decoded = [event for body in bodies for event in decode_announcement(body)]
+    assert [(e.kind, e.number, e.content, e.created_at) for e in decoded] == [
+        (e.kind, e.number, e.content, e.created_at) for e in events
+    ]
+    assert decode_announcement(encode_announcement(events[:2]))[1].at == events[1].at

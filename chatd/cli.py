@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from chatd import logs, reindexing, tracing
+from chatd import keys, logs, reindexing, sdnotify, tracing
 from chatd.app import create_app
 from chatd.backends.registry import close_all, make_backends, open_all
 from chatd.handlers.protocol import ChatdRunner
@@ -69,22 +69,36 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     """What ``web.run_app`` does, with chatd's HTTP protocol (``ChatdRunner``).
 
     On SIGTERM/SIGINT: stop accepting, finish in-flight requests within the grace period,
-    then run the cleanup contexts (which drain the background loops).
+    then run the cleanup contexts (which drain the background loops). Under systemd
+    (``Type=notify``) it says READY=1 once the backends answer, pings the watchdog, and says
+    STOPPING=1 as the drain starts (``chatd.sdnotify``).
     """
     # keepalive_timeout as run_app sets it: aiohttp's own default keeps an idle connection an hour.
     runner = ChatdRunner(
         app, access_log=None, keepalive_timeout=75.0, shutdown_timeout=settings.shutdown_timeout_seconds
     )
+    notifier = sdnotify.Notifier.from_env()
     await runner.setup()
+    # The watchdog pings on through the drain (a loop that stalls there is stuck too).
+    watchdog = asyncio.create_task(sdnotify.watchdog(notifier))
+    readiness: asyncio.Task[None] | None = None
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        readiness = asyncio.create_task(sdnotify.ready_when_backends_answer(notifier, app[keys.BACKENDS].all()))
         await stop.wait()
+        notifier.notify("STOPPING=1", "STATUS=draining")
     finally:
+        helpers = [watchdog] if readiness is None else [watchdog, readiness]
+        if readiness is not None:
+            readiness.cancel()  # never a READY=1 after STOPPING=1
         await runner.cleanup()
+        watchdog.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        notifier.close()
 
 
 def _tune_garbage_collector() -> None:

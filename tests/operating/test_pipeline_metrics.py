@@ -51,7 +51,10 @@ async def test_an_edit_is_not_counted_as_searchable_lag(api) -> None:  # type: i
     assert response.status == 200
     await api.settle()
     after = await scrape(api.client)
-    assert value(after, "chatd_jobs_done_total", topic="index") - value(before, "chatd_jobs_done_total", topic="index") == 1
+    assert (
+        value(after, "chatd_jobs_done_total", topic="index") - value(before, "chatd_jobs_done_total", topic="index")
+        == 1
+    )
     assert value(after, "chatd_searchable_lag_seconds_count") == value(before, "chatd_searchable_lag_seconds_count")
 
 

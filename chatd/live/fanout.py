@@ -149,9 +149,9 @@ def socket_directory(embedded_file: str) -> str:
     A Unix socket path is limited to 107 bytes; a directory too deep for that is replaced by
     one in /tmp named after it, which every process of the same file finds as well.
     """
-    path = Path(os.path.abspath(embedded_file))
+    path = Path(os.path.realpath(embedded_file))  # one spelling of it for every process
     directory = str(path.with_suffix("")) + ".live"
-    if len(directory) > 70:
+    if len(directory) > 85:  # + "/<pid>-<8 hex>.sock" stays within 107
         digest = hashlib.sha256(directory.encode()).hexdigest()[:16]
         directory = f"/tmp/chatd-live-{digest}"
     return directory

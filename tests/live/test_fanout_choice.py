@@ -1,0 +1,47 @@
+"""Which fan-out a configuration gets, and the in-process one (an in-memory store is one process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from chatd.live.events import decode_announcement
+from chatd.live.fanout import LocalFanout, make_fanout, socket_directory
+from chatd.live.redis_fanout import RedisFanout
+from chatd.live.unix_fanout import UnixFanout
+from chatd.settings import Settings
+from tests.live.test_feed import FakeStore
+
+
+def test_the_configuration_picks_the_fan_out(tmp_path: Path) -> None:
+    assert isinstance(make_fanout(Settings(redis_url="redis://127.0.0.1:6379/0", redis_prefix="x:")), RedisFanout)
+    short = tempfile.mkdtemp(prefix="chatd-")  # pytest's tmp_path can be too deep for a socket path
+    embedded = make_fanout(Settings(database_url=f"sqlite:///{short}/chatd.db"))
+    assert isinstance(embedded, UnixFanout) and embedded.directory == f"{short}/chatd.live"
+    os.rmdir(short)
+    assert isinstance(make_fanout(Settings(database_url="sqlite:///:memory:")), LocalFanout)
+
+
+def test_a_socket_directory_too_deep_for_a_socket_path_moves_to_tmp(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 80) / "chatd.db"
+    directory = socket_directory(str(deep))
+    assert directory.startswith("/tmp/chatd-live-") and directory == socket_directory(str(deep))
+    assert len(directory) + len("/4194304-0123abcd.sock") < 108
+
+
+async def test_local_fan_out_delivers_in_process() -> None:
+    fanout = LocalFanout()
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    resynced = asyncio.Event()
+    await fanout.open()
+    listener = asyncio.create_task(fanout.listen(received.put_nowait, resynced.set))
+    try:
+        await resynced.wait()
+        fanout.announce([FakeStore.event(1), FakeStore.event(2)])
+        body = await asyncio.wait_for(received.get(), 10)
+        assert [e.number for e in decode_announcement(body)] == [1, 2]
+    finally:
+        listener.cancel()
+        await fanout.close()

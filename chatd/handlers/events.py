@@ -18,7 +18,7 @@ import logging
 import orjson
 from aiohttp import WSMsgType, web
 
-from chatd import keys
+from chatd import keys, metrics
 from chatd.errors import BadRequest
 from chatd.handlers import parsing
 from chatd.live.events import APPLICATION_FEED, MESSAGE_UPDATED, LiveEvent
@@ -81,9 +81,12 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     feed, subscriber = hub.subscribe(
         app.id, APPLICATION_FEED if chat is None else chat, head if after is None else after
     )
+    connections = metrics.LIVE_CONNECTIONS.labels("websocket" if isinstance(writer, _WebSocketWriter) else "sse")
+    connections.inc()
     try:
         await _pump(hub, feed, subscriber, writer)
     finally:
+        connections.dec()
         hub.unsubscribe(feed, subscriber)
     return writer.response
 

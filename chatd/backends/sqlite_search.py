@@ -7,17 +7,24 @@ intersected, so a search's work grows with its matches, not with the chat's voca
 * exact and prefix matches are one range of the term index, ``term >= w AND term < w'``
   (``w`` with its last character incremented: SQLite compares TEXT as UTF-8 bytes, which
   order like code points, so the range holds exactly the words starting with ``w``);
-* matches within edits come from ``search_variants``, a deletion neighbourhood (SymSpell):
-  every distinct word of a chat is stored under each string it becomes with up to
-  ``_term_depth`` characters deleted. A word within ``k`` edits of a query word (a
-  transposition being one) shares such a string with it, each side having lost at most
-  ``k`` characters, so the query word's own deletions (up to its allowed edits) find every
-  candidate; ``word_matches`` then keeps the true matches. A query word of 10 characters
-  makes at most 1 + 10 + 45 = 56 lookups. The table's cost, per distinct word of a chat of
+* matches within edits come from a deletion neighbourhood (SymSpell) of the whole file's
+  vocabulary: every distinct word indexed anywhere (``search_vocabulary``) is stored in
+  ``search_deletions`` under each string it becomes with up to ``_term_depth`` characters
+  deleted. A word within ``k`` edits of a query word (a transposition being one) shares such
+  a string with it, each side having lost at most ``k`` characters, so the query word's own
+  deletions (up to its allowed edits) find every candidate; ``word_matches`` keeps the true
+  matches, and one index lookup per candidate keeps those the chat uses. A query word of 10
+  characters makes at most 1 + 10 + 45 = 56 lookups. The table's cost, per distinct word of
   ``n`` characters: up to 1 + n + n(n-1)/2 rows for 4 to 12 characters (two deletions: 29
   for 7, 56 for 10, 79 for 12), n + 1 for 2, 3 and 13 to 33 (one), none for 1 or more than
   33 (prefix matches only). 12 and 33, not 10 and 32: a query word may allow more edits
   than the word it matches (``_term_depth``).
+
+  The neighbourhood is the file's, not each chat's: a word's variants are written once,
+  however many chats use it, so the table grows with the vocabulary of the language (and its
+  typos), not with chats times their words (10,000 chats of a few hundred words each would
+  be hundreds of millions of rows). It only grows: a word no message uses any more keeps its
+  variants, which costs a lookup that finds no posting, never a wrong match.
 
 The file records the version of this layout (``search_meta``): a file written before the
 variants existed would miss typo matches, so it empties itself with a warning instead, and
@@ -52,14 +59,24 @@ _SCHEMA = (
     " term TEXT NOT NULL, message_number INTEGER NOT NULL,"
     " PRIMARY KEY (application_id, chat_number, term, message_number)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS search_variants (application_id INTEGER NOT NULL, chat_number INTEGER NOT NULL,"
-    " variant TEXT NOT NULL, term TEXT NOT NULL,"
-    " PRIMARY KEY (application_id, chat_number, variant, term)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS search_vocabulary (term TEXT PRIMARY KEY) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS search_deletions (variant TEXT NOT NULL, term TEXT NOT NULL,"
+    " PRIMARY KEY (variant, term)) WITHOUT ROWID",
+)
+_WIPE = (
+    "DELETE FROM search_terms",
+    "DELETE FROM search_documents",
+    "DELETE FROM search_deletions",
+    "DELETE FROM search_vocabulary",
+    # Layout 2's per-chat neighbourhood, replaced by search_deletions.
+    "DROP TABLE IF EXISTS search_variants",
 )
 _STORE_KEY = "store_identity"
 _VERSION_KEY = "schema_version"
-# 2: search_variants, the deletion neighbourhood of every term. Files without it are rebuilt.
-_SCHEMA_VERSION = 2
+# 2: search_variants, the deletion neighbourhood of every term of each chat.
+# 3: search_vocabulary and search_deletions, one neighbourhood for the whole file.
+# Files of an older layout are emptied (and rebuilt by ``chatd reindex``).
+_SCHEMA_VERSION = 3
 _CHUNK = 500
 
 
@@ -93,12 +110,7 @@ class SqliteSearchIndex(SqliteBacked):
     async def destroy(self) -> None:
         """Forget every document (as a lost search index would)."""
 
-        def wipe(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM search_terms")
-            conn.execute("DELETE FROM search_variants")
-            conn.execute("DELETE FROM search_documents")
-
-        await self.db.transaction(wipe)
+        await self.db.transaction(_wipe)
 
     async def refresh(self) -> None:
         """Writes are visible once committed: nothing to do."""
@@ -141,9 +153,7 @@ def _claim(conn: sqlite3.Connection, identity: str, path: str) -> None:
             row[0] if row is not None else "unrecorded",
             identity,
         )
-        conn.execute("DELETE FROM search_terms")
-        conn.execute("DELETE FROM search_variants")
-        conn.execute("DELETE FROM search_documents")
+        _wipe(conn)
     conn.execute("INSERT OR REPLACE INTO search_meta VALUES (?, ?)", (_STORE_KEY, identity))
 
 
@@ -160,10 +170,13 @@ def _upgrade(conn: sqlite3.Connection, path: str) -> None:
             row[0] if row is not None else 1,
             _SCHEMA_VERSION,
         )
-        conn.execute("DELETE FROM search_terms")
-        conn.execute("DELETE FROM search_variants")
-        conn.execute("DELETE FROM search_documents")
+    _wipe(conn)  # also when empty: drops layout 2's table
     conn.execute("INSERT OR REPLACE INTO search_meta VALUES (?, ?)", (_VERSION_KEY, str(_SCHEMA_VERSION)))
+
+
+def _wipe(conn: sqlite3.Connection) -> None:
+    for statement in _WIPE:
+        conn.execute(statement)
 
 
 def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
@@ -175,14 +188,7 @@ def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
     ).fetchone()
     if row is not None and row[0] > doc.revision:
         return  # a newer edit is indexed already
-    chat = (doc.application_id, doc.chat_number)
-    old_terms = set(words(row[1])) if row is not None else set()
-    # Words new to the chat get their deletion variants; looked up before their postings exist.
-    fresh = [
-        term
-        for term in set(words(doc.content)) - old_terms
-        if _term_depth(len(term)) and not _in_chat(conn, chat, term)
-    ]
+    terms = set(words(doc.content))
     conn.execute(
         "INSERT OR REPLACE INTO search_documents VALUES (?, ?, ?, ?, ?, ?)",
         (*key, doc.content, format_time(doc.created_at), doc.revision),
@@ -192,21 +198,31 @@ def _index_one(conn: sqlite3.Connection, doc: SearchDocument) -> None:
         # message), so a delete by message alone would scan every term of the chat.
         conn.executemany(
             "DELETE FROM search_terms WHERE application_id = ? AND chat_number = ? AND term = ? AND message_number = ?",
-            [(doc.application_id, doc.chat_number, term, doc.message_number) for term in set(words(row[1]))],
+            [(*key[:2], term, doc.message_number) for term in set(words(row[1])) - terms],
         )
     conn.executemany(
         "INSERT OR IGNORE INTO search_terms VALUES (?, ?, ?, ?)",
-        [(doc.application_id, doc.chat_number, term, doc.message_number) for term in set(words(doc.content))],
+        [(*key[:2], term, doc.message_number) for term in terms],
     )
+    _add_to_vocabulary(conn, [term for term in terms if _term_depth(len(term))])
+
+
+def _add_to_vocabulary(conn: sqlite3.Connection, terms: Sequence[str]) -> None:
+    """Give the words no message had before their deletion variants."""
+    if not terms:
+        return
+    known = {
+        term
+        for part in _chunks(terms)
+        for (term,) in conn.execute(
+            f"SELECT term FROM search_vocabulary WHERE term IN ({','.join('?' * len(part))})", part
+        )
+    }
+    fresh = [term for term in terms if term not in known]
+    conn.executemany("INSERT INTO search_vocabulary VALUES (?)", [(term,) for term in fresh])
     conn.executemany(
-        "INSERT OR IGNORE INTO search_variants VALUES (?, ?, ?, ?)",
-        [(*chat, variant, term) for term in fresh for variant in _deletions(term, _term_depth(len(term)))],
-    )
-    # Words the edit removed from the chat's last message that had them: their variants go too.
-    gone = [term for term in old_terms if _term_depth(len(term)) and not _in_chat(conn, chat, term)]
-    conn.executemany(
-        "DELETE FROM search_variants WHERE application_id = ? AND chat_number = ? AND variant = ? AND term = ?",
-        [(*chat, variant, term) for term in gone for variant in _deletions(term, _term_depth(len(term)))],
+        "INSERT OR IGNORE INTO search_deletions VALUES (?, ?)",
+        [(variant, term) for term in fresh for variant in _deletions(term, _term_depth(len(term)))],
     )
 
 
@@ -255,25 +271,56 @@ def _prefix_end(word: str) -> str | None:
     return None
 
 
+def _prefix_range(query_word: str) -> tuple[str, tuple[str, ...]]:
+    """The SQL condition and parameters selecting the terms that start with ``query_word``."""
+    end = _prefix_end(query_word)
+    if end is None:
+        return "term >= ?", (query_word,)
+    return "term >= ? AND term < ?", (query_word, end)
+
+
+def _fuzzy_terms(conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int) -> set[str]:
+    """The chat's words within ``edits`` of ``query_word`` that do not start with it."""
+    if not edits:
+        return set()
+    candidates: set[str] = set()
+    for part in _chunks(sorted(_deletions(query_word, edits))):
+        rows = conn.execute(f"SELECT term FROM search_deletions WHERE variant IN ({','.join('?' * len(part))})", part)
+        candidates.update(term for (term,) in rows if not term.startswith(query_word))
+    return {term for term in candidates if word_matches(query_word, edits, term) and _in_chat(conn, chat, term)}
+
+
 def _matching_terms(conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int) -> set[str]:
     """The chat's words that ``query_word`` matches (``word_matches``), by index lookups only."""
-    end = _prefix_end(query_word)
+    condition, bounds = _prefix_range(query_word)
     prefixed = conn.execute(
-        "SELECT DISTINCT term FROM search_terms WHERE application_id = ? AND chat_number = ? AND term >= ?"
-        + (" AND term < ?" if end is not None else ""),
-        (*chat, query_word) + ((end,) if end is not None else ()),
+        f"SELECT DISTINCT term FROM search_terms WHERE application_id = ? AND chat_number = ? AND {condition}",
+        (*chat, *bounds),
     )
-    terms = {row[0] for row in prefixed}
-    if edits:
-        for part in _chunks(sorted(_deletions(query_word, edits))):
-            marks = ",".join("?" * len(part))
-            candidates = conn.execute(
-                "SELECT DISTINCT term FROM search_variants WHERE application_id = ? AND chat_number = ?"
-                f" AND variant IN ({marks})",
+    return {row[0] for row in prefixed} | _fuzzy_terms(conn, chat, query_word, edits)
+
+
+def _matching_numbers(conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int) -> set[int]:
+    """The numbers of the chat's messages with a word ``query_word`` matches."""
+    # Prefix matches straight from the range of postings: no second pass to list the terms.
+    condition, bounds = _prefix_range(query_word)
+    numbers = {
+        row[0]
+        for row in conn.execute(
+            f"SELECT message_number FROM search_terms WHERE application_id = ? AND chat_number = ? AND {condition}",
+            (*chat, *bounds),
+        )
+    }
+    for part in _chunks(sorted(_fuzzy_terms(conn, chat, query_word, edits))):
+        numbers.update(
+            row[0]
+            for row in conn.execute(
+                "SELECT message_number FROM search_terms WHERE application_id = ? AND chat_number = ?"
+                f" AND term IN ({','.join('?' * len(part))})",
                 (*chat, *part),
             )
-            terms.update(term for (term,) in candidates if word_matches(query_word, edits, term))
-    return terms
+        )
+    return numbers
 
 
 def _search(
@@ -288,18 +335,7 @@ def _search(
     chat = (application_id, chat_number)
     found: set[int] | None = None
     for query_word, edits in wanted:
-        terms = sorted(_matching_terms(conn, chat, query_word, edits))
-        numbers: set[int] = set()
-        for part in _chunks(terms):
-            marks = ",".join("?" * len(part))
-            numbers.update(
-                row[0]
-                for row in conn.execute(
-                    "SELECT message_number FROM search_terms WHERE application_id = ? AND chat_number = ?"
-                    f" AND term IN ({marks})",
-                    (*chat, *part),
-                )
-            )
+        numbers = _matching_numbers(conn, chat, query_word, edits)
         found = numbers if found is None else found & numbers
         if not found:
             return SearchResult(0, [])

@@ -429,3 +429,25 @@ async def test_every_operation_is_unavailable_while_the_server_is_gone_and_recov
         await proxy.cut()
         async with opened(index=name):
             pass  # deleted on the way out
+
+
+async def test_an_index_from_before_keyed_words_gets_the_field_and_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An index created by an older chatd (plain ``words``) is usable after open and ``chatd reindex``."""
+    name = index_name()
+    async with opened(index=name) as es:
+        await es.destroy()
+        await es.client.indices.create(
+            index=name,
+            mappings={"properties": {"words": {"type": "text", "analyzer": "whitespace"}}},
+        )
+        with caplog.at_level("WARNING", logger="chatd.backends.elasticsearch_search"):
+            await es.open()  # what a process does at start
+        assert "chatd reindex" in caplog.text
+        await es.index([document(1, 1, 1, "hello world")])  # as the reindex writes it again
+        await es.refresh()
+        assert await numbers(es, "helo") == (1, [1])
+        caplog.clear()
+        await es.open()  # once added, nothing more to say
+        assert "chatd reindex" not in caplog.text

@@ -60,6 +60,11 @@ class Feed:
         # First number of a hole -> (first seen, last read), monotonic seconds.
         self.holes: dict[int, tuple[float, float]] = {}
         self._needs_read: set[Subscriber] = set()
+        # Who the next pump looks at: everyone after new events, else only those that changed
+        # (a join or a drained buffer), so that joining a busy chat costs O(1), not O(subscribers).
+        self._everyone = False
+        self._dirty: set[Subscriber] = set()
+        self._evict_above = 64
         self._wake = asyncio.Event()
         self._next_check: float | None = None
 
@@ -69,11 +74,13 @@ class Feed:
         """Start delivering to ``subscriber`` from its ``last``: first from the store, then live."""
         self.subscribers.add(subscriber)
         self._needs_read.add(subscriber)
+        self._dirty.add(subscriber)
         self._wake.set()
 
     def remove(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
         self._needs_read.discard(subscriber)
+        self._dirty.discard(subscriber)
 
     def offer(self, events: Iterable[LiveEvent]) -> None:
         """Take announced events (any order, duplicates allowed)."""
@@ -83,16 +90,24 @@ class Feed:
             elif event.number > self.floor and self.cache.get(event.number) is None:
                 self.cache[event.number] = event
                 self.max_known = max(self.max_known, event.number)
+        self._everyone = True
         self._wake.set()
 
     def poll(self) -> None:
         """Read the store for every subscriber once: repairs announcements that were lost."""
         self._needs_read.update(self.subscribers)
+        self._everyone = True
+        self._wake.set()
+
+    def tick(self) -> None:
+        """What the feed's timer does: look at every subscriber again (a hole it waits on may be due)."""
+        self._everyone = True
         self._wake.set()
 
     def has_room(self, subscriber: Subscriber) -> None:
         """A connection drained its buffer: give it more if it is behind."""
         if subscriber.last < self.max_known or subscriber in self._needs_read:
+            self._dirty.add(subscriber)
             self._wake.set()
 
     # -- the loop -----------------------------------------------------------------------
@@ -105,7 +120,7 @@ class Feed:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                self.tick()
             self._wake.clear()
             self._next_check = None
             try:
@@ -114,14 +129,18 @@ class Feed:
                 # The store is down or failing: subscribers keep their place; try again soon.
                 logger.warning("live feed could not read the store; retrying", exc_info=True)
                 self._needs_read.update(self.subscribers)
+                self._everyone = True
                 self._schedule(_RETRY_SECONDS)
 
     async def pump(self) -> None:
         """Give every subscriber what is known, reading the store where it is behind."""
         read: set[int] = set()
+        everyone, dirty = self._everyone, self._dirty
+        self._everyone, self._dirty = False, set()
+        candidates = list(self.subscribers) if everyone else [s for s in dirty if s in self.subscribers]
         while True:
             groups: dict[int, list[Subscriber]] = {}
-            for subscriber in list(self.subscribers):
+            for subscriber in candidates:
                 self._advance(subscriber)
                 if subscriber.closed is not None or subscriber.room == 0:
                     continue
@@ -130,16 +149,21 @@ class Feed:
                         groups.setdefault(subscriber.last, []).append(subscriber)
             if not groups:
                 break
+            widen = False
             for last, members in groups.items():
                 read.add(last)
+                known = self.max_known
                 items = await self.read_after(last, self.page_size)
                 self._learn(items)
+                widen = widen or self.max_known > known
                 for subscriber in members:
                     if len(items) < self.page_size:
                         self._needs_read.discard(subscriber)
                     else:
                         self._needs_read.add(subscriber)  # more to replay once it has room
-                self._settle_hole_after(last)
+                widen = self._settle_hole_after(last) or widen
+            if widen:  # the store had news (a lost announcement, a skipped hole): for everyone
+                candidates = list(self.subscribers)
         self._evict()
 
     # -- internals ------------------------------------------------------------------------
@@ -192,14 +216,17 @@ class Feed:
         self._schedule(seen[1] + self.recheck - self.monotonic())
         return False
 
-    def _settle_hole_after(self, last: int) -> None:
-        """After reading from ``last``: if ``last + 1`` is missing below a stored number, wait or skip."""
+    def _settle_hole_after(self, last: int) -> bool:
+        """After reading from ``last``: if ``last + 1`` is missing below a stored number, wait or skip.
+
+        True if it skipped the hole.
+        """
         if last + 1 in self.cache:
             self.holes.pop(last + 1, None)
-            return
+            return False
         above = [number for number, event in self.cache.items() if number > last and event is not SKIPPED]
         if not above:
-            return
+            return False
         following = min(above)
         now = self.monotonic()
         first_seen = self.holes.get(last + 1, (now, now))[0]
@@ -209,10 +236,10 @@ class Feed:
             for number in range(last + 1, following):
                 self.cache[number] = SKIPPED
             self.holes.pop(last + 1, None)
-            self._wake.set()
-            return
+            return True
         self.holes[last + 1] = (first_seen, now)
         self._schedule(self.recheck)
+        return False
 
     def _schedule(self, delay: float) -> None:
         at = self.monotonic() + max(0.0, delay)
@@ -221,9 +248,9 @@ class Feed:
 
     def _evict(self) -> None:
         """Forget what every subscriber has passed, and cap what slow ones may still need."""
+        if len(self.cache) < self._evict_above:
+            return  # amortized: the floor costs a pass over every subscriber
         self.floor = min((s.last for s in self.subscribers), default=self.max_known)
-        if len(self.cache) < 64:
-            return
         self.cache = {number: event for number, event in self.cache.items() if number > self.floor}
         self.holes = {number: seen for number, seen in self.holes.items() if number > self.floor}
         cap = 4 * self.page_size
@@ -231,3 +258,4 @@ class Feed:
             # A subscriber this far behind reads the store again; the newest stay for the rest.
             keep = sorted(self.cache)[-cap:]
             self.cache = {number: self.cache[number] for number in keep}
+        self._evict_above = max(64, 2 * len(self.cache))

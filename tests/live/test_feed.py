@@ -94,9 +94,11 @@ async def test_a_hole_never_filled_is_skipped_after_the_wait() -> None:
     await feed.pump()
     assert received(subscriber) == [1] and subscriber.last == 1
     clock.now += 9
+    feed.tick()  # the feed's timer
     await feed.pump()
     assert received(subscriber) == []
     clock.now += 1.5
+    feed.tick()
     await feed.pump()
     assert received(subscriber) == [3, 4]
     # A late store of the skipped number does not come out of order.
@@ -180,3 +182,18 @@ def test_announcements_split_by_size_and_read_back() -> None:
         (e.kind, e.number, e.content, e.created_at) for e in events
     ]
     assert decode_announcement(encode_announcement(events[:2]))[1].at == events[1].at
+
+
+async def test_joining_a_busy_chat_looks_only_at_the_newcomer() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock)
+    advanced: list[Subscriber] = []
+    advance = feed._advance
+    feed._advance = lambda subscriber: (advanced.append(subscriber), advance(subscriber))[1]  # type: ignore[method-assign]
+    for _ in range(300):
+        feed.add(Subscriber(after=0, capacity=10))
+        await feed.pump()
+    assert len(advanced) <= 2 * 300  # not 300 * 301 / 2
+    feed.offer(store.store(1))  # news is for everyone
+    await feed.pump()
+    assert all(received(subscriber) == [1] for subscriber in feed.subscribers)

@@ -40,6 +40,7 @@ class Hub:
         self.options = options or LiveOptions()
         self.feeds: dict[FeedKey, Feed] = {}
         self._tasks: dict[FeedKey, asyncio.Task[None]] = {}
+        self._keys: dict[int, FeedKey] = {}  # id(feed) -> its key
         self.announcements = 0
         self.unreadable = 0
 
@@ -58,6 +59,7 @@ class Hub:
                 settled_age=self.options.settled_age_seconds,
             )
             self.feeds[key] = feed
+            self._keys[id(feed)] = key
             self._tasks[key] = asyncio.create_task(feed.run(), name=f"live-feed-{application_id}-{chat_number}")
         subscriber = Subscriber(after, self.options.buffer_events)
         feed.add(subscriber)
@@ -65,12 +67,11 @@ class Hub:
 
     def unsubscribe(self, feed: Feed, subscriber: Subscriber) -> None:
         feed.remove(subscriber)
-        if feed.subscribers:
+        key = self._keys.get(id(feed))
+        if feed.subscribers or key is None:
             return
-        for key, known in list(self.feeds.items()):
-            if known is feed:
-                del self.feeds[key]
-                self._tasks.pop(key).cancel()
+        del self.feeds[key], self._keys[id(feed)]
+        self._tasks.pop(key).cancel()
 
     def deliver(self, body: bytes) -> None:
         """Hand one announcement's events to the feeds that have subscribers here."""
@@ -114,6 +115,7 @@ class Hub:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
         self.feeds.clear()
+        self._keys.clear()
 
     def _reader(self, application_id: int, chat_number: int) -> ReadAfter:
         store = self.store

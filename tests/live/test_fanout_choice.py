@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from chatd.live.events import decode_announcement
-from chatd.live.fanout import LocalFanout, make_fanout, socket_directory
+from chatd.live.fanout import Deliver, LocalFanout, QueuedFanout, Resync, make_fanout, socket_directory
 from chatd.live.redis_fanout import RedisFanout
 from chatd.live.unix_fanout import UnixFanout
 from chatd.settings import Settings
@@ -44,4 +44,34 @@ async def test_local_fan_out_delivers_in_process() -> None:
         assert [e.number for e in decode_announcement(body)] == [1, 2]
     finally:
         listener.cancel()
+        await fanout.close()
+
+
+class BrokenFanout(QueuedFanout):
+    """A fan-out whose server hangs on the first send and refuses the next."""
+
+    def __init__(self) -> None:
+        super().__init__(max_queued=2, send_timeout=0.05)
+        self.attempts = 0
+
+    async def _send(self, body: bytes) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            await asyncio.Event().wait()
+        raise ConnectionRefusedError("fan-out down")
+
+    async def listen(self, deliver: Deliver, resync: Resync) -> None:
+        raise NotImplementedError
+
+
+async def test_a_broken_fan_out_never_holds_up_the_announcer() -> None:
+    fanout = BrokenFanout()
+    await fanout.open()
+    try:
+        for number in range(1, 6):
+            fanout.announce([FakeStore.event(number)])  # returns at once, never raises
+        # Bounded: past max_queued the oldest go; a hung send times out; a refused one is dropped.
+        await asyncio.wait_for(fanout._idle.wait(), 10)
+        assert fanout.sent == 0 and fanout.dropped == 5
+    finally:
         await fanout.close()

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # A page of 2,000 typical messages is a bulk request of about half a megabyte: large enough
 # that a request's overhead is small beside its work, small enough to retry cheaply.
-PAGE_SIZE = 2_000
+PAGE_SIZE = 5_000
 # Pages being written at once. Two keep the index busy while the next page is read; more only
 # queue inside Elasticsearch's write pool on a small machine.
 PAGES_IN_FLIGHT = 2

@@ -29,7 +29,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, SerializationError, TransportError
+from elasticsearch.serializer import OrjsonSerializer
 
 from chatd.domain import SearchDocument, SearchHit, SearchResult
 from chatd.errors import BackendUnavailable, BadRequest
@@ -131,7 +133,13 @@ class ElasticsearchIndex:
         # Opening again (after ``destroy``, say) keeps the client and makes the index again.
         if self._client is None:
             self._client = AsyncElasticsearch(
-                self.url, request_timeout=self.request_timeout, max_retries=self.max_retries, retry_on_timeout=False
+                self.url,
+                request_timeout=self.request_timeout,
+                max_retries=self.max_retries,
+                retry_on_timeout=False,
+                # orjson for request and response bodies: the standard library's json was a fifth
+                # of a rebuild's CPU (py-spy).
+                serializer=OrjsonSerializer(),
             )
         try:
             await self._create_index()
@@ -210,22 +218,20 @@ class ElasticsearchIndex:
         """
         if not documents:
             return []
-        operations: list[dict[str, Any]] = []
+        # Each line encoded here with orjson; the client passes bytes lines through as they are.
+        lines: list[bytes] = []
         for doc in documents:
-            operations.append(
-                {
-                    "index": {
-                        "_index": self.index_name,
-                        "_id": doc.doc_id,
-                        "routing": doc.routing,
-                        "version": doc.revision,
-                        "version_type": "external_gte",
-                    }
-                }
-            )
-            operations.append(_source(doc))
+            action = {
+                "_index": self.index_name,
+                "_id": doc.doc_id,
+                "routing": doc.routing,
+                "version": doc.revision,
+                "version_type": "external_gte",
+            }
+            lines.append(orjson.dumps({"index": action}))
+            lines.append(orjson.dumps(_source(doc)))
         with _outage("bulk index"):
-            response = await self.client.bulk(operations=operations)
+            response = await self.client.bulk(operations=lines)  # type: ignore[arg-type]
         if not response["errors"]:
             return []
         return self._failures(documents, response["items"])

@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: install run run-real test test-embedded test-faults services services-stop lint bench bench-quick bench-live bench-tools ops-tools browser-tools clean
+.PHONY: install run run-real test test-embedded test-faults services services-stop lint bench bench-quick bench-live bench-scale bench-tools ops-tools browser-tools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -60,6 +60,13 @@ browser-tools:
 # Writes bench/results.md (the README's Performance tables); BENCH_ARGS="--sets real --workers 1,2" etc.
 bench: install services bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Reads at 10k, 100k and 1M stored messages on both backend sets: bench/scale-results.md, the
+# chart bench/scale-latency.png and the README's scale tables (about 30 minutes; not in `make test`).
+# BENCH_ARGS="--sets embedded --sizes 10000,100000" for a shorter run.
+bench-scale: install services bench-tools
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)
 
 # Short rounds, to check the benchmark runs (bench/results-quick.md, not for the README).
 bench-quick: install services bench-tools

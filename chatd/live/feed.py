@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from chatd.live.events import MESSAGE_UPDATED, LiveEvent
-from chatd.live.subscriber import Subscriber
+from chatd.live.subscriber import SLOW_CONSUMER, Subscriber
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +180,10 @@ class Feed:
                 subscriber.last = following
                 continue
             if subscriber.room == 0:
-                if not subscriber.catching_up:
-                    subscriber.close("slow_consumer")
+                # A full buffer close to the newest message is a burst: wait for the connection
+                # to drain it. More than a buffer's worth behind while live: too slow.
+                if not subscriber.catching_up and self.max_known - subscriber.last > subscriber.capacity:
+                    subscriber.close(SLOW_CONSUMER)
                 return
             subscriber.give(event)
             subscriber.last = following

@@ -17,9 +17,9 @@ class Subscriber:
     ``last`` is the highest number this subscriber has been given (or skipped as a settled
     hole): it is the event id a client resumes from. The buffer holds at most ``capacity``
     events; the feed never queues more, so a connection that stops reading costs bounded
-    memory. While catching up (replaying from the store) the feed fills the buffer only as
-    the connection drains it; once live, a full buffer closes the connection
-    (``SLOW_CONSUMER``), and the client resumes from its last id.
+    memory. The feed fills the buffer only as the connection drains it; a live subscriber whose
+    buffer is full while it is more than ``capacity`` numbers behind the newest message is
+    closed (``SLOW_CONSUMER``), and the client resumes from its last id.
     """
 
     def __init__(self, after: int, capacity: int):

@@ -132,7 +132,12 @@ async def test_a_live_subscriber_that_stops_reading_is_closed() -> None:
     feed.offer(store.store(1, 2, 3))
     await feed.pump()
     assert subscriber.closed is None
-    feed.offer(store.store(4))
+    feed.offer(store.store(4, 5, 6))  # a burst: it waits for room
+    await feed.pump()
+    assert subscriber.closed is None and received(subscriber) == [1, 2, 3]
+    feed.has_room(subscriber)
+    await feed.pump()
+    feed.offer(store.store(7, 8, 9, 10))  # now more than a buffer's worth behind, with a full buffer
     await feed.pump()
     assert subscriber.closed == SLOW_CONSUMER and not subscriber.buffer
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from bench.procstat import rss_mib
 from bench.scale import queries
 from bench.scale.corpus import Corpus, Shape
 from bench.scale.load import load_mysql, load_sqlite
+from chatd.domain import MessageJob
 from chatd.ports import Backends
 from tests.conftest import ELASTICSEARCH_URL, Namespace, mysql_connection
 from tests.processes import ChatdProcess, settings_env
@@ -109,7 +111,7 @@ async def run_size(backend_set: str, size: int, folder: Path, seconds: float, co
         say(
             f"{backend_set} {size:,}: reindexed {indexed:,} in {result.reindex_s:.1f} s ({result.reindex_per_s:,.0f}/s)"
         )
-        result.reconcile = await reconcile_timings(backends)
+        result.reconcile = await reconcile_timings(backends, corpus)
         processes = [ChatdProcess(settings, "api", folder), ChatdProcess(settings, "worker", folder)]
         for process in processes:
             await process.start(timeout=120)
@@ -146,17 +148,26 @@ async def reindex(env: dict[str, str], folder: Path) -> tuple[float, int]:
     return seconds, int(match.group(1).replace(",", ""))
 
 
-async def reconcile_timings(backends: Backends) -> dict[str, float]:
-    """A full recount (``chatd reconcile``), and the periodic fold with nothing pending."""
+async def reconcile_timings(backends: Backends, corpus: Corpus) -> dict[str, float]:
+    """A full recount (``chatd reconcile``), and the periodic fold with nothing and with 1,000 changes pending."""
     started = time.monotonic()
     await backends.store.recount_all()
-    recount = time.monotonic() - started
+    timings = {"recount_all_s": round(time.monotonic() - started, 3)}
     started = time.monotonic()
     await backends.store.reconcile_counts()
-    return {
-        "recount_all_s": round(recount, 3),
-        "fold_nothing_pending_ms": round((time.monotonic() - started) * 1000, 2),
-    }
+    timings["fold_nothing_pending_ms"] = round((time.monotonic() - started) * 1000, 2)
+    # 1,000 new messages in 100 chats that no query reads, stored as a worker stores them.
+    chats = [c for c in corpus.chats[len(queries.SMALL_CHATS) + 1 :] if c.messages][:100]
+    jobs = [
+        MessageJob(chat.application_id, chat.number, chat.messages + i, "late arrival", datetime.now(UTC))
+        for chat in chats
+        for i in range(1, 11)
+    ]
+    await backends.store.save_messages(jobs)
+    started = time.monotonic()
+    await backends.store.reconcile_counts()
+    timings["fold_1000_pending_ms"] = round((time.monotonic() - started) * 1000, 2)
+    return timings
 
 
 async def contention(

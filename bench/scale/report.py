@@ -82,7 +82,7 @@ def _by_size_table(results: list[dict[str, Any]], sets: list[str]) -> list[str]:
 
 def _operations_table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| set | messages | bulk load | `chatd reindex` | full recount | fold, none pending | RSS api / worker"
+        "| set | messages | bulk load | `chatd reindex` | full recount | fold: none / 1,000 pending | RSS api / worker"
         " | store / index on disk |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -90,7 +90,8 @@ def _operations_table(results: list[dict[str, Any]]) -> list[str]:
         rss, disk, rec = r["rss_mib"], r["disk_mib"], r["reconcile"]
         lines.append(
             f"| {r['backend_set']} | {r['messages']:,} | {r['load_s']:.1f} s | {r['reindex_s']:.1f} s"
-            f" ({r['reindex_per_s']:,.0f}/s) | {rec['recount_all_s']:.2f} s | {rec['fold_nothing_pending_ms']:.1f} ms"
+            f" ({r['reindex_per_s']:,.0f}/s) | {rec['recount_all_s']:.2f} s"
+            f" | {rec['fold_nothing_pending_ms']:.1f} / {rec['fold_1000_pending_ms']:.1f} ms"
             f" | {rss.get('api', 0):.0f} / {rss.get('worker', 0):.0f} MiB"
             f" | {disk['store']:.0f} / {disk['index']:.0f} MiB |"
         )

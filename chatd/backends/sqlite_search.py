@@ -38,10 +38,12 @@ the new store's and hide its messages. ``chatd reindex`` then rebuilds it from t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from chatd.backends.sqlite_db import SqliteBacked
 from chatd.domain import SearchDocument, SearchHit, SearchResult
@@ -77,6 +79,10 @@ _VERSION_KEY = "schema_version"
 # Files of an older layout are emptied (and rebuilt by ``chatd reindex``).
 _SCHEMA_VERSION = 3
 _CHUNK = 500
+# Searches of one application that run at once; the others wait without holding a thread. The
+# search file's readers are shared by every tenant: one tenant's heavy searches must leave some
+# free for the others' (READERS in chatd.backends.sqlite_db is 4).
+SEARCHES_PER_APPLICATION = 2
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -94,6 +100,7 @@ class SqliteSearchIndex(SqliteBacked):
         """``store_identity`` reads the id of the store this index belongs to; None skips the check."""
         super().__init__(path)
         self._store_identity = store_identity
+        self._searching = _PerKeyLimit(SEARCHES_PER_APPLICATION)
 
     async def open(self) -> None:
         await super().open()
@@ -126,7 +133,8 @@ class SqliteSearchIndex(SqliteBacked):
         wanted = query_terms(query)
         if not wanted:
             return SearchResult(0, [])
-        return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, page, per_page))
+        async with self._searching.slot(application_id):
+            return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, page, per_page))
 
     async def search_after(
         self, application_id: int, chat_number: int, query: str, after: int, limit: int
@@ -134,7 +142,29 @@ class SqliteSearchIndex(SqliteBacked):
         wanted = query_terms(query)
         if not wanted:
             return SearchResult(0, [])
-        return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, 1, limit, after))
+        async with self._searching.slot(application_id):
+            return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, 1, limit, after))
+
+
+class _PerKeyLimit:
+    """At most ``limit`` holders per key at once; the others wait their turn, in order."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._users: dict[int, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: int) -> AsyncIterator[None]:
+        semaphore = self._slots.setdefault(key, asyncio.Semaphore(self.limit))
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:  # nobody holds or waits: forget the key
+                del self._users[key], self._slots[key]
 
 
 def _claim(conn: sqlite3.Connection, identity: str, path: str) -> None:

@@ -8,9 +8,11 @@ chat), and that a search's work does not grow with the vocabulary.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from chatd.backends import sqlite_search
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.searching import MAX_FUZZY_CHARS, MAX_TWO_EDIT_CHARS, allowed_edits, query_terms, word_matches, words
-from tests.factories import document
+from tests.factories import document, eventually
 
 # Letters that exercise the UTF-8 byte order SQLite compares TEXT in: ASCII, two-byte (é, ß),
 # three-byte (漢, and U+FFFF's neighbour ﬀ is not a word char, so 豈), four-byte (𠀀) characters.
@@ -191,3 +193,38 @@ def test_a_word_gets_its_variants_once_however_many_chats_use_it() -> None:
     sqlite_search._index_one(conn, document(9, 9, 1, "lunch"))
     assert sqlite_search._matching_terms(conn, (9, 9), "meetign", 2) == set()
     assert sqlite_search._matching_terms(conn, (1, 1), "meetign", 2) == {"meeting"}
+
+
+async def test_one_tenants_searches_leave_readers_for_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four slow searches of one application hold two readers; another application's search runs at once."""
+    index = SqliteSearchIndex(str(tmp_path / "search.db"))
+    await index.open()
+    release, inside = threading.Event(), []
+    real_search = sqlite_search._search
+
+    def slow_for_application_1(conn, application_id, *args):  # type: ignore[no-untyped-def]
+        if application_id == 1:
+            inside.append(application_id)
+            release.wait(30)
+        return real_search(conn, application_id, *args)
+
+    monkeypatch.setattr(sqlite_search, "_search", slow_for_application_1)
+    try:
+        await index.index([document(1, 1, 1, "heavy chat"), document(2, 1, 1, "small chat")])
+        heavy = [asyncio.create_task(index.search(1, 1, "chat", 1, 20)) for _ in range(4)]
+        await eventually(lambda: _true(len(inside) == sqlite_search.SEARCHES_PER_APPLICATION))
+        small = await asyncio.wait_for(index.search(2, 1, "chat", 1, 20), 10)
+        assert [hit.message_number for hit in small.hits] == [1]
+        assert len(inside) == sqlite_search.SEARCHES_PER_APPLICATION  # the other two still wait
+        release.set()
+        assert [result.total for result in await asyncio.gather(*heavy)] == [1, 1, 1, 1]
+        assert len(inside) == 4 and not index._searching._slots  # every slot given back
+    finally:
+        release.set()
+        await index.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -21,6 +21,7 @@ from chatd.backends.registry import close_all, make_backends, open_all
 from chatd.ports import Backends
 from chatd.service import ChatService
 from chatd.settings import Settings
+from tests.factories import FakeClock
 
 MYSQL_URL = os.environ.get("CHATD_TEST_MYSQL_URL", "mysql://chatd:chatd@127.0.0.1:3306")
 REDIS_URL = os.environ.get("CHATD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -109,6 +110,8 @@ class Namespace:
         self.folder = folder
         self.ports = ports
         self.name = unique_name()
+        # What the embedded backends read for leases and expiries; the real servers keep their own.
+        self.clock = FakeClock()
         self._created_database = False
         self._opened: list[Backends] = []
 
@@ -132,7 +135,7 @@ class Namespace:
         return values
 
     async def open_backends(self, **overrides: object) -> Backends:
-        backends = make_backends(await self.settings(**overrides))
+        backends = make_backends(await self.settings(**overrides), self.clock)
         await open_all(backends)
         await backends.store.migrate()
         self._opened.append(backends)
@@ -240,7 +243,7 @@ async def make_api(namespace: Namespace, aiohttp_client):  # type: ignore[no-unt
 
     async def make(**overrides: object) -> Api:
         settings = await namespace.settings(**overrides)
-        backends = make_backends(settings)
+        backends = make_backends(settings, namespace.clock)
         if namespace.backend_set == "real":
             await open_all(backends)
             await backends.store.migrate()  # production migrates with `chatd migrate`

@@ -16,6 +16,19 @@ T = TypeVar("T")
 WHEN = datetime(2026, 11, 11, 10, 30, 0, 123000, tzinfo=UTC)
 
 
+class FakeClock:
+    """Seconds since the epoch, as ``time.time`` answers, that pass only when a test moves them."""
+
+    def __init__(self, now: float | None = None):
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def chat_job(application_id: int, number: int) -> ChatJob:
     return ChatJob(application_id, number, WHEN)
 

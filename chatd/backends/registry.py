@@ -9,10 +9,11 @@ left over from another store is rebuilt rather than silently answering for it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from chatd.backends.sqlite_counters import SqliteCache, SqliteCounters, SqliteLock
-from chatd.backends.sqlite_db import path_from_url
+from chatd.backends.sqlite_db import EpochClock, path_from_url
 from chatd.backends.sqlite_queue import SqliteQueue
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.backends.sqlite_store import SqliteStore
@@ -52,8 +53,12 @@ def make_store(settings: Settings) -> Store:
     return SqliteStore(settings.database_url)
 
 
-def make_backends(settings: Settings) -> Backends:
-    """Unopened backends for ``settings``; open them with ``open_all``."""
+def make_backends(settings: Settings, clock: EpochClock = time.time) -> Backends:
+    """Unopened backends for ``settings``; open them with ``open_all``.
+
+    ``clock`` is what the embedded counters, cache, lock and queue read for expiries and leases
+    (the real servers keep their own time).
+    """
     embedded = embedded_path(settings)
     store = make_store(settings)
     counters: Counters
@@ -67,13 +72,17 @@ def make_backends(settings: Settings) -> Backends:
         connection = RedisConnection(settings.redis_url, prefix=settings.redis_prefix)
         counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
     else:
-        counters, cache, lock = SqliteCounters(embedded), SqliteCache(embedded), SqliteLock(embedded)
+        counters, cache, lock = (
+            SqliteCounters(embedded, clock),
+            SqliteCache(embedded, clock),
+            SqliteLock(embedded, clock),
+        )
     if settings.amqp_url:
         from chatd.backends.amqp_queue import AmqpQueue
 
         queue = AmqpQueue(settings.amqp_url, prefix=settings.amqp_prefix, max_attempts=settings.max_delivery_attempts)
     else:
-        queue = SqliteQueue(embedded)
+        queue = SqliteQueue(embedded, clock=clock)
     if settings.elasticsearch_url:
         from chatd.backends.elasticsearch_search import ElasticsearchIndex
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-import time
 from collections.abc import Mapping, Sequence
 
 from chatd.backends.sqlite_db import SqliteBacked
@@ -90,7 +89,7 @@ class SqliteLock(SqliteBacked):
 
     async def acquire(self, name: str, owner: str, ttl_seconds: float) -> bool:
         def take(conn: sqlite3.Connection) -> bool:
-            now = time.time()
+            now = self.clock()
             cursor = conn.execute(
                 "INSERT INTO embedded_locks (name, owner, expires) VALUES (?, ?, ?) ON CONFLICT (name)"
                 " DO UPDATE SET owner = excluded.owner, expires = excluded.expires"
@@ -117,7 +116,7 @@ class SqliteCache(SqliteBacked):
     async def get(self, key: str) -> bytes | None:
         row = await self.db.read(
             lambda conn: conn.execute(
-                "SELECT value FROM embedded_cache WHERE key = ? AND expires > ?", (key, time.time())
+                "SELECT value FROM embedded_cache WHERE key = ? AND expires > ?", (key, self.clock())
             ).fetchone()
         )
         return None if row is None else bytes(row[0])
@@ -142,7 +141,7 @@ class SqliteCache(SqliteBacked):
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
         def read(conn: sqlite3.Connection) -> dict[str, bytes | None]:
-            now = time.time()
+            now = self.clock()
             found: dict[str, bytes | None] = {}
             for key in keys:
                 row = conn.execute(
@@ -154,7 +153,7 @@ class SqliteCache(SqliteBacked):
         return await self.db.read(read)
 
     def _put(self, conn: sqlite3.Connection, key: str, value: bytes, ttl: float, replace: bool) -> bool:
-        now = time.time()
+        now = self.clock()
         self._writes += 1
         if self._writes % 1000 == 0:
             conn.execute("DELETE FROM embedded_cache WHERE expires <= ?", (now,))

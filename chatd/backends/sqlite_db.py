@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+# Seconds since the epoch, as ``time.time`` answers: what the embedded counters, cache, lock and
+# queue read for expiries and leases. Injected (as the service's clock is), so a test moves it
+# instead of waiting for a lease or a TTL to run out.
+EpochClock = Callable[[], float]
 # A write transaction waiting for its turn: the function to run, and its caller's future.
 # Reads at once per database: a slow search holds one reader, not every GET of the process.
 READERS = 4
@@ -213,8 +218,9 @@ class SqliteBacked:
 
     schema: tuple[str, ...] = ()
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, clock: EpochClock = time.time):
         self.db = SqliteDatabase.shared(path)
+        self.clock = clock
 
     async def open(self) -> None:
         await self.db.open()

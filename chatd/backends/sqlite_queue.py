@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from functools import partial
 
-from chatd.backends.sqlite_db import SqliteBacked
+from chatd.backends.sqlite_db import EpochClock, SqliteBacked
 from chatd.ports import Delivery
 
 _SCHEMA = (
@@ -30,8 +30,10 @@ class SqliteQueue(SqliteBacked):
     name = "sqlite-queue"
     schema = _SCHEMA
 
-    def __init__(self, path: str, lease_seconds: float = 60.0, poll_seconds: float = 0.1):
-        super().__init__(path)
+    def __init__(
+        self, path: str, lease_seconds: float = 60.0, poll_seconds: float = 0.1, clock: EpochClock = time.time
+    ):
+        super().__init__(path, clock)
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self._published: dict[str, asyncio.Event] = {}
@@ -48,7 +50,7 @@ class SqliteQueue(SqliteBacked):
             conn.execute("ALTER TABLE embedded_jobs ADD COLUMN queued_at REAL")
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
-        now = time.time()
+        now = self.clock()
         await self.db.transaction(
             lambda conn: conn.executemany(
                 "INSERT INTO embedded_jobs (topic, body, visible_at, queued_at) VALUES (?, ?, ?, ?)",
@@ -58,6 +60,7 @@ class SqliteQueue(SqliteBacked):
         self._event(topic).set()
 
     async def receive(self, topic: str, max_batch: int, max_wait: float) -> list[Delivery]:
+        # The wait for new jobs is real time (the caller's bound), not the injected clock.
         deadline = time.monotonic() + max_wait
         deliveries: list[Delivery] = []
         while True:
@@ -75,7 +78,7 @@ class SqliteQueue(SqliteBacked):
                 pass
 
     def _lease(self, conn: sqlite3.Connection, topic: str, limit: int) -> list[Delivery]:
-        now = time.time()
+        now = self.clock()
         rows = conn.execute(
             "SELECT id, body, attempts FROM embedded_jobs WHERE topic = ? AND visible_at <= ? ORDER BY id LIMIT ?",
             (topic, now, limit),
@@ -93,7 +96,7 @@ class SqliteQueue(SqliteBacked):
 
     async def retry(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         # A short pause before the next delivery keeps a failing job from spinning.
-        visible_at = time.time() + 0.5
+        visible_at = self.clock() + 0.5
         await self.db.transaction(
             lambda conn: conn.executemany(
                 "UPDATE embedded_jobs SET visible_at = ? WHERE id = ?", [(visible_at, d.tag) for d in deliveries]
@@ -102,7 +105,7 @@ class SqliteQueue(SqliteBacked):
 
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         def move(conn: sqlite3.Connection) -> None:
-            now = time.time()
+            now = self.clock()
             for delivery in deliveries:
                 conn.execute(
                     "INSERT OR REPLACE INTO embedded_dead_jobs SELECT id, topic, body, attempts, ?"
@@ -116,7 +119,7 @@ class SqliteQueue(SqliteBacked):
     async def depth(self, topic: str) -> int:
         row = await self.db.read(
             lambda conn: conn.execute(
-                "SELECT COUNT(*) FROM embedded_jobs WHERE topic = ? AND visible_at <= ?", (topic, time.time())
+                "SELECT COUNT(*) FROM embedded_jobs WHERE topic = ? AND visible_at <= ?", (topic, self.clock())
             ).fetchone()
         )
         return int(row[0])
@@ -147,4 +150,4 @@ class SqliteQueue(SqliteBacked):
                 (topic,),
             ).fetchone()
         )
-        return 0.0 if row is None else max(0.0, time.time() - float(row[0]))
+        return 0.0 if row is None else max(0.0, self.clock() - float(row[0]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from chatd import jobs, metrics, tracing
@@ -43,10 +43,19 @@ class MessageConsumer(BatchConsumer[MessageJob]):
 
     topic = jobs.MESSAGES
 
-    def __init__(self, queue: Queue, store: Store, max_index_backlog: int = 100_000, **options: float):
+    def __init__(
+        self,
+        queue: Queue,
+        store: Store,
+        max_index_backlog: int = 100_000,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        **options: float,
+    ):
         super().__init__(queue, **options)  # type: ignore[arg-type]
         self.store = store
         self.max_index_backlog = max_index_backlog
+        self.monotonic = monotonic  # injected, so a test moves it past the depth's 1 s memo
         self._backlog_checked_at = float("-inf")
         self._backlog_ok = True
 
@@ -54,7 +63,7 @@ class MessageConsumer(BatchConsumer[MessageJob]):
         # While the search index is down the index queue grows; past the bound, messages wait
         # in their own queue instead (stored later, with nothing lost either way). The depth is
         # asked at most once a second, not once per batch.
-        now = time.monotonic()
+        now = self.monotonic()
         if now - self._backlog_checked_at < 1.0:
             return self._backlog_ok
         self._backlog_checked_at = now

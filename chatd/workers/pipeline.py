@@ -28,7 +28,11 @@ class Pipeline:
     """Builds the background loops from settings, and can drive them step by step in tests."""
 
     def __init__(
-        self, backends: Backends, settings: Settings, forget_applications: Callable[[list[str]], Awaitable[None]]
+        self,
+        backends: Backends,
+        settings: Settings,
+        forget_applications: Callable[[list[str]], Awaitable[None]],
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.backends = backends
         persist = {
@@ -38,7 +42,7 @@ class Pipeline:
         }
         self.chats = ChatConsumer(backends.queue, backends.store, **persist)
         self.messages = MessageConsumer(
-            backends.queue, backends.store, max_index_backlog=settings.max_index_backlog, **persist
+            backends.queue, backends.store, max_index_backlog=settings.max_index_backlog, monotonic=monotonic, **persist
         )
         self.indexer = Indexer(
             backends.queue,

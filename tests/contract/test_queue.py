@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from chatd.backends.sqlite_queue import SqliteQueue
 from chatd.ports import Backends, Delivery
+from tests.conftest import Namespace
 from tests.factories import eventually
 
 
@@ -65,11 +67,12 @@ async def test_topics_are_separate(backends: Backends) -> None:
     await backends.queue.ack("messages", messages)
 
 
-async def test_retry_delivers_again_with_more_attempts(backends: Backends) -> None:
+async def test_retry_delivers_again_with_more_attempts(namespace: Namespace, backends: Backends) -> None:
     await backends.queue.publish("messages", [b"again"])
     first = await receive_all(backends, "messages", 1)
     assert first[0].attempts == 1
     await backends.queue.retry("messages", first)
+    namespace.clock.advance(0.5)  # past the embedded queue's retry pause (RabbitMQ's passes in real time)
     second = await receive_all(backends, "messages", 1)
     assert second[0].body == b"again" and second[0].attempts == 2
     await backends.queue.ack("messages", second)
@@ -84,15 +87,15 @@ async def test_dead_letter_removes_the_job(backends: Backends) -> None:
     assert await backends.queue.receive("messages", 10, 1.0) == []
 
 
-async def test_unacked_jobs_survive_their_consumer(namespace, backends: Backends) -> None:  # type: ignore[no-untyped-def]
+async def test_unacked_jobs_survive_their_consumer(namespace: Namespace, backends: Backends) -> None:
     """A consumer that dies without acking loses nothing: the jobs come back elsewhere."""
     await backends.queue.publish("messages", [b"one", b"two"])
     await receive_all(backends, "messages", 2)
     await backends.queue.close()  # the consumer goes away holding both jobs, unacked
     other = await namespace.open_backends()
-    if namespace.backend_set == "embedded":
-        # The embedded queue redelivers when the dead consumer's lease runs out: end it now.
-        await other.queue.db.transaction(lambda conn: conn.execute("UPDATE embedded_jobs SET visible_at = 0"))
+    if isinstance(other.queue, SqliteQueue):
+        # The embedded queue redelivers when the dead consumer's lease runs out: let it run out.
+        namespace.clock.advance(other.queue.lease_seconds)
     again = await receive_all(other, "messages", 2)
     assert sorted(d.body for d in again) == [b"one", b"two"]
     assert all(d.attempts == 2 for d in again)

@@ -317,9 +317,12 @@ class MysqlStore:
 
     async def documents_after(self, cursor: int, limit: int) -> tuple[int, list[SearchDocument]]:
         async def query(db: aiomysql.Cursor) -> list[Sequence[Any]]:
+            # STRAIGHT_JOIN: messages first, in id order, each joined to its chat. Left to choose,
+            # MariaDB read every chat, then every message, into a temporary table sorted for
+            # each page: 1.7 s a page at 1M messages (58 ms this way), quadratic over a rebuild.
             await db.execute(
                 "SELECT m.id, c.application_id, c.number, m.number, m.content, m.created_at, m.revision"
-                " FROM messages m JOIN chats c ON c.id = m.chat_id WHERE m.id > %s ORDER BY m.id LIMIT %s",
+                " FROM messages m STRAIGHT_JOIN chats c ON c.id = m.chat_id WHERE m.id > %s ORDER BY m.id LIMIT %s",
                 (cursor, limit),
             )
             return list(await db.fetchall())

@@ -176,9 +176,10 @@ class MysqlStore:
 
     async def list_chats_after(self, application_id: int, after: int, limit: int) -> list[Chat]:
         async def query(cursor: aiomysql.Cursor) -> list[Chat]:
+            # FORCE INDEX: see list_messages_after.
             await cursor.execute(
-                "SELECT number, messages_count, created_at FROM chats WHERE application_id = %s AND number > %s"
-                " ORDER BY number LIMIT %s",
+                "SELECT number, messages_count, created_at FROM chats FORCE INDEX (chats_application_number)"
+                " WHERE application_id = %s AND number > %s ORDER BY number LIMIT %s",
                 (application_id, after, limit),
             )
             return [Chat(int(r[0]), int(r[1]), from_db(r[2])) for r in await cursor.fetchall()]
@@ -223,9 +224,12 @@ class MysqlStore:
             chat_id = await _chat_id(cursor, application_id, chat_number)
             if chat_id is None:
                 return []
+            # FORCE INDEX: MariaDB reads the (chat, number) index as a ref on the chat alone and
+            # filters number > after row by row, walking every earlier message of the chat
+            # (18 ms in the middle of a 200,000-message chat); forced, it is a range seek (0.5 ms).
             await cursor.execute(
-                "SELECT number, content, created_at, updated_at FROM messages WHERE chat_id = %s AND number > %s"
-                " ORDER BY number LIMIT %s",
+                "SELECT number, content, created_at, updated_at FROM messages FORCE INDEX (messages_chat_number)"
+                " WHERE chat_id = %s AND number > %s ORDER BY number LIMIT %s",
                 (chat_id, after, limit),
             )
             return [Message(int(r[0]), r[1], from_db(r[2]), from_db(r[3])) for r in await cursor.fetchall()]

@@ -217,7 +217,7 @@ async def test_one_tenants_searches_leave_readers_for_the_others(
         await eventually(lambda: _true(len(inside) == sqlite_search.SEARCHES_PER_APPLICATION))
         small = await asyncio.wait_for(index.search(2, 1, "chat", 1, 20), 10)
         assert [hit.message_number for hit in small.hits] == [1]
-        assert len(inside) == sqlite_search.SEARCHES_PER_APPLICATION  # the other two still wait
+        assert len(inside) == sqlite_search.SEARCHES_PER_APPLICATION  # the others still wait
         release.set()
         assert [result.total for result in await asyncio.gather(*heavy)] == [1, 1, 1, 1]
         assert len(inside) == 4 and not index._searching._slots  # every slot given back

@@ -69,7 +69,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response.force_close()  # the rest of the body would be read as the next request
     except ConnectionResetError:
         if request.transport is not None:  # a backend's connection was reset, not the client's
-            logger.exception("request %s: %s %s failed", request_id, request.method, request.path)
+            logger.exception("request %s: %s %s failed", request_id, request.method, _route(request))
             response = error_response(500, "internal_error", f"internal error (request id {request_id})")
         else:
             # The client closed the connection mid-request (usually mid-body): no one to answer.
@@ -90,14 +90,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason, headers)
     except Exception:
-        logger.exception("request %s: %s %s failed", request_id, request.method, request.path)
+        logger.exception("request %s: %s %s failed", request_id, request.method, _route(request))
         response = error_response(500, "internal_error", f"internal error (request id {request_id})")
     finally:
         if deadline is not None:
             deadline.cancel()
     response.headers["X-Request-Id"] = request_id
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    route = _route(request)
     seconds = time.perf_counter() - started
     metrics.REQUEST_METRICS.observe(request.method, route, response.status, seconds)
     logs.ACCESS.write(request.method, route, response.status, seconds, request_id, logs.application_id.get())
     return response
+
+
+def _route(request: web.Request) -> str:
+    """The matched route's template (``/applications/{token}``): a path would log the token."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"

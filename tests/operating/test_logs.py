@@ -101,3 +101,18 @@ def test_settings_are_logged_with_their_secrets_masked() -> None:
     assert masked["admin_token"] == "***"
     assert masked["elasticsearch_url"] == "http://es:9200"
     assert masked["worker_batch_size"] == settings.worker_batch_size
+
+
+async def test_an_internal_error_is_logged_with_the_route_never_the_token(api, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    token = await api.create_application()
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(api.service, "chat", broken)
+    with caplog.at_level(logging.ERROR, logger="chatd.handlers.middleware"):
+        response = await api.client.get(f"/applications/{token}/chats/1")
+    assert response.status == 500
+    [record] = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert "/applications/{token}/chats/{chat}" in record.getMessage()
+    assert token not in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from datetime import UTC, datetime
@@ -33,8 +34,9 @@ def machine() -> str:
 def markdown(results: list[dict[str, Any]], seconds: float, connections: int) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"Measured {stamp} on {machine()}, by `make bench-scale` (wrk, {connections} connections,"
-        f" {seconds:g} s per kind after a 1 s warm-up; one `--role api` process).",
+        f"Measured {stamp} on {machine()}; load average {os.getloadavg()[0]:.2f} at the end."
+        f" `make bench-scale`: wrk -c{connections} (a read's own latency, not a load test),"
+        f" {seconds:g} s per kind after a 1 s warm-up, against one `--role api` process.",
         "",
     ]
     sets = sorted({r["backend_set"] for r in results}, key=lambda s: s != "real")

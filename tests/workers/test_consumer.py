@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from chatd.errors import BackendUnavailable
 from chatd.ports import Backends, Delivery
 from chatd.workers.consumer import BatchConsumer, Outcome
+from tests.conftest import Namespace
 from tests.factories import eventually
 
 
@@ -31,11 +32,14 @@ class OutageOnOneJob(BatchConsumer[bytes]):
         return Outcome()
 
 
-async def test_an_outage_while_retrying_job_by_job_gives_back_the_jobs_not_tried(backends: Backends) -> None:
+async def test_an_outage_while_retrying_job_by_job_gives_back_the_jobs_not_tried(
+    namespace: Namespace, backends: Backends
+) -> None:
     consumer = OutageOnOneJob(backends)
     await backends.queue.publish("messages", [b"a", b"outage", b"b", b"c"])
     assert await eventually(lambda: consumer.run_once(max_wait=1.0)) == 4
     assert consumer.stored == [b"a"]
+    namespace.clock.advance(0.5)  # past the embedded queue's retry pause
     # The jobs after the outage were given back, not left held by this consumer.
     again: list[bytes] = []
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from chatd import keys, shutdown, tracing
-from chatd.backends.registry import close_all, make_backends, open_all
+from chatd.backends.registry import make_backends, opened
 from chatd.handlers import applications, chats, docs, events, health, messages, page
 from chatd.handlers.middleware import error_middleware
 from chatd.handlers.protocol import add_routes
@@ -58,8 +58,7 @@ def create_app(
 def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-untyped-def]
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings = app[keys.SETTINGS]
-        await open_all(backends)
-        try:
+        async with opened(backends):
             if settings.database_url.startswith("sqlite://"):
                 # The embedded default sets itself up; production runs `chatd migrate` first.
                 applied = await backends.store.migrate()
@@ -82,8 +81,6 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
                 # Requests are finished by now; a group they joined may still be publishing.
                 await service.acceptor.drain()
                 await shutdown.report(app)  # the loops have stopped (their context closed first)
-        finally:
-            await close_all(backends)
 
     return context
 

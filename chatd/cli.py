@@ -13,7 +13,7 @@ from aiohttp import web
 
 from chatd import keys, logs, reindexing, sdnotify, tracing
 from chatd.app import create_app
-from chatd.backends.registry import close_all, make_backends, open_all
+from chatd.backends.registry import make_backends, opened
 from chatd.handlers.protocol import ChatdRunner
 from chatd.settings import ROLES, Settings
 
@@ -116,8 +116,7 @@ def _tune_garbage_collector() -> None:
 
 async def _admin(command: str, settings: Settings) -> int:
     backends = make_backends(settings)
-    await open_all(backends)
-    try:
+    async with opened(backends):
         if command == "migrate":
             applied = await backends.store.migrate()
             print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
@@ -137,6 +136,4 @@ async def _admin(command: str, settings: Settings) -> int:
                     failed += 1
                     print(f"{backend.name}: {type(exc).__name__}: {exc}")
             return 1 if failed else 0
-    finally:
-        await close_all(backends)
     return 0

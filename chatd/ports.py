@@ -8,9 +8,10 @@ Elasticsearch); the embedded backends implement the same contract, which
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 from chatd.domain import (
     Application,
@@ -27,13 +28,20 @@ from chatd.domain import (
 
 
 class Backend(Protocol):
-    """What every backend offers for its lifecycle and for ``/readyz``."""
+    """What every backend offers for its lifecycle and for ``/readyz``.
+
+    ``async with backend:`` opens and closes it (``chatd.backends.lifecycle.Lifecycle``).
+    """
 
     name: str
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def ping(self) -> None:
         """Raise if the backend cannot serve requests right now."""
@@ -275,6 +283,9 @@ class Backends:
     queue: Queue
     search: SearchIndex
     lock: Lock
+    # Connections several ports share (a SQLite file, a Redis client): opened before the ports
+    # and closed after them by whoever opens the backends (``registry.opened``), never by a port.
+    connections: tuple[AbstractAsyncContextManager[Any], ...] = ()
 
     def all(self) -> list[Backend]:
         """Every backend once, in the order they are opened (closed in reverse)."""

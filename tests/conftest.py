@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from chatd.backends.registry import close_all, make_backends, open_all
+from chatd.backends.registry import make_backends, opened
 from chatd.ports import Backends
 from chatd.service import ChatService
 from chatd.settings import Settings
@@ -113,7 +113,7 @@ class Namespace:
         # What the embedded backends read for leases and expiries; the real servers keep their own.
         self.clock = FakeClock()
         self._created_database = False
-        self._opened: list[Backends] = []
+        self._opened = AsyncExitStack()
 
     async def settings(self, **overrides: object) -> Settings:
         if self.backend_set == "embedded":
@@ -136,15 +136,13 @@ class Namespace:
 
     async def open_backends(self, **overrides: object) -> Backends:
         backends = make_backends(await self.settings(**overrides), self.clock)
-        await open_all(backends)
+        await self._opened.enter_async_context(opened(backends))
         await backends.store.migrate()
-        self._opened.append(backends)
         return backends
 
     async def cleanup(self) -> None:
         try:
-            for backends in self._opened:
-                await close_all(backends)
+            await self._opened.aclose()
             if self.backend_set == "real":
                 await self._destroy_namespace()
         finally:
@@ -245,9 +243,8 @@ async def make_api(namespace: Namespace, aiohttp_client):  # type: ignore[no-unt
         settings = await namespace.settings(**overrides)
         backends = make_backends(settings, namespace.clock)
         if namespace.backend_set == "real":
-            await open_all(backends)
-            await backends.store.migrate()  # production migrates with `chatd migrate`
-            await close_all(backends)
+            async with opened(backends):
+                await backends.store.migrate()  # production migrates with `chatd migrate`
         app = create_app(settings, backends=backends, run_workers=False)
         return Api(await aiohttp_client(app), app)
 

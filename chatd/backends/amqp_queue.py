@@ -56,6 +56,7 @@ from yarl import URL
 
 from chatd.backends import amqp_batches as batches
 from chatd.backends.amqp_batches import Envelope, Fate, Job, JobsPerMessage
+from chatd.backends.lifecycle import Lifecycle
 from chatd.errors import BackendUnavailable
 from chatd.ports import Delivery
 
@@ -121,7 +122,7 @@ class _Consumer:
         return self.splitting + sum(envelope.remaining for envelope in self.buffer if envelope.live)
 
 
-class AmqpQueue:
+class AmqpQueue(Lifecycle):
     """Durable job queues on RabbitMQ: quorum queues, publisher confirms, delayed retries."""
 
     name = "rabbitmq"

@@ -33,6 +33,7 @@ import orjson
 from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, SerializationError, TransportError
 from elasticsearch.serializer import OrjsonSerializer
 
+from chatd.backends.lifecycle import Lifecycle
 from chatd.domain import SearchDocument, SearchHit, SearchResult
 from chatd.errors import BackendUnavailable, BadRequest
 from chatd.jobs import format_time, parse_time
@@ -83,7 +84,7 @@ class SearchRejected(Exception):
         self.reasons = reasons
 
 
-class ElasticsearchIndex:
+class ElasticsearchIndex(Lifecycle):
     """Messages in one Elasticsearch index, routed by chat so a search reads a single shard.
 
     ``shards`` and ``replicas`` apply when ``open()`` creates the index. The defaults suit a

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiomysql
 import pymysql
 
+from chatd.backends.lifecycle import Lifecycle
 from chatd.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class _Lost(Exception):
     """The connection died before COMMIT was sent: nothing was applied, a retry is safe."""
 
 
-class MysqlDatabase:
+class MysqlDatabase(Lifecycle):
     """A pool of connections to one database; ``run`` does a unit of work in one transaction."""
 
     def __init__(self, target: MysqlTarget):

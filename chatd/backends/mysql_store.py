@@ -22,6 +22,7 @@ from typing import Any
 import aiomysql
 
 from chatd.backends import mysql_writes as writes
+from chatd.backends.lifecycle import Lifecycle
 from chatd.backends.mysql_db import MysqlDatabase, MysqlTarget, from_db, to_db, token_text
 from chatd.domain import (
     Application,
@@ -49,7 +50,7 @@ def _application(row: Sequence[Any]) -> Application:
     return Application(int(row[0]), token_text(row[1]), row[2], int(row[3]), from_db(row[4]))
 
 
-class MysqlStore:
+class MysqlStore(Lifecycle):
     """Applications, chats and messages in MySQL 8 or MariaDB 10.11 (InnoDB, utf8mb4)."""
 
     name = "mysql"

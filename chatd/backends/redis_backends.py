@@ -26,6 +26,7 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from chatd.backends.lifecycle import Lifecycle
 from chatd.errors import BackendUnavailable
 from chatd.ports import CounterRange, CounterTick
 
@@ -72,13 +73,13 @@ def _milliseconds(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-class RedisConnection:
+class RedisConnection(Lifecycle):
     """One redis.asyncio client, shared by the Redis adapters of a process.
 
-    The registry opens and closes each adapter separately: the client is created by the
-    first ``open()`` and closed by the last ``close()``. Connections are made on demand,
-    so opening succeeds while Redis is down; requests then fail with BackendUnavailable
-    and ``/readyz`` reports it until Redis is back.
+    Whoever makes the connection opens and closes it (the registry, before and after the
+    ports that use it: ``Backends.connections``); the ports only borrow it. Connections are
+    made on demand, so opening succeeds while Redis is down; requests then fail with
+    BackendUnavailable and ``/readyz`` reports it until Redis is back.
     """
 
     def __init__(self, url: str, prefix: str = "chatd:"):
@@ -87,20 +88,15 @@ class RedisConnection:
         self.url = url
         self.prefix = prefix
         self._client: aioredis.Redis | None = None
-        self._users = 0
         self._scripts: dict[str, AsyncScript] = {}
 
     async def open(self) -> None:
         if self._client is None:
             self._client = _make_client(self.url)
-        self._users += 1
 
     async def close(self) -> None:
-        if self._users == 0:
-            return
-        self._users -= 1
-        if self._users == 0 and self._client is not None:
-            client, self._client = self._client, None
+        client, self._client = self._client, None
+        if client is not None:
             self._scripts.clear()
             await client.aclose()
 
@@ -160,26 +156,14 @@ class RedisConnection:
             await client.aclose()
 
 
-class _RedisPort:
-    """Lifecycle shared by the three ports: each holds one reference to the connection."""
+class _RedisPort(Lifecycle):
+    """What the three ports share: a connection they borrow (opening and closing one changes nothing)."""
 
     name = "redis"
     namespace = ""
 
     def __init__(self, connection: RedisConnection):
         self.connection = connection
-        self._opened = False
-
-    async def open(self) -> None:
-        if not self._opened:
-            await self.connection.open()
-            self._opened = True
-
-    async def close(self) -> None:
-        # Idempotent, so a second close() cannot release another port's reference.
-        if self._opened:
-            self._opened = False
-            await self.connection.close()
 
     async def ping(self) -> None:
         await self.connection.ping()

@@ -10,10 +10,13 @@ left over from another store is rebuilt rather than silently answering for it.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from chatd.backends.sqlite_counters import SqliteCache, SqliteCounters, SqliteLock
-from chatd.backends.sqlite_db import EpochClock, path_from_url
+from chatd.backends.sqlite_db import EpochClock, SqliteDatabase, path_from_url
 from chatd.backends.sqlite_queue import SqliteQueue
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.backends.sqlite_store import SqliteStore
@@ -45,44 +48,57 @@ def embedded_path(settings: Settings) -> str:
     return settings.embedded_path or _derived(settings, "embedded")
 
 
-def make_store(settings: Settings) -> Store:
+class _Databases:
+    """The SQLite databases of one set of backends: one per file, shared by every backend in it."""
+
+    def __init__(self) -> None:
+        self.made: dict[str, SqliteDatabase] = {}
+
+    def __call__(self, path: str) -> SqliteDatabase:
+        database = SqliteDatabase(path)
+        return self.made.setdefault(database.key, database)
+
+
+def _make_store(settings: Settings, databases: _Databases) -> Store:
     if settings.database_url.startswith("mysql://"):
         from chatd.backends.mysql_store import MysqlStore
 
         return MysqlStore(settings.database_url)
-    return SqliteStore(settings.database_url)
+    return SqliteStore(databases(path_from_url(settings.database_url)))
 
 
 def make_backends(settings: Settings, clock: EpochClock = time.time) -> Backends:
-    """Unopened backends for ``settings``; open them with ``open_all``.
+    """Unopened backends for ``settings``; open them with ``opened``.
 
     ``clock`` is what the embedded counters, cache, lock and queue read for expiries and leases
-    (the real servers keep their own time).
+    (the real servers keep their own time). Connections that several backends share (a SQLite
+    file, the Redis client) are made once and listed in ``Backends.connections``.
     """
+    databases = _Databases()
     embedded = embedded_path(settings)
-    store = make_store(settings)
+    store = _make_store(settings, databases)
     counters: Counters
     cache: Cache
     lock: Lock
     queue: Queue
     search: SearchIndex
+    shared: list[AbstractAsyncContextManager[Any]] = []
     if settings.redis_url:
         from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisCounters, RedisLock
 
         connection = RedisConnection(settings.redis_url, prefix=settings.redis_prefix)
         counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
+        shared.append(connection)
     else:
-        counters, cache, lock = (
-            SqliteCounters(embedded, clock),
-            SqliteCache(embedded, clock),
-            SqliteLock(embedded, clock),
-        )
+        shared_file = databases(embedded)
+        counters = SqliteCounters(shared_file, clock)
+        cache, lock = SqliteCache(shared_file, clock), SqliteLock(shared_file, clock)
     if settings.amqp_url:
         from chatd.backends.amqp_queue import AmqpQueue
 
         queue = AmqpQueue(settings.amqp_url, prefix=settings.amqp_prefix, max_attempts=settings.max_delivery_attempts)
     else:
-        queue = SqliteQueue(embedded, clock=clock)
+        queue = SqliteQueue(databases(embedded), clock=clock)
     if settings.elasticsearch_url:
         from chatd.backends.elasticsearch_search import ElasticsearchIndex
 
@@ -94,22 +110,22 @@ def make_backends(settings: Settings, clock: EpochClock = time.time) -> Backends
         )
     else:
         # Opened after the store (Backends.all's order), it asks the store for its identity.
-        search = SqliteSearchIndex(search_path(settings), store.identity)
-    return Backends(store, counters, cache, queue, search, lock)
+        search = SqliteSearchIndex(databases(search_path(settings)), store.identity)
+    connections = (*databases.made.values(), *shared)
+    return Backends(store, counters, cache, queue, search, lock, connections=connections)
 
 
-async def open_all(backends: Backends) -> None:
-    opened = []
-    try:
+@asynccontextmanager
+async def opened(backends: Backends) -> AsyncIterator[Backends]:
+    """``backends`` open for the block: the shared connections first, then every backend in order.
+
+    All of them are entered on one AsyncExitStack, so they close in reverse order however the
+    block ends, and a close that raises does not keep the others open (the error is raised once
+    every one was closed). A backend that fails to open closes those opened before it.
+    """
+    async with AsyncExitStack() as stack:
+        for connection in backends.connections:
+            await stack.enter_async_context(connection)
         for backend in backends.all():
-            await backend.open()
-            opened.append(backend)
-    except BaseException:
-        for backend in reversed(opened):
-            await backend.close()
-        raise
-
-
-async def close_all(backends: Backends) -> None:
-    for backend in reversed(backends.all()):
-        await backend.close()
+            await stack.enter_async_context(backend)
+        yield backends

@@ -1,4 +1,4 @@
-"""A SQLite database file shared by the embedded backends of one process.
+"""A SQLite database file, shared by the embedded backends that keep their tables in it.
 
 Each transaction runs as one plain function on the database's own writer thread: one thread
 hop per transaction instead of one per statement, and no other coroutine can slip a statement
@@ -6,6 +6,9 @@ into a transaction in progress. Reads run on a few reader threads, each with a c
 its own, so a GET never queues behind a write transaction, nor behind one slow read (WAL mode:
 readers see the last commit and never wait). Other processes are kept out by SQLite's own file
 lock (writers queue behind ``busy_timeout``).
+
+Whoever makes a database opens and closes it: the registry for the file the store, counters,
+cache, lock and queue share (``Backends.connections``), or a backend made with a path of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chatd.backends.lifecycle import Lifecycle
+
 T = TypeVar("T")
 # Seconds since the epoch, as ``time.time`` answers: what the embedded counters, cache, lock and
 # queue read for expiries and leases. Injected (as the service's clock is), so a test moves it
@@ -29,9 +34,6 @@ EpochClock = Callable[[], float]
 READERS = 4
 _Transaction = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 
-_shared: dict[str, SqliteDatabase] = {}
-_shared_lock = threading.Lock()
-
 
 def path_from_url(url: str) -> str:
     """``sqlite:///./chatd.db`` -> ``./chatd.db``; ``sqlite:///:memory:`` -> ``:memory:``."""
@@ -41,8 +43,8 @@ def path_from_url(url: str) -> str:
     return path[1:] if path.startswith("/") and not path.startswith("//") else path
 
 
-class SqliteDatabase:
-    """A writer connection and a reader connection, each on a dedicated thread."""
+class SqliteDatabase(Lifecycle):
+    """A writer connection on a thread of its own, and a few reader threads with one connection each."""
 
     def __init__(self, path: str):
         self.path = path
@@ -54,22 +56,16 @@ class SqliteDatabase:
         self._read_local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
-        self._users = 0
         # Write transactions waiting for the writer thread, and whether it is busy with a group.
         self._queued: list[_Transaction] = []
         self._writing = False
 
-    @classmethod
-    def shared(cls, path: str) -> SqliteDatabase:
-        """The process-wide instance for ``path``, so the embedded backends share one writer."""
-        key = path if path == ":memory:" else str(Path(path).resolve())
-        with _shared_lock:
-            if key not in _shared:
-                _shared[key] = cls(path)
-            return _shared[key]
+    @property
+    def key(self) -> str:
+        """What names the file: backends of one file share one database (``:memory:`` is one too)."""
+        return self.path if self.path == ":memory:" else str(Path(self.path).resolve())
 
     async def open(self) -> None:
-        self._users += 1
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
@@ -102,8 +98,7 @@ class SqliteDatabase:
         return conn
 
     async def close(self) -> None:
-        self._users -= 1
-        if self._users > 0 or self._executor is None:
+        if self._executor is None:
             return
         executor, self._executor = self._executor, None
         conn, self._conn = self._conn, None
@@ -119,10 +114,6 @@ class SqliteDatabase:
         if conn is not None:
             await loop.run_in_executor(executor, conn.close)
         executor.shutdown(wait=True)
-        with _shared_lock:
-            for key, value in list(_shared.items()):
-                if value is self:
-                    del _shared[key]
 
     async def _submit(self, fn: Callable[[], T]) -> T:
         if self._executor is None:
@@ -213,17 +204,24 @@ class SqliteDatabase:
         return self._conn
 
 
-class SqliteBacked:
-    """The lifecycle every embedded backend shares: one database per file, its tables made on open."""
+class SqliteBacked(Lifecycle):
+    """The lifecycle every embedded backend shares: its tables made on open, in a database it may share.
+
+    Made with a path, the backend has a database of its own and opens and closes it. Made with
+    a database, it shares that with the other backends of the file, and whoever made it (the
+    registry) opens it before them and closes it after them: nobody counts users.
+    """
 
     schema: tuple[str, ...] = ()
 
-    def __init__(self, path: str, clock: EpochClock = time.time):
-        self.db = SqliteDatabase.shared(path)
+    def __init__(self, database: SqliteDatabase | str, clock: EpochClock = time.time):
+        self._owns_db = isinstance(database, str)
+        self.db = SqliteDatabase(database) if isinstance(database, str) else database
         self.clock = clock
 
     async def open(self) -> None:
-        await self.db.open()
+        if self._owns_db:
+            await self.db.open()
         if self.schema:
             await self.db.transaction(self._create_schema)
 
@@ -232,7 +230,8 @@ class SqliteBacked:
             conn.execute(statement)
 
     async def close(self) -> None:
-        await self.db.close()
+        if self._owns_db:
+            await self.db.close()
 
     async def ping(self) -> None:
         await self.db.read(lambda conn: conn.execute("SELECT 1").fetchone())

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from functools import partial
 
-from chatd.backends.sqlite_db import EpochClock, SqliteBacked
+from chatd.backends.sqlite_db import EpochClock, SqliteBacked, SqliteDatabase
 from chatd.ports import Delivery
 
 _SCHEMA = (
@@ -31,9 +31,13 @@ class SqliteQueue(SqliteBacked):
     schema = _SCHEMA
 
     def __init__(
-        self, path: str, lease_seconds: float = 60.0, poll_seconds: float = 0.1, clock: EpochClock = time.time
+        self,
+        database: SqliteDatabase | str,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 0.1,
+        clock: EpochClock = time.time,
     ):
-        super().__init__(path, clock)
+        super().__init__(database, clock)
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self._published: dict[str, asyncio.Event] = {}

@@ -45,7 +45,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
-from chatd.backends.sqlite_db import SqliteBacked
+from chatd.backends.sqlite_db import SqliteBacked, SqliteDatabase
 from chatd.domain import SearchDocument, SearchHit, SearchResult
 from chatd.jobs import format_time, parse_time
 from chatd.searching import allowed_edits, query_terms, word_matches, words
@@ -99,9 +99,9 @@ class SqliteSearchIndex(SqliteBacked):
     name = "sqlite-search"
     schema = _SCHEMA
 
-    def __init__(self, path: str, store_identity: Callable[[], Awaitable[str]] | None = None):
+    def __init__(self, database: SqliteDatabase | str, store_identity: Callable[[], Awaitable[str]] | None = None):
         """``store_identity`` reads the id of the store this index belongs to; None skips the check."""
-        super().__init__(path)
+        super().__init__(database)
         self._store_identity = store_identity
         self._searching = _PerKeyLimit(SEARCHES_PER_APPLICATION)
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from chatd.backends.sqlite_db import SqliteBacked, path_from_url
+from chatd.backends.sqlite_db import SqliteBacked, SqliteDatabase, path_from_url
 from chatd.domain import (
     Application,
     Chat,
@@ -38,8 +38,9 @@ class SqliteStore(SqliteBacked):
 
     name = "sqlite"
 
-    def __init__(self, url: str):
-        super().__init__(path_from_url(url))
+    def __init__(self, database: SqliteDatabase | str):
+        """``database``: the file's database, shared with other backends; or a ``sqlite://`` URL of its own."""
+        super().__init__(database if isinstance(database, SqliteDatabase) else path_from_url(database))
 
     async def migrate(self) -> list[str]:
         def apply(conn: sqlite3.Connection) -> list[str]:

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from chatd import tracing
 from chatd.domain import ChatJob, MessageJob, SearchDocument
@@ -32,6 +32,14 @@ class AnnouncingStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+    # ``async with`` looks these up on the class, never through __getattr__: passed on by hand.
+    async def __aenter__(self) -> Self:
+        await self._store.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._store.close()
 
     async def save_chats(self, jobs: Sequence[ChatJob]) -> None:
         await self._store.save_chats(jobs)

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisCounters, RedisLock
+from chatd.backends.registry import make_backends, opened
 from chatd.errors import BackendUnavailable
+from tests.conftest import embedded_settings
 from tests.factories import eventually, fails_without_hanging
 from tests.servers import PrivateRedis, running
 
@@ -221,28 +223,24 @@ async def test_destroy_removes_only_its_prefix_even_with_glob_characters(make_co
     assert len(await neighbour.client.keys(f"{neighbour.prefix}*")) == 3
 
 
-async def test_ports_share_the_client_until_the_last_one_closes() -> None:
-    connection = RedisConnection(REDIS_URL, prefix=unique_prefix())
-    counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
-    for port in (counters, cache, lock):
-        await port.open()
-    client = connection.client
-    await counters.close()
-    await counters.close()  # a second close must not release another port's reference
-    await cache.close()
-    assert connection.client is client
-    await lock.acquire("job", "me", 30)
-    await lock.close()
+async def test_the_registry_opens_the_shared_client_around_the_ports(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, redis_url=REDIS_URL, redis_prefix=unique_prefix())
+    backends = make_backends(settings)
+    connection = backends.counters.connection  # type: ignore[attr-defined]
+    assert backends.cache.connection is connection and backends.lock.connection is connection  # type: ignore[attr-defined]
+    assert connection in backends.connections
+    async with opened(backends):
+        client = connection.client
+        await backends.cache.close()  # a port borrows the client: closing one leaves it to the others
+        assert connection.client is client
+        assert await backends.lock.acquire("job", "me", 30)
     with pytest.raises(RuntimeError):
-        connection.client  # noqa: B018
+        connection.client  # noqa: B018  # closed once, after the ports
     observer = RedisConnection(REDIS_URL, prefix=connection.prefix)
-    await observer.open()
-    try:
+    async with observer:
         assert not await RedisLock(observer).acquire("job", "other", 30)  # the lease outlived the client
-        await lock.destroy()  # a closed port still cleans up, with a client of its own
+        await backends.lock.destroy()  # a closed port still cleans up, with a client of its own
         assert await raw_keys(observer) == set()
-    finally:
-        await observer.close()
 
 
 # Outages

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatd.app import create_app
-from chatd.backends.registry import close_all, embedded_path, make_backends, open_all, search_path
+from chatd.backends.registry import embedded_path, make_backends, opened, search_path
 from chatd.settings import Settings
 from tests.conftest import Api
 from tests.factories import document
@@ -81,26 +81,20 @@ async def test_a_search_file_shared_by_two_databases_is_rebuilt(
 async def test_the_same_store_keeps_its_index(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path}/chatd.db")
     for _ in range(2):
-        backends = make_backends(settings)
-        await open_all(backends)
-        await backends.search.index([document(1, 1, 1, "kept words")])
-        assert (await backends.search.search(1, 1, "kept", 1, 10)).total == 1
-        await close_all(backends)
+        async with opened(make_backends(settings)) as backends:
+            await backends.search.index([document(1, 1, 1, "kept words")])
+            assert (await backends.search.search(1, 1, "kept", 1, 10)).total == 1
     assert "another store" not in caplog.text
 
 
 async def test_a_legacy_search_file_without_an_identity_is_rebuilt(tmp_path: Path) -> None:
     legacy = make_backends(Settings(database_url=f"sqlite:///{tmp_path}/a.db", search_path=f"{tmp_path}/s.db"))
     legacy.search._store_identity = None  # type: ignore[attr-defined]  # as written before identities
-    await open_all(legacy)
-    await legacy.search.index([document(1, 1, 1, "stale words", revision=3)])
-    await close_all(legacy)
+    async with opened(legacy):
+        await legacy.search.index([document(1, 1, 1, "stale words", revision=3)])
     backends = make_backends(Settings(database_url=f"sqlite:///{tmp_path}/a.db", search_path=f"{tmp_path}/s.db"))
-    await open_all(backends)
-    try:
+    async with opened(backends):
         assert (await backends.search.search(1, 1, "stale", 1, 10)).total == 0
-    finally:
-        await close_all(backends)
 
 
 @pytest.mark.real
@@ -114,15 +108,11 @@ async def test_beside_mysql_a_search_file_follows_its_database(tmp_path: Path) -
     try:
         for name, stale in zip(names, (True, False)):
             settings = Settings(database_url=f"{MYSQL_URL}/{name}", search_path=f"{tmp_path}/search.db")
-            backends = make_backends(settings)
-            await open_all(backends)
-            try:
+            async with opened(make_backends(settings)) as backends:
                 await backends.store.migrate()
                 if stale:
                     await backends.search.index([document(1, 1, 1, "other database", revision=5)])
                 assert (await backends.search.search(1, 1, "other", 1, 10)).total == (1 if stale else 0)
-            finally:
-                await close_all(backends)
     finally:
         for name in names:
             await drop_mysql_database(name)

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from chatd import keys
+from chatd.live.cancelling import cancel_all, cancel_requested
 from chatd.live.hub import Hub, LiveOptions
 from chatd.live.subscriber import SHUTTING_DOWN
 
@@ -41,9 +42,7 @@ def live_context(*, serve: bool) -> Callable[[web.Application], AsyncIterator[No
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(tasks)
             if hub is not None:
                 await hub.stop()
             await fanout.close()
@@ -66,6 +65,8 @@ def _keep_running(name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> a
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if cancel_requested():
+                    raise asyncio.CancelledError from None  # a cancel a library turned into an error
                 logger.exception("%s crashed; restarting in 1 s", name)
                 await asyncio.sleep(1.0)
 

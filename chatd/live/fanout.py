@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from chatd.live.cancelling import cancel_all, cancel_requested
 from chatd.live.events import LiveEvent, split_announcements
 from chatd.settings import Settings
 
@@ -89,8 +90,7 @@ class QueuedFanout:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 await self._idle.wait()
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_all([self._task])
         self._task = None
 
     def announce(self, events: Sequence[LiveEvent]) -> None:
@@ -115,6 +115,8 @@ class QueuedFanout:
                         await self._send(body)
                     self.sent += 1
                 except Exception as exc:
+                    if cancel_requested():  # a cancel that came out as the send's timeout
+                        raise asyncio.CancelledError from None
                     self.dropped += 1
                     logger.warning("live announcement dropped: %s", exc or type(exc).__name__)
             self._idle.set()

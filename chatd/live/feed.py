@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from chatd.live.cancelling import cancel_requested
 from chatd.live.events import MESSAGE_UPDATED, LiveEvent
 from chatd.live.subscriber import SLOW_CONSUMER, Subscriber
 
@@ -120,12 +121,16 @@ class Feed:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             except TimeoutError:
+                if cancel_requested():  # the hub stopped it just as the timer fired (cancelling.py)
+                    raise asyncio.CancelledError from None
                 self.tick()
             self._wake.clear()
             self._next_check = None
             try:
                 await self.pump()
             except Exception:
+                if cancel_requested():
+                    raise asyncio.CancelledError from None
                 # The store is down or failing: subscribers keep their place; try again soon.
                 logger.warning("live feed could not read the store; retrying", exc_info=True)
                 self._needs_read.update(self.subscribers)

@@ -7,6 +7,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
+from chatd.live.cancelling import cancel_all
 from chatd.live.events import APPLICATION_FEED, LiveEvent, decode_announcement, stored_chat, stored_message
 from chatd.live.feed import Feed, ReadAfter
 from chatd.live.subscriber import Subscriber
@@ -110,9 +111,7 @@ class Hub:
                 subscriber.close(reason)
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await cancel_all(self._tasks.values())
         self._tasks.clear()
         self.feeds.clear()
         self._keys.clear()

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from chatd.live.cancelling import cancel_requested
 from chatd.live.fanout import Deliver, QueuedFanout, Resync
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,13 @@ class RedisFanout(QueuedFanout):
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
+                    if cancel_requested():  # redis-py may answer a cancel as "no message" (cancelling.py)
+                        raise asyncio.CancelledError
                     if message is not None and message.get("type") == "message":
                         deliver(message["data"])
             except (RedisError, OSError) as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from None
                 logger.warning("live fan-out lost Redis (%s); reconnecting in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)

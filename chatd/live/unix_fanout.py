@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 
+from chatd.live.cancelling import cancel_requested
 from chatd.live.fanout import Deliver, QueuedFanout, Resync
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class UnixFanout(QueuedFanout):
             except (ConnectionRefusedError, FileNotFoundError):
                 self._forget(path, stale=True)
             except (TimeoutError, OSError) as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from None
                 # A listener too busy to take it: that one misses this announcement.
                 self.dropped += 1
                 logger.debug("live announcement not sent to %s: %s", path, exc)

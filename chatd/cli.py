@@ -124,7 +124,8 @@ async def _admin(command: str, settings: Settings) -> int:
             await backends.store.recount_all()
             print("counts recomputed from the stored rows")
         elif command == "reindex":
-            report = await reindexing.rebuild(backends.store, backends.search, reindexing.Progress(total=None))
+            progress = reindexing.Progress(total=await backends.store.count_messages())
+            report = await reindexing.rebuild(backends.store, backends.search, progress)
             print(f"indexed {report.messages:,} messages in {report.seconds:.1f} s ({report.per_second:,.0f}/s)")
         elif command == "check":
             failed = 0

@@ -130,6 +130,9 @@ class Store(Backend, Protocol):
         Walks every message once, in storage order, for rebuilding the search index.
         """
 
+    async def count_messages(self) -> int:
+        """How many messages are stored (a rebuild's progress; counts the table, not for hot paths)."""
+
 
 class CounterTick(NamedTuple):
     """A number from a counter, and the generation of the counter that gave it."""

@@ -60,3 +60,15 @@ def test_serve_flags_parse() -> None:
     assert (args.role, args.port) == ("worker", 9000)
     with pytest.raises(SystemExit):
         cli._parser().parse_args(["serve", "--role", "nope"])
+
+
+def test_reindex_draws_a_bar_with_a_total_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = reindexing.Progress(total=200, stream=stream)
+    progress.advance(50)
+    progress.close()
+    assert "reindex:  25%" in stream.getvalue() and "/200" in stream.getvalue()

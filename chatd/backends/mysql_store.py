@@ -336,6 +336,10 @@ class MysqlStore(Lifecycle):
         documents = [SearchDocument(int(r[1]), int(r[2]), int(r[3]), r[4], from_db(r[5]), int(r[6])) for r in rows]
         return (int(rows[-1][0]) if rows else cursor), documents
 
+    async def count_messages(self) -> int:
+        row = await self.db.fetchone("SELECT COUNT(*) FROM messages", ())
+        return int(row[0]) if row is not None else 0
+
     async def recount_all(self) -> None:
         await self.db.run(writes.recount, commit=True, seconds=600.0)
 

@@ -261,6 +261,10 @@ class SqliteStore(SqliteBacked):
         documents = [SearchDocument(r[1], r[2], r[3], r[4], parse_time(r[5]), r[6]) for r in rows]
         return (rows[-1][0] if rows else cursor), documents
 
+    async def count_messages(self) -> int:
+        row = await self.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM messages").fetchone())
+        return int(row[0])
+
     async def recount_all(self) -> None:
         def recount(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM count_deltas")

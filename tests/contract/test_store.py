@@ -179,3 +179,13 @@ async def test_a_store_keeps_one_identity(backends: Backends, namespace) -> None
     assert len(first) == 32 and await backends.store.identity() == first
     again = await namespace.open_backends()  # another process on the same store
     assert await again.store.identity() == first
+
+
+async def test_count_messages_counts_every_stored_message_once(backends: Backends) -> None:
+    store = backends.store
+    assert await store.count_messages() == 0
+    application = await store.create_application("tok-count", "Counted", WHEN)
+    await store.save_chats([chat_job(application.id, 1), chat_job(application.id, 2)])
+    await store.save_messages([message_job(application.id, chat, n) for chat in (1, 2) for n in range(1, 4)])
+    await store.save_messages([message_job(application.id, 1, 3)])  # redelivered: stored once
+    assert await store.count_messages() == 6

@@ -13,8 +13,8 @@ from chatd.handlers import applications, chats, docs, events, health, messages, 
 from chatd.handlers.middleware import error_middleware
 from chatd.handlers.protocol import add_routes
 from chatd.live.announcing import announcing
-from chatd.live.context import close_streams, live_context
-from chatd.live.fanout import make_fanout
+from chatd.live.fanouts import make_fanout
+from chatd.live_context import close_streams, live_context
 from chatd.ports import Backends
 from chatd.service import ChatService, Clock, utc_now
 from chatd.settings import Settings

@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from chatd.live.cancelling import cancel_all, cancel_requested
 from chatd.live.events import LiveEvent, split_announcements
-from chatd.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -143,33 +139,3 @@ class LocalFanout(QueuedFanout):
             await asyncio.Event().wait()
         finally:
             self._listeners.remove(deliver)
-
-
-def socket_directory(embedded_file: str) -> str:
-    """Where the embedded fan-out's sockets live: beside the embedded file (``chatd.live/``).
-
-    A Unix socket path is limited to 107 bytes; a directory too deep for that is replaced by
-    one in /tmp named after it, which every process of the same file finds as well.
-    """
-    path = Path(os.path.realpath(embedded_file))  # one spelling of it for every process
-    directory = str(path.with_suffix("")) + ".live"
-    if len(directory) > 85:  # + "/<pid>-<8 hex>.sock" stays within 107
-        digest = hashlib.sha256(directory.encode()).hexdigest()[:16]
-        directory = f"/tmp/chatd-live-{digest}"
-    return directory
-
-
-def make_fanout(settings: Settings) -> Fanout:
-    """The fan-out for ``settings`` (unopened)."""
-    if settings.redis_url:
-        from chatd.live.redis_fanout import RedisFanout
-
-        return RedisFanout(settings.redis_url, channel=f"{settings.redis_prefix}live")
-    from chatd.backends.registry import embedded_path
-
-    embedded = embedded_path(settings)
-    if embedded == ":memory:":
-        return LocalFanout()
-    from chatd.live.unix_fanout import UnixFanout
-
-    return UnixFanout(socket_directory(embedded))

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 
 from chatd.live.events import decode_announcement
-from chatd.live.fanout import Deliver, LocalFanout, QueuedFanout, Resync, make_fanout, socket_directory
+from chatd.live.fanout import Deliver, LocalFanout, QueuedFanout, Resync
+from chatd.live.fanouts import make_fanout, socket_directory
 from chatd.live.redis_fanout import RedisFanout
 from chatd.live.unix_fanout import UnixFanout
 from chatd.settings import Settings

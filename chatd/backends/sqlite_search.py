@@ -133,20 +133,23 @@ class SqliteSearchIndex(SqliteBacked):
         return []
 
     async def search(self, application_id: int, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
-        wanted = query_terms(query)
-        if not wanted:
-            return SearchResult(0, [])
-        async with self._searching.slot(application_id):
-            return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, page, per_page))
+        return await self._search(application_id, chat_number, query, page, per_page)
 
     async def search_after(
         self, application_id: int, chat_number: int, query: str, after: int, limit: int
+    ) -> SearchResult:
+        return await self._search(application_id, chat_number, query, 1, limit, after)
+
+    async def _search(
+        self, application_id: int, chat_number: int, query: str, page: int, per_page: int, after: int = 0
     ) -> SearchResult:
         wanted = query_terms(query)
         if not wanted:
             return SearchResult(0, [])
         async with self._searching.slot(application_id):
-            return await self.db.read(lambda conn: _search(conn, application_id, chat_number, wanted, 1, limit, after))
+            return await self.db.read(
+                lambda conn: _search(conn, application_id, chat_number, wanted, page, per_page, after)
+            )
 
 
 class _PerKeyLimit:
@@ -311,25 +314,30 @@ def _prefix_range(query_word: str) -> tuple[str, tuple[str, ...]]:
     return "term >= ? AND term < ?", (query_word, end)
 
 
-def _fuzzy_terms(conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int) -> set[str]:
-    """The chat's words within ``edits`` of ``query_word`` that do not start with it."""
+def _fuzzy_terms(conn: sqlite3.Connection, query_word: str, edits: int) -> set[str]:
+    """The file's words within ``edits`` of ``query_word`` that do not start with it (any chat's)."""
     if not edits:
         return set()
     candidates: set[str] = set()
     for part in _chunks(sorted(_deletions(query_word, edits))):
         rows = conn.execute(f"SELECT term FROM search_deletions WHERE variant IN ({','.join('?' * len(part))})", part)
         candidates.update(term for (term,) in rows if not term.startswith(query_word))
-    return {term for term in candidates if word_matches(query_word, edits, term) and _in_chat(conn, chat, term)}
+    return {term for term in candidates if word_matches(query_word, edits, term)}
 
 
 def _matching_terms(conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int) -> set[str]:
-    """The chat's words that ``query_word`` matches (``word_matches``), by index lookups only."""
+    """The chat's words that ``query_word`` matches (``word_matches``), by index lookups only.
+
+    The definition the lookup tests check; a search reads the same ranges and candidates
+    straight into its postings query (``_matching_select``).
+    """
     condition, bounds = _prefix_range(query_word)
     prefixed = conn.execute(
         f"SELECT DISTINCT term FROM search_terms WHERE application_id = ? AND chat_number = ? AND {condition}",
         (*chat, *bounds),
     )
-    return {row[0] for row in prefixed} | _fuzzy_terms(conn, chat, query_word, edits)
+    fuzzy = {term for term in _fuzzy_terms(conn, query_word, edits) if _in_chat(conn, chat, term)}
+    return {row[0] for row in prefixed} | fuzzy
 
 
 def _matching_select(
@@ -340,7 +348,8 @@ def _matching_select(
     # Prefix matches straight from the range of postings: no pass to list the terms first.
     sql = f"SELECT message_number FROM search_terms WHERE application_id = ? AND chat_number = ? AND {condition}"
     params: tuple[object, ...] = (*chat, *bounds)
-    fuzzy = sorted(_fuzzy_terms(conn, chat, query_word, edits))
+    # Other chats' words among the candidates find no postings here: no need to check them first.
+    fuzzy = sorted(_fuzzy_terms(conn, query_word, edits))
     if not fuzzy:
         return "SELECT DISTINCT" + sql.removeprefix("SELECT"), params
     sql += (

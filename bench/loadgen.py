@@ -16,6 +16,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LUA_SCRIPT = Path(__file__).with_name("post_messages.lua")
 
@@ -73,10 +74,10 @@ async def _run(*argv: str) -> str:
     return stdout.decode()
 
 
-async def wrk(
-    base_url: str, token: str, chats: int, word: str, *, seconds: float, connections: int, threads: int
-) -> WrkResult:
-    """POST messages to ``chats`` chats of ``token`` for ``seconds`` (see post_messages.lua)."""
+async def wrk_json(
+    script: Path, base_url: str, script_args: list[str], *, seconds: float, connections: int, threads: int = 1
+) -> dict[str, Any]:
+    """Run wrk with a Lua ``script`` whose done() prints one ``BENCH_JSON {...}`` line; that line, parsed."""
     output = await _run(
         "wrk",
         f"-t{threads}",
@@ -86,17 +87,25 @@ async def wrk(
         # latency figures; a benchmark wants to see it in the p99 instead.
         "--timeout=30s",
         "-s",
-        str(LUA_SCRIPT),
+        str(script),
         base_url,
         "--",
-        token,
-        str(chats),
-        word,
+        *script_args,
     )
     match = re.search(r"^BENCH_JSON (\{.*\})$", output, re.MULTILINE)
     if match is None:
         raise LoadToolError(f"wrk printed no BENCH_JSON line:\n{output[-2000:]}")
-    data = json.loads(match.group(1))
+    data: dict[str, Any] = json.loads(match.group(1))
+    return data
+
+
+async def wrk(
+    base_url: str, token: str, chats: int, word: str, *, seconds: float, connections: int, threads: int
+) -> WrkResult:
+    """POST messages to ``chats`` chats of ``token`` for ``seconds`` (see post_messages.lua)."""
+    data = await wrk_json(
+        LUA_SCRIPT, base_url, [token, str(chats), word], seconds=seconds, connections=connections, threads=threads
+    )
     return WrkResult(
         duration_s=data["duration_us"] / 1e6,
         requests=data["requests"],

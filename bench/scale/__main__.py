@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="real,embedded")
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--seconds", type=float, default=5.0, help="timed run per read kind")
+    parser.add_argument("--seconds", type=int, default=5, help="timed run per read kind (wrk: whole s)")
     parser.add_argument("--connections", type=int, default=1, help="wrk connections per read kind (latency, not load)")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     parser.add_argument("--out", default=str(HERE / "scale-results"), help="path stem of the .md/.json/.png")

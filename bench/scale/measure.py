@@ -8,7 +8,6 @@ too). Each kind gets a short warm-up, then a timed run; latencies are wrk's, fro
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.loadgen import wrk_json
 from bench.procstat import rss_mib
 from bench.scale import queries
 from bench.scale.corpus import Corpus, Shape
@@ -61,20 +61,13 @@ class SizeResult:
 
 
 async def wrk(base_url: str, paths: list[str], seconds: float, connections: int) -> Latency:
+    """GET ``paths`` in turn for ``seconds`` (bench/scale/paths.lua reads them from a file)."""
     with tempfile.NamedTemporaryFile("w", suffix=".paths", delete=False) as file:
         file.write("\n".join(paths) + "\n")
     try:
-        process = await asyncio.create_subprocess_exec(
-            "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout=30s", "-s", str(LUA_SCRIPT), base_url,
-            "--", file.name, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        stdout, stderr = await process.communicate()
+        data = await wrk_json(LUA_SCRIPT, base_url, [file.name], seconds=seconds, connections=connections)
     finally:
         os.unlink(file.name)
-    match = re.search(r"^BENCH_JSON (\{.*\})$", stdout.decode(), re.MULTILINE)
-    if process.returncode != 0 or match is None:
-        raise RuntimeError(f"wrk failed ({process.returncode}): {stdout.decode()[-1500:]} {stderr.decode()[-1500:]}")
-    data = json.loads(match.group(1))
     return Latency(
         requests_per_s=data["requests"] / (data["duration_us"] / 1e6),
         p50_ms=data["p50_us"] / 1000,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -26,11 +27,38 @@ import pytest
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 
+def _ports_below_ephemeral() -> range:
+    """Ports the kernel never picks for an outgoing connection (below its ephemeral range)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(min(20000, low // 2), low)
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on at the moment (the kernel's pick)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port nobody listens on now, that this run has not handed out before.
+
+    Not the kernel's pick (binding port 0): that comes from the ephemeral range, where any
+    outgoing connection made between this probe and the server's own bind (a broker client
+    reconnecting, say) may take it, and the server then fails with "address already in use".
+    """
+    candidates = _ports_below_ephemeral()
+    for _ in range(1000):
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {candidates}")
 
 
 class PrivateServer:

@@ -39,13 +39,17 @@ class Supervisor:
 
     async def _keep_running(self, name: str, body: LoopBody) -> None:
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
+            started = loop.time()
             try:
                 await body(self.stopping)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if loop.time() - started >= self.max_backoff:
+                    backoff = 0.1  # it ran well for a while: this is a new failure, not the same one again
                 self.restarts[name] += 1
                 metrics.LOOP_RESTARTS.labels(name).inc()
                 logger.exception("background loop %s crashed; restarting in %.1fs", name, backoff)

@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 Job = TypeVar("Job")
 
+# The longest a consumer waits before trying a backend again after an outage. About
+# aio-pika's reconnect interval: shorter only spins, longer leaves its prefetched jobs idle.
+OUTAGE_RETRY_SECONDS = 1.0
+
 
 @dataclass
 class Outcome:
@@ -88,12 +92,25 @@ class BatchConsumer(Generic[Job]):
         return True
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Consume until ``stopping`` is set; the batch in hand is always finished first."""
+        """Consume until ``stopping`` is set; the batch in hand is always finished first.
+
+        An outage met while asking for work (the broker restarting) is waited out here, at
+        ``OUTAGE_RETRY_SECONDS``, not raised to the supervisor: its back-off grows to half a
+        minute, and meanwhile the broker's client, reconnected by itself, refills this
+        consumer's prefetch buffer with jobs nobody handles. Other workers would store the
+        messages after them, and a live stream waiting on that hole skips it in the end.
+        """
         while not stopping.is_set():
-            if not await self.ready_for_more():
-                await sleep_unless_stopping(stopping, 0.5)
+            try:
+                if not await self.ready_for_more():
+                    await sleep_unless_stopping(stopping, 0.5)
+                    continue
+                deliveries = await self.queue.receive(self.topic, self.batch_size, self.batch_wait)
+            except BackendUnavailable as exc:
+                logger.warning("%s: cannot receive (%s); trying again in %.0fs", self.topic, exc, OUTAGE_RETRY_SECONDS)
+                metrics.backend_error(exc)
+                await sleep_unless_stopping(stopping, OUTAGE_RETRY_SECONDS)
                 continue
-            deliveries = await self.queue.receive(self.topic, self.batch_size, self.batch_wait)
             if deliveries and not await self.process(deliveries):
                 await sleep_unless_stopping(stopping, self._outage_backoff)
 
@@ -133,7 +150,8 @@ class BatchConsumer(Generic[Job]):
             logger.warning("%s: backend unavailable (%s); giving %d jobs back", self.topic, exc, len(batch))
             metrics.backend_error(exc)
             await self._retry([delivery for delivery, _ in batch])
-            self._outage_backoff = min(self._outage_backoff * 2, 10.0)
+            # Capped low: while this consumer sleeps, the jobs prefetched for it wait too.
+            self._outage_backoff = min(self._outage_backoff * 2, OUTAGE_RETRY_SECONDS)
             return False
         except Exception:
             if len(batch) == 1:

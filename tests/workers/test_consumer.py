@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from chatd.errors import BackendUnavailable
-from chatd.ports import Backends, Delivery
+from chatd.ports import Backends, Delivery, Queue
 from chatd.workers.consumer import BatchConsumer, Outcome
 from tests.conftest import Namespace
 from tests.factories import eventually
@@ -48,3 +50,56 @@ async def test_an_outage_while_retrying_job_by_job_gives_back_the_jobs_not_tried
         return {b"outage", b"b", b"c"} <= set(again)
 
     assert await eventually(received_all, timeout=15)
+
+
+class Stores(BatchConsumer[bytes]):
+    topic = "messages"
+
+    def __init__(self, queue: Queue):
+        super().__init__(queue, batch_size=10, batch_wait=0.05, max_attempts=5)
+        self.stored: list[bytes] = []
+
+    def decode(self, body: bytes) -> bytes:
+        return body
+
+    async def handle(self, batch: Sequence[tuple[Delivery, bytes]]) -> Outcome:
+        self.stored.extend(job for _, job in batch)
+        return Outcome()
+
+
+class BrokerDownAtFirst:
+    """A queue whose first ``receive`` calls meet an outage, as while a broker restarts."""
+
+    def __init__(self, queue: Queue, outages: int):
+        self.queue = queue
+        self.outages = outages
+
+    async def receive(self, topic: str, max_batch: int, max_wait: float) -> list[Delivery]:
+        if self.outages:
+            self.outages -= 1
+            raise BackendUnavailable("rabbitmq: not connected (test)")
+        return await self.queue.receive(topic, max_batch, max_wait)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
+
+
+async def test_an_outage_while_receiving_is_waited_out_in_the_loop_not_raised(backends: Backends) -> None:
+    # Raised, it would reach the supervisor, whose back-off grows to half a minute while the
+    # broker's client refills this consumer's prefetch with jobs nobody handles.
+    queue = BrokerDownAtFirst(backends.queue, outages=2)
+    consumer = Stores(queue)  # type: ignore[arg-type]
+    await backends.queue.publish("messages", [b"a", b"b"])
+    stopping = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stopping))
+    try:
+        await eventually(lambda: _true(sorted(consumer.stored) == [b"a", b"b"]), timeout=15)
+        assert queue.outages == 0
+        assert not running.done(), "the outage ended the consumer's loop"
+    finally:
+        stopping.set()
+        await asyncio.wait_for(running, 10)
+
+
+async def _true(value: bool) -> bool:
+    return value

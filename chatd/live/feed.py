@@ -7,9 +7,10 @@ between them: both fill the same numbered slots, and a subscriber takes each slo
 
 A number that is missing while a later one is stored is a *hole*: usually a message some
 other worker is storing right now, sometimes a number that will never be stored (its request
-failed after it was taken). The feed waits ``hole_wait`` seconds from when it first saw the
-hole, re-reading the store, then skips it; a hole whose next stored message was accepted more
-than ``settled_age`` seconds ago is skipped at once (it was not filled in all that time).
+failed after it was taken). The feed waits until ``hole_wait`` seconds after it learned of the
+stored number above the hole, re-reading the store, then skips it; so holes in a row share one
+wait rather than adding up. A hole whose next stored message was accepted more than
+``settled_age`` seconds ago is skipped at once (it was not filled in all that time).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Feed:
         self.wall = wall
         self.subscribers: set[Subscriber] = set()
         self.cache: dict[int, LiveEvent | None] = {}
+        # Number -> when this feed first knew it stored (monotonic): a hole below it dates from then.
+        self.learned: dict[int, float] = {}
         self.max_known = 0
         self.floor = 0
         # First number of a hole -> (first seen, last read), monotonic seconds.
@@ -89,8 +92,7 @@ class Feed:
             if event.kind == MESSAGE_UPDATED:
                 self._update(event)
             elif event.number > self.floor and self.cache.get(event.number) is None:
-                self.cache[event.number] = event
-                self.max_known = max(self.max_known, event.number)
+                self._cache(event)
         self._everyone = True
         self._wake.set()
 
@@ -201,8 +203,7 @@ class Feed:
         elif event.number > self.floor and event.number not in self.cache:
             # An edit can only follow the store: the message exists, whether or not its
             # announcement has come yet. Those who have not been given it get the new text.
-            self.cache[event.number] = event.with_update(event)
-            self.max_known = max(self.max_known, event.number)
+            self._cache(event.with_update(event))
         for subscriber in self.subscribers:
             if subscriber.last >= event.number:
                 subscriber.give_update(event)
@@ -211,8 +212,12 @@ class Feed:
         # No floor here: a subscriber that joined behind everyone else asked for these.
         for event in items:
             if self.cache.get(event.number) is None:
-                self.cache[event.number] = event
-                self.max_known = max(self.max_known, event.number)
+                self._cache(event)
+
+    def _cache(self, event: LiveEvent) -> None:
+        self.cache[event.number] = event
+        self.learned.setdefault(event.number, self.monotonic())
+        self.max_known = max(self.max_known, event.number)
 
     def _may_read(self, last: int) -> bool:
         seen = self.holes.get(last + 1)
@@ -236,7 +241,7 @@ class Feed:
             return False
         following = min(above)
         now = self.monotonic()
-        first_seen = self.holes.get(last + 1, (now, now))[0]
+        first_seen = min(self.holes.get(last + 1, (now, now))[0], self.learned.get(following, now))
         accepted_at = self.cache[following].at  # type: ignore[union-attr]
         if now - first_seen >= self.hole_wait or self.wall() - accepted_at >= self.settled_age:
             logger.info("live feed skips numbers %d to %d: not stored", last + 1, following - 1)
@@ -265,4 +270,5 @@ class Feed:
             # A subscriber this far behind reads the store again; the newest stay for the rest.
             keep = sorted(self.cache)[-cap:]
             self.cache = {number: self.cache[number] for number in keep}
+        self.learned = {number: at for number, at in self.learned.items() if number in self.cache}
         self._evict_above = max(64, 2 * len(self.cache))

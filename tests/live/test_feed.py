@@ -107,6 +107,33 @@ async def test_a_hole_never_filled_is_skipped_after_the_wait() -> None:
     assert received(subscriber) == []
 
 
+async def test_holes_in_a_row_share_one_wait() -> None:
+    # Each wait counts from when the feed knew a later number stored, not from when a
+    # subscriber reached the hole: ten burnt numbers in a row cost one wait, not ten.
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock, hole_wait=10, recheck=0.25)
+    subscriber = Subscriber(after=0, capacity=100)
+    feed.add(subscriber)
+    feed.offer(store.store(1, 3, 4, 6, 8))
+    await feed.pump()
+    assert received(subscriber) == [1]
+    clock.now += 10.5
+    feed.tick()
+    await feed.pump()
+    assert received(subscriber) == [3, 4, 6, 8]
+    # A hole below a number learned just now waits its full time.
+    feed.offer(store.store(10))
+    await feed.pump()
+    clock.now += 9
+    feed.tick()
+    await feed.pump()
+    assert received(subscriber) == []
+    clock.now += 1.5
+    feed.tick()
+    await feed.pump()
+    assert received(subscriber) == [10]
+
+
 async def test_a_lost_announcement_is_read_from_the_store() -> None:
     store, clock = FakeStore(), Clock()
     feed = make_feed(store, clock)

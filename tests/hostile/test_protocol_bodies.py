@@ -37,6 +37,9 @@ def post_head(length: int, extra: str = "") -> bytes:
     ).encode()
 
 
+TRICKLE_BYTES = 200
+
+
 @pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickled"])
 async def test_a_body_that_never_finishes_gets_408(make_api, trickle: bool) -> None:  # type: ignore[no-untyped-def]
     api: Api = await make_api(body_timeout_seconds=0.5)
@@ -47,8 +50,9 @@ async def test_a_body_that_never_finishes_gets_408(make_api, trickle: bool) -> N
         await writer.drain()
         answer = asyncio.ensure_future(reader.read())
         # A byte every 0.1 s must not reset the clock: the bound is on the whole body. If each
-        # byte reset it, no answer would come while 60 bytes trickle in (6 s, twelve bounds).
-        while trickle and not answer.done() and trickled < 60:
+        # byte reset it, no answer would come while 200 bytes trickle in (20 s, forty bounds:
+        # room for a machine busy with other tests, where the answer may take a few seconds).
+        while trickle and not answer.done() and trickled < TRICKLE_BYTES:
             try:
                 writer.write(b" ")
                 await writer.drain()
@@ -62,7 +66,7 @@ async def test_a_body_that_never_finishes_gets_408(make_api, trickle: bool) -> N
     assert status == 408, body
     assert headers["content-type"].startswith("application/json")
     assert json.loads(body)["error"]["code"] == "request_timeout"
-    assert trickled < 60, "the answer came only once the client stopped sending"
+    assert trickled < TRICKLE_BYTES, "the answer came only once the client stopped sending"
 
 
 async def requests_counted(session: aiohttp.ClientSession, process: ChatdProcess, status: str) -> float:

@@ -60,9 +60,7 @@ async def deployment(backend_set: str, folder: Path, workers: int) -> AsyncItera
     space.name = "chatd_bench_" + uuid.uuid4().hex[:8]
     processes: list[ChatdProcess] = []
     try:
-        if backend_set == "real":
-            await space.open_backends()  # creates the database and applies the migrations
-        settings = await space.settings()
+        settings = await space.serving_settings()  # the real set's database created and migrated
         processes = [ChatdProcess(settings, "api", folder)]
         processes += [ChatdProcess(settings, "worker", folder) for _ in range(workers)]
         # One after the other: on SQLite each process applies the migrations as it starts.

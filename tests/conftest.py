@@ -134,6 +134,13 @@ class Namespace:
             values["database_url"] = f"sqlite:///{self.folder}/chatd.db"
         return values
 
+    async def serving_settings(self, **overrides: object) -> Settings:
+        """Settings for ``chatd serve`` processes of this namespace: on the real set its database
+        is migrated first, as an operator runs `chatd migrate` (the embedded file migrates itself)."""
+        if self.backend_set == "real":
+            await self.open_backends()
+        return await self.settings(**overrides)
+
     async def open_backends(self, **overrides: object) -> Backends:
         backends = make_backends(await self.settings(**overrides), self.clock)
         await self._opened.enter_async_context(opened(backends))

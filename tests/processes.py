@@ -16,6 +16,16 @@ from chatd.settings import Settings
 from tests.servers import free_port
 
 
+async def application_and_chat(session: aiohttp.ClientSession, name: str, base: str = "") -> tuple[str, int]:
+    """A new application and its first chat, created over a process's HTTP API: (token, chat)."""
+    async with session.post(f"{base}/applications", json={"application": {"name": name}}) as response:
+        assert response.status == 201, await response.text()
+        token = str((await response.json())["token"])
+    async with session.post(f"{base}/applications/{token}/chats") as response:
+        assert response.status == 201, await response.text()
+        return token, int((await response.json())["number"])
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The ``CHATD_*`` variables that reproduce ``settings`` in a child process."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHATD_")}

@@ -18,9 +18,7 @@ FAST = {"reconcile_interval_seconds": 0.5, "index_batch_wait_seconds": 0.2}
 
 
 async def start_processes(namespace: Namespace, tmp_path: Path, apis: int, workers: int) -> list[ChatdProcess]:
-    if namespace.backend_set == "real":
-        await namespace.open_backends()  # migrates, as `chatd migrate` would
-    settings = await namespace.settings(**FAST)
+    settings = await namespace.serving_settings(**FAST)
     processes = [ChatdProcess(settings, "api", tmp_path) for _ in range(apis)]
     processes += [ChatdProcess(settings, "worker", tmp_path) for _ in range(workers)]
     for process in processes:  # one at a time: the first applies the embedded migrations

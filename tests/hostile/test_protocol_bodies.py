@@ -84,9 +84,7 @@ async def requests_counted(session: aiohttp.ClientSession, process: ChatdProcess
 async def test_a_client_gone_mid_body_is_counted_499_without_error(namespace: Namespace, tmp_path: Path) -> None:
     # A real `chatd serve`: aiohttp's test server cancels the handler of a closed connection,
     # where chatd's runner (like aiohttp's default) lets it see the reset while reading.
-    if namespace.backend_set == "real":
-        await namespace.open_backends()  # migrates, as `chatd migrate` would
-    process = await ChatdProcess(await namespace.settings(), "api", tmp_path).start()
+    process = await ChatdProcess(await namespace.serving_settings(), "api", tmp_path).start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", process.port)
         # The 100 Continue says the request reached the application: the close cannot beat it.

@@ -10,20 +10,16 @@ from chatd import keys
 from chatd.domain import NumberScope
 from tests.conftest import Api, Namespace
 from tests.live.helpers import SseStream, numbers
-from tests.processes import ChatdProcess
+from tests.processes import ChatdProcess, application_and_chat
 
 
 async def test_a_worker_process_announces_to_an_api_process(namespace: Namespace, tmp_path: Path) -> None:
-    settings = await namespace.settings(index_batch_wait_seconds=0.1)
-    if namespace.backend_set == "real":
-        await namespace.open_backends()  # migrates, as `chatd migrate` would
+    settings = await namespace.serving_settings(index_batch_wait_seconds=0.1)
     api = await ChatdProcess(settings, "api", tmp_path).start()
     worker = await ChatdProcess(settings, "worker", tmp_path).start()
     try:
         async with aiohttp.ClientSession(api.url) as session:
-            created = await session.post("/applications", json={"application": {"name": "Fan-out"}})
-            token = (await created.json())["token"]
-            chat = (await (await session.post(f"/applications/{token}/chats")).json())["number"]
+            token, chat = await application_and_chat(session, "Fan-out")
             async with session.get(f"/applications/{token}/chats/{chat}/events") as response:
                 stream = SseStream(response)
                 for i in range(5):

@@ -34,9 +34,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 async def serve(namespace: Namespace, aiohttp_client) -> str:  # type: ignore[no-untyped-def]
     """chatd with its workers running (role all), as `make run` serves it; its base URL."""
-    settings = await namespace.settings(index_batch_wait_seconds=0.05, reconcile_interval_seconds=0.2)
-    if namespace.backend_set == "real":
-        await namespace.open_backends()  # migrates, as `chatd migrate` would
+    settings = await namespace.serving_settings(index_batch_wait_seconds=0.05, reconcile_interval_seconds=0.2)
     client = await aiohttp_client(create_app(settings))
     return str(client.make_url("/"))
 

@@ -8,20 +8,16 @@ import aiohttp
 
 from tests.conftest import Namespace
 from tests.live.helpers import SseStream, WsStream
-from tests.processes import ChatdProcess
+from tests.processes import ChatdProcess, application_and_chat
 
 
 async def test_sigterm_closes_live_streams_with_a_reason(namespace: Namespace, tmp_path: Path) -> None:
     # A shutdown timeout far above the test's own: exiting must not wait for the streams to time out.
-    settings = await namespace.settings(shutdown_timeout_seconds=60.0)
-    if namespace.backend_set == "real":
-        await namespace.open_backends()
+    settings = await namespace.serving_settings(shutdown_timeout_seconds=60.0)
     api = await ChatdProcess(settings, "all", tmp_path).start()
     try:
         async with aiohttp.ClientSession(api.url) as session:
-            created = await session.post("/applications", json={"application": {"name": "Shutdown"}})
-            token = (await created.json())["token"]
-            chat = (await (await session.post(f"/applications/{token}/chats")).json())["number"]
+            token, chat = await application_and_chat(session, "Shutdown")
             path = f"/applications/{token}/chats/{chat}/events"
             websocket = WsStream(await session.ws_connect(path))
             async with session.get(path) as response:

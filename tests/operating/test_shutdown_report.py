@@ -12,7 +12,7 @@ import orjson
 from tests.conftest import Namespace
 from tests.factories import eventually
 from tests.operating.scrape import parse, value
-from tests.processes import ChatdProcess
+from tests.processes import ChatdProcess, application_and_chat
 
 ADMIN_TOKEN = "admin-token-never-logged"
 
@@ -34,17 +34,12 @@ def _one(lines: list[dict[str, Any]], message: str) -> dict[str, Any]:
 
 
 async def test_each_role_reports_what_it_finished_and_left_queued(namespace: Namespace, tmp_path: Path) -> None:
-    if namespace.backend_set == "real":
-        await namespace.open_backends()  # migrates, as `chatd migrate` would
-    settings = await namespace.settings(admin_token=ADMIN_TOKEN, reconcile_interval_seconds=0.5)
+    settings = await namespace.serving_settings(admin_token=ADMIN_TOKEN, reconcile_interval_seconds=0.5)
     api = await ChatdProcess(settings, "api", tmp_path).start()
     worker = ChatdProcess(settings, "worker", tmp_path)
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{api.url}/applications", json={"application": {"name": "Report"}}) as response:
-                token = (await response.json())["token"]
-            async with session.post(f"{api.url}/applications/{token}/chats") as response:
-                chat = (await response.json())["number"]
+            token, chat = await application_and_chat(session, "Report", api.url)
             for index in range(3):
                 url = f"{api.url}/applications/{token}/chats/{chat}/messages"
                 async with session.post(url, json={"content": f"report {index}"}) as response:

@@ -66,9 +66,7 @@ def _received(listener: socket.socket, into: list[str]) -> list[str]:
 async def test_chatd_serve_notifies_ready_watchdog_and_stopping(
     namespace: Namespace, tmp_path: Path, notify_socket: socket.socket
 ) -> None:
-    if namespace.backend_set == "real":
-        await namespace.open_backends()  # migrates, as `chatd migrate` would
-    process = ChatdProcess(await namespace.settings(), "worker", tmp_path)
+    process = ChatdProcess(await namespace.serving_settings(), "worker", tmp_path)
     process.env.update({"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "200000"})
     messages: list[str] = []
     try:

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tests.conftest import Namespace
 from tests.factories import eventually
-from tests.processes import ChatdProcess
+from tests.processes import ChatdProcess, application_and_chat
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,7 @@ async def test_one_trace_spans_the_api_and_worker_processes(
     namespace: Namespace, tmp_path: Path, receiver: tuple[Receiver, str]
 ) -> None:
     spans, endpoint = receiver
-    if namespace.backend_set == "real":
-        await namespace.open_backends()  # migrates, as `chatd migrate` would
-    settings = await namespace.settings(index_batch_wait_seconds=0.05)
+    settings = await namespace.serving_settings(index_batch_wait_seconds=0.05)
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50"}
     processes = [ChatdProcess(settings, role, tmp_path) for role in ("api", "worker")]
     for process in processes:
@@ -79,10 +77,7 @@ async def test_one_trace_spans_the_api_and_worker_processes(
     api = processes[0]
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{api.url}/applications", json={"application": {"name": "Traced"}}) as response:
-                token = (await response.json())["token"]
-            async with session.post(f"{api.url}/applications/{token}/chats") as response:
-                chat = (await response.json())["number"]
+            token, chat = await application_and_chat(session, "Traced", api.url)
             url = f"{api.url}/applications/{token}/chats/{chat}/messages"
             async with session.post(url, json={"content": "follow me"}) as response:
                 assert response.status == 201

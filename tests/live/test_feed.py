@@ -51,6 +51,13 @@ def make_feed(store: FakeStore, clock: Clock, **options: float) -> Feed:
     return Feed(store.read_after, monotonic=clock, wall=lambda: NOW + 1, **options)  # type: ignore[arg-type]
 
 
+async def timer_fires(feed: Feed, clock: Clock, after: float) -> None:
+    """``after`` seconds pass and the feed's timer fires (what ``Feed.run`` does when it is due)."""
+    clock.now += after
+    feed.tick()
+    await feed.pump()
+
+
 def received(subscriber: Subscriber) -> list[int]:
     return [event.number for event in subscriber.take(10_000)]
 
@@ -93,13 +100,9 @@ async def test_a_hole_never_filled_is_skipped_after_the_wait() -> None:
     feed.offer(store.store(1, 3, 4))
     await feed.pump()
     assert received(subscriber) == [1] and subscriber.last == 1
-    clock.now += 9
-    feed.tick()  # the feed's timer
-    await feed.pump()
+    await timer_fires(feed, clock, after=9)
     assert received(subscriber) == []
-    clock.now += 1.5
-    feed.tick()
-    await feed.pump()
+    await timer_fires(feed, clock, after=1.5)
     assert received(subscriber) == [3, 4]
     # A late store of the skipped number does not come out of order.
     feed.offer(store.store(2))
@@ -117,20 +120,14 @@ async def test_holes_in_a_row_share_one_wait() -> None:
     feed.offer(store.store(1, 3, 4, 6, 8))
     await feed.pump()
     assert received(subscriber) == [1]
-    clock.now += 10.5
-    feed.tick()
-    await feed.pump()
+    await timer_fires(feed, clock, after=10.5)
     assert received(subscriber) == [3, 4, 6, 8]
     # A hole below a number learned just now waits its full time.
     feed.offer(store.store(10))
     await feed.pump()
-    clock.now += 9
-    feed.tick()
-    await feed.pump()
+    await timer_fires(feed, clock, after=9)
     assert received(subscriber) == []
-    clock.now += 1.5
-    feed.tick()
-    await feed.pump()
+    await timer_fires(feed, clock, after=1.5)
     assert received(subscriber) == [10]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Namespace
-from tests.faults.load import LoadClient
+from tests.faults.load import LoadClient, LoadResult
 from tests.faults.verify import Verdict, verify
 from tests.processes import ChatdProcess
 
@@ -145,11 +145,8 @@ async def test_fault(fault: str, tmp_path: Path, record_fault) -> None:  # type:
     try:
         await cluster.start()
         load = await start_load(cluster)
-        await asyncio.sleep(LOAD_SECONDS)  # steady load before the fault
-        await FAULTS[fault](cluster)
-        await asyncio.sleep(LOAD_SECONDS)  # and after it
-        result = await load.stop()
-        retried = sum(n for status, n in result.statuses.items() if status != "201")
+        result = await through_fault(cluster, load, FAULTS[fault])
+        retried = failed_requests(result)
         verdict = await converged(namespace.name, cluster, load.token, result)
         assert cluster.all_alive(), "a chatd process died and nobody restarted it"
         for process in cluster.processes:
@@ -161,6 +158,19 @@ async def test_fault(fault: str, tmp_path: Path, record_fault) -> None:  # type:
         record_fault(fault, bool(verdict and verdict.ok), verdict or Verdict(0, 0, 0, 0, 0, 0, 0), retried)
         cluster.stop()
         await namespace.cleanup()
+
+
+async def through_fault(cluster: Cluster, load: LoadClient, fault: Callable[[Cluster], Awaitable[None]]) -> LoadResult:
+    """Steady load, the fault (healed), steady load again; then the load's result."""
+    await asyncio.sleep(LOAD_SECONDS)  # steady load before the fault
+    await fault(cluster)
+    await asyncio.sleep(LOAD_SECONDS)  # and after it
+    return await load.stop()
+
+
+def failed_requests(result: LoadResult) -> int:
+    """Requests answered with anything but 201 (the load client retried each, with the same idempotency key)."""
+    return sum(n for status, n in result.statuses.items() if status != "201")
 
 
 async def start_load(cluster: Cluster) -> LoadClient:

@@ -21,12 +21,13 @@ from tests.conftest import Namespace
 from tests.factories import eventually
 from tests.faults.test_faults import (
     FAST,
-    LOAD_SECONDS,
     Cluster,
     converged,
+    failed_requests,
     kill_api,
     restart_rabbitmq,
     start_load,
+    through_fault,
     wipe_redis,
 )
 from tests.faults.verify import Verdict
@@ -106,11 +107,8 @@ async def test_live_fault(fault: str, tmp_path: Path, record_fault) -> None:  # 
         chats = list(load.chats)
         followers = [Follower(lambda: cluster.api_urls, token, chat, i) for chat in chats for i in range(4)]
         tasks = [asyncio.create_task(follower.run()) for follower in followers]
-        await asyncio.sleep(LOAD_SECONDS)  # steady load before the fault
-        await LIVE_FAULTS[fault](cluster)
-        await asyncio.sleep(LOAD_SECONDS)  # and after it
-        result = await load.stop()
-        retried = sum(n for status, n in result.statuses.items() if status != "201")
+        result = await through_fault(cluster, load, LIVE_FAULTS[fault])
+        retried = failed_requests(result)
         verdict = await converged(namespace.name, cluster, token, result)
         assert verdict.ok, f"{verdict} ({result.statuses})"
         acked = {chat: {n for (c, n) in result.acked_messages if c == chat} for chat in chats}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from chatd import jobs, metrics, tracing
@@ -81,10 +82,15 @@ class MessageConsumer(BatchConsumer[MessageJob]):
             documents = await self.store.save_messages([job for _, job in batch])
         _observe_lag("message", [job.created_at for _, job in batch])
         if documents:
-            onward = {
-                (job.application_id, job.chat_number, job.message_number): trace
-                for (_, job), trace in zip(batch, traces)
-            }
+            # Where each message's trace goes on: nothing to map while tracing is off.
+            onward = (
+                {
+                    (job.application_id, job.chat_number, job.message_number): trace
+                    for (_, job), trace in zip(batch, traces)
+                }
+                if any(traces)
+                else {}
+            )
             await self.queue.publish(jobs.INDEX, [_to_index(doc, onward) for doc in documents])
         stored = {(d.application_id, d.chat_number, d.message_number) for d in documents}
         orphans = [
@@ -106,14 +112,5 @@ def _to_index(doc: SearchDocument, traces: Mapping[tuple[int, int, int], str | N
     """The index job of a stored message: a first revision counts towards the searchable lag."""
     trace = traces.get((doc.application_id, doc.chat_number, doc.message_number))
     if doc.revision == 1 or trace:
-        doc = SearchDocument(
-            doc.application_id,
-            doc.chat_number,
-            doc.message_number,
-            doc.content,
-            doc.created_at,
-            doc.revision,
-            trace=trace,
-            fresh=doc.revision == 1,
-        )
+        doc = replace(doc, trace=trace, fresh=doc.revision == 1)
     return jobs.encode_document(doc)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 RESULTS: list[tuple[str, bool, Any, int]] = []
+TOTALS = ("acked", "lost", "duplicated", "double_numbered", "answers_500", "late")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -16,19 +17,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("fault injection")
     for name, survived, verdict, retried in RESULTS:
         write(
-            f"fault {name}: {'survived' if survived else 'FAILED'}; messages acked {verdict.acked}, "
-            f"lost {verdict.lost}, duplicated {verdict.duplicated}, double-numbered {verdict.double_numbered}, "
-            f"unsearchable {verdict.unsearchable}, miscounted {verdict.miscounted}; "
+            f"fault {name}: {'survived' if survived else 'FAILED'}; {verdict.line()}; "
             f"requests that failed and were retried {retried}"
         )
     survived = sum(1 for _, ok, _, _ in RESULTS if ok)
-    total = {
-        field: sum(getattr(v, field) for _, _, v, _ in RESULTS)
-        for field in ("acked", "lost", "duplicated", "double_numbered")
-    }
+    total = {field: sum(getattr(v, field) for _, _, v, _ in RESULTS) for field in TOTALS}
     write(
         f"faults: {survived} survived, {len(RESULTS) - survived} failed; messages acked {total['acked']}, "
-        f"lost {total['lost']}, duplicated {total['duplicated']}, double-numbered {total['double_numbered']}"
+        f"lost {total['lost']}, duplicated {total['duplicated']}, double-numbered {total['double_numbered']}, "
+        f"answers 500 {total['answers_500']}, late {total['late']}"
     )
 
 

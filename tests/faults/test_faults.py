@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from chatd.settings import Settings
 from tests.conftest import Namespace
 from tests.faults.load import LoadClient, LoadResult
 from tests.faults.verify import Verdict, verify
@@ -29,15 +30,35 @@ LOAD_SECONDS = 3.0
 
 
 class Cluster:
-    def __init__(self, namespace: Namespace, tmp_path: Path):
+    """chatd processes of one namespace: two api and two worker processes unless ``roles`` says otherwise.
+
+    ``overrides`` are settings of every process (a private server's URL, a proxy's); the store they
+    name is migrated first, as an operator runs `chatd migrate`.
+    """
+
+    def __init__(
+        self,
+        namespace: Namespace,
+        tmp_path: Path,
+        *,
+        roles: tuple[str, ...] = ("api", "api", "worker", "worker"),
+        **overrides: object,
+    ):
         self.namespace = namespace
         self.tmp_path = tmp_path
+        self.roles = roles
+        self.overrides = overrides
         self.processes: list[ChatdProcess] = []
 
+    async def settings(self) -> Settings:
+        if self.namespace.backend_set == "real":
+            store = {"database_url": self.overrides["database_url"]} if "database_url" in self.overrides else {}
+            await self.namespace.open_backends(**store)  # migrates, as `chatd migrate` would
+        return await self.namespace.settings(**{**FAST, **self.overrides})
+
     async def start(self) -> None:
-        await self.namespace.open_backends()  # migrates, as `chatd migrate` would
-        settings = await self.namespace.settings(**FAST)
-        self.processes = [ChatdProcess(settings, role, self.tmp_path) for role in ("api", "api", "worker", "worker")]
+        settings = await self.settings()
+        self.processes = [ChatdProcess(settings, role, self.tmp_path) for role in self.roles]
         await asyncio.gather(*(process.start() for process in self.processes))
 
     def first(self, role: str) -> ChatdProcess:
@@ -155,7 +176,7 @@ async def test_fault(fault: str, tmp_path: Path, record_fault) -> None:  # type:
         assert verdict.acked > 100, f"the load hardly ran: {result.statuses}"
         assert verdict.ok, f"{verdict} ({result.statuses})"
     finally:
-        record_fault(fault, bool(verdict and verdict.ok), verdict or Verdict(0, 0, 0, 0, 0, 0, 0), retried)
+        record_fault(fault, bool(verdict and verdict.ok), verdict or Verdict.none(), retried)
         cluster.stop()
         await namespace.cleanup()
 

@@ -20,7 +20,6 @@ import pytest
 from tests.conftest import Namespace
 from tests.factories import eventually
 from tests.faults.test_faults import (
-    FAST,
     Cluster,
     converged,
     failed_requests,
@@ -31,7 +30,6 @@ from tests.faults.test_faults import (
     wipe_redis,
 )
 from tests.faults.verify import Verdict
-from tests.processes import ChatdProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.real, pytest.mark.timeout(600)]
 
@@ -41,11 +39,8 @@ LIVE = {"live_keepalive_seconds": 2.0, "live_hole_wait_seconds": 5.0}
 
 
 class LiveCluster(Cluster):
-    async def start(self) -> None:
-        await self.namespace.open_backends()
-        settings = await self.namespace.settings(**FAST, **LIVE)
-        self.processes = [ChatdProcess(settings, role, self.tmp_path) for role in ("api", "api", "worker", "worker")]
-        await asyncio.gather(*(process.start() for process in self.processes))
+    def __init__(self, namespace: Namespace, tmp_path: Path):
+        super().__init__(namespace, tmp_path, **LIVE)
 
 
 class Follower:
@@ -129,6 +124,6 @@ async def test_live_fault(fault: str, tmp_path: Path, record_fault) -> None:  # 
         live_ok = bool(verdict and verdict.ok) and all(
             f.numbers == sorted(set(f.numbers)) for f in followers
         )  # fmt: skip
-        record_fault(f"live events, {fault}", live_ok, verdict or Verdict(0, 0, 0, 0, 0, 0, 0), retried)
+        record_fault(f"live events, {fault}", live_ok, verdict or Verdict.none(), retried)
         cluster.stop()
         await namespace.cleanup()

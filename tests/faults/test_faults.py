@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.real, pytest.mark.timeout(600)]
 SERVICES = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
 FAST = {"reconcile_interval_seconds": 1.0, "index_batch_wait_seconds": 0.2, "shutdown_timeout_seconds": 15.0}
 LOAD_SECONDS = 3.0
+STUCK_SECONDS = 30.0
 
 
 class Cluster:
@@ -159,26 +160,46 @@ FAULTS: dict[str, Callable[[Cluster], Awaitable[None]]] = {
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_fault(fault: str, tmp_path: Path, record_fault) -> None:  # type: ignore[no-untyped-def]
-    namespace = Namespace("real", tmp_path)
-    cluster = Cluster(namespace, tmp_path)
+    await survive(fault, Cluster(Namespace("real", tmp_path), tmp_path), FAULTS[fault], record_fault)
+
+
+async def survive(  # type: ignore[no-untyped-def]
+    name: str,
+    cluster: Cluster,
+    fault: Callable[[Cluster], Awaitable[None]],
+    record_fault,
+    *,
+    database: str | None = None,
+    load_started: Callable[[Cluster, LoadClient], Awaitable[None]] | None = None,
+) -> Verdict:
+    """Start ``cluster``, load it through ``fault`` and assert the verdict; record it whatever happens.
+
+    ``database``: where the stored rows are read (default: the namespace's database on the shared
+    MariaDB; a ``mysql://`` URL or a ``sqlite:///`` file otherwise). ``load_started``: what to do
+    once the load runs, before the fault (wait for a replica to catch up, say). Stops the cluster
+    and removes the namespace on the way out.
+    """
     verdict: Verdict | None = None
     retried = 0
     try:
         await cluster.start()
         load = await start_load(cluster)
-        result = await through_fault(cluster, load, FAULTS[fault])
+        if load_started is not None:
+            await load_started(cluster, load)
+        result = await through_fault(cluster, load, fault)
         retried = failed_requests(result)
-        verdict = await converged(namespace.name, cluster, load.token, result)
+        verdict = await converged(database or cluster.namespace.name, cluster, load.token, result)  # type: ignore[attr-defined]
         assert cluster.all_alive(), "a chatd process died and nobody restarted it"
         for process in cluster.processes:
             assert await process.terminate() == 0, process.log_path.read_text()[-3000:]
         assert result.slowest_failure_seconds < 30, "a request hung instead of failing fast"
         assert verdict.acked > 100, f"the load hardly ran: {result.statuses}"
-        assert verdict.ok, f"{verdict} ({result.statuses})"
+        assert verdict.ok, f"{verdict.line()} ({result.statuses})"
+        return verdict
     finally:
-        record_fault(fault, bool(verdict and verdict.ok), verdict or Verdict.none(), retried)
+        record_fault(name, bool(verdict and verdict.ok), verdict or Verdict.none(), retried)
         cluster.stop()
-        await namespace.cleanup()
+        await cluster.namespace.cleanup()
 
 
 async def through_fault(cluster: Cluster, load: LoadClient, fault: Callable[[Cluster], Awaitable[None]]) -> LoadResult:
@@ -212,10 +233,19 @@ async def start_load(cluster: Cluster) -> LoadClient:
 
 
 async def converged(database: str, cluster: Cluster, token: str, result, timeout: float = 180.0) -> Verdict:  # type: ignore[no-untyped-def]
-    """Await a clean verdict; after ``timeout`` seconds, return the last one seen."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    """Await a clean verdict; after ``timeout`` seconds, return the last one seen.
+
+    A verdict whose stored figures have not moved for ``STUCK_SECONDS`` will not get better by
+    waiting (a message overwritten by another with its number stays lost): returned at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, since = None, loop.time()
     while True:
         verdict = await verify(database, cluster.api_urls[-1], token, result)
-        if verdict.ok or asyncio.get_running_loop().time() > deadline:
+        stored = (verdict.lost, verdict.duplicated, verdict.unsearchable, verdict.miscounted, verdict.missing_chats)
+        if stored != last:
+            last, since = stored, loop.time()
+        if not any(stored) or loop.time() > deadline or loop.time() - since > STUCK_SECONDS:
             return verdict
         await asyncio.sleep(1.0)

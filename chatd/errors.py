@@ -63,4 +63,18 @@ class Unavailable(ChatdError):
 
 
 class BackendUnavailable(Exception):
-    """Raised by adapters when their server cannot be reached; becomes a 503."""
+    """A backend cannot do the work right now, though it may in a moment; nothing is wrong with the work.
+
+    Raised by each adapter where its driver's error is known, typed with ``backend``, the
+    engine ("sqlite", "mysql", "redis", "rabbitmq", "elasticsearch"), and ``cause``, one word
+    out of a small set ("connection", "timeout", "locked", "deadlock", "disk_full", "io_error",
+    "read_only", "loading", "oom", "too_many_connections", "overloaded", "blocked", ...), so that
+    what handles it dispatches on the type, never on the text: the API answers 503 with
+    Retry-After, consumers give their jobs back without spending an attempt and wait, loops
+    wait and try again, and ``/metrics`` counts it by backend and cause.
+    """
+
+    def __init__(self, message: str, *, backend: str = "unknown", cause: str = "unknown"):
+        super().__init__(message)
+        self.backend = backend
+        self.cause = cause

@@ -17,12 +17,13 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from chatd.backends.lifecycle import Lifecycle
+from chatd.errors import BackendUnavailable
 
 T = TypeVar("T")
 # Seconds since the epoch, as ``time.time`` answers: what the embedded counters, cache, lock and
@@ -33,6 +34,44 @@ EpochClock = Callable[[], float]
 # Reads at once per database: a slow search holds one reader, not every GET of the process.
 READERS = 4
 _Transaction = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+# SQLite's primary result codes that mean "not now" rather than "not this": another connection
+# holds the lock (past busy_timeout), the disk is full or failing, the file cannot be written or
+# opened (a read-only mount, a directory gone), memory ran out. An extended code (SQLITE_IOERR_WRITE,
+# SQLITE_READONLY_DBMOVED) carries its primary code in its low byte.
+_OUTAGE_CAUSES = {
+    sqlite3.SQLITE_BUSY: "locked",
+    sqlite3.SQLITE_LOCKED: "locked",
+    sqlite3.SQLITE_PROTOCOL: "locked",
+    sqlite3.SQLITE_FULL: "disk_full",
+    sqlite3.SQLITE_IOERR: "io_error",
+    sqlite3.SQLITE_READONLY: "read_only",
+    sqlite3.SQLITE_CANTOPEN: "cannot_open",
+    sqlite3.SQLITE_NOMEM: "oom",
+}
+
+
+def outage_of(exc: BaseException) -> BackendUnavailable | None:
+    """The BackendUnavailable that a SQLite error means, or None for an error in the work itself."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or not isinstance(code, int):
+        return None
+    cause = _OUTAGE_CAUSES.get(code & 0xFF)
+    if cause is None:
+        return None
+    name = getattr(exc, "sqlite_errorname", str(code))
+    return BackendUnavailable(f"sqlite {cause}: {exc} ({name})", backend="sqlite", cause=cause)
+
+
+async def _translated(work: Awaitable[T]) -> T:
+    """``await work``, an outage raised as BackendUnavailable (the SQLite error as its cause)."""
+    try:
+        return await work
+    except sqlite3.Error as exc:
+        outage = outage_of(exc)
+        if outage is None:
+            raise
+        raise outage from exc
 
 
 def path_from_url(url: str) -> str:
@@ -118,7 +157,7 @@ class SqliteDatabase(Lifecycle):
     async def _submit(self, fn: Callable[[], T]) -> T:
         if self._executor is None:
             raise RuntimeError("database is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await _translated(asyncio.get_running_loop().run_in_executor(self._executor, fn))
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the reader, outside any explicit transaction (each statement autocommits).
@@ -127,8 +166,8 @@ class SqliteDatabase(Lifecycle):
         """
         if self._reader is None:
             return await self._submit(lambda: _no_cursor(fn(self._require())))
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader, lambda: _no_cursor(fn(self._reader_connection()))
+        return await _translated(
+            asyncio.get_running_loop().run_in_executor(self._reader, lambda: _no_cursor(fn(self._reader_connection())))
         )
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -139,6 +178,9 @@ class SqliteDatabase(Lifecycle):
         savepoint of its own, so one that raises rolls back alone. The file's write lock,
         which the api and worker processes take in turns, is then taken once per group
         instead of once per transaction, and the event loop is woken once per group.
+
+        An outage (the lock busy past ``busy_timeout``, a full disk, an I/O error, a read-only
+        file) raises BackendUnavailable; any other error is the function's own and raised as it is.
         """
         if self._executor is None:
             raise RuntimeError("database is closed")
@@ -147,7 +189,7 @@ class SqliteDatabase(Lifecycle):
         self._queued.append((fn, done))
         if not self._writing:
             self._write_queued(loop)
-        return await done
+        return await _translated(done)
 
     def _write_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         group, self._queued = self._queued, []
@@ -174,6 +216,10 @@ class SqliteDatabase(Lifecycle):
                 try:
                     result = _no_cursor(fn(conn))
                 except Exception as exc:
+                    if not conn.in_transaction:
+                        # SQLite rolled back the whole transaction itself (SQLITE_FULL, SQLITE_IOERR,
+                        # SQLITE_NOMEM may): the savepoint is gone, and with it the group's work.
+                        raise
                     conn.execute("ROLLBACK TO one")
                     outcomes.append((False, exc))
                 else:

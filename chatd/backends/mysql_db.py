@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,31 @@ _LOST_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1927, 4031})
 # InnoDB rolled the transaction back (1213 deadlock) or gave up waiting for a lock (1205).
 _CONTENDED_CODES = frozenset({1205, 1213})
 _CONTENDED_ATTEMPTS = 5
+
+# What each "not now" code is reported as (BackendUnavailable.cause). Besides the codes above:
+# network errors mid-query (1158-1161), too many connections (1040; 1203 and 1226 per user),
+# a full table or disk (1114 ER_RECORD_FILE_FULL, 1021 ER_DISK_FULL), a server in read-only mode
+# (1836 ER_READ_ONLY_MODE, 1874 ER_INNODB_READ_ONLY; 1036 "Table is read only", as MariaDB answers
+# with innodb_read_only), out of memory (1037, 1038, 1041), a statement timeout (MariaDB 1969
+# max_statement_time, MySQL 3024 max_execution_time).
+_OUTAGE_CAUSES = {
+    **dict.fromkeys((2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031, 1158, 1159, 1160, 1161), "connection"),
+    **dict.fromkeys((1040, 1203, 1226), "too_many_connections"),
+    1205: "locked",
+    1213: "deadlock",
+    **dict.fromkeys((1114, 1021), "disk_full"),
+    **dict.fromkeys((1836, 1874, 1036), "read_only"),
+    **dict.fromkeys((1037, 1038, 1041), "oom"),
+    **dict.fromkeys((1969, 3024), "timeout"),
+}
+# Codes that carry the operating system's errno in their text only: 3 EE_WRITE ("Error writing
+# file ... (Errcode: 28 ...)"), 1030 ER_GET_ERRNO ("Got error 28 ... from storage engine"),
+# 1180 ER_ERROR_DURING_COMMIT. ENOSPC (28) and EDQUOT (122) are a full disk; other errnos of a
+# failed write (EE_WRITE) an I/O error.
+_ERRNO_CODES = frozenset({3, 1030, 1180})
+_NO_SPACE = re.compile(r"\b(?:errcode|error):? (?:28|122)\b|no space left on device|disk quota exceeded", re.I)
+# 1290 ER_OPTION_PREVENTS_STATEMENT names the option: --read-only or --super-read-only here.
+_READ_ONLY_OPTION = re.compile(r"read[-_]only", re.I)
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,37 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (pymysql.err.InterfaceError, OSError))  # OSError: ConnectionError, TimeoutError
 
 
+def outage_cause(exc: BaseException) -> str | None:
+    """Why ``exc`` means "the server cannot do this now" (a BackendUnavailable cause), or None."""
+    if isinstance(exc, pymysql.MySQLError):
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        text = str(exc.args[1]) if len(exc.args) > 1 else ""
+        if code is None or code == 0:  # pymysql's "(0, '')": the connection is closed
+            return "connection" if isinstance(exc, pymysql.err.InterfaceError) else None
+        if code in _OUTAGE_CAUSES:
+            return _OUTAGE_CAUSES[code]
+        if code == 1290 and _READ_ONLY_OPTION.search(text):
+            return "read_only"
+        if code in _ERRNO_CODES and _NO_SPACE.search(text):
+            return "disk_full"
+        if code == 3:
+            return "io_error"
+        return None
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError):  # ConnectionError and the socket errors pymysql lets through
+        return "connection"
+    return None
+
+
+def outage_of(exc: BaseException, what: str = "") -> BackendUnavailable | None:
+    """The BackendUnavailable ``exc`` means, or None if it is an error in the work itself."""
+    cause = outage_cause(exc)
+    if cause is None:
+        return None
+    return BackendUnavailable(f"mysql {what or cause}: {exc}", backend="mysql", cause=cause)
+
+
 def _is_contended(exc: BaseException) -> bool:
     return isinstance(exc, pymysql.err.OperationalError) and bool(exc.args) and exc.args[0] in _CONTENDED_CODES
 
@@ -134,8 +191,8 @@ class MysqlDatabase(Lifecycle):
                 init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             )
         except Exception as exc:
-            if is_connection_error(exc):
-                raise BackendUnavailable(f"mysql unreachable: {exc}") from exc
+            if (outage := outage_of(exc, "unreachable")) is not None:
+                raise outage from exc
             raise
 
     async def close(self) -> None:
@@ -165,6 +222,8 @@ class MysqlDatabase(Lifecycle):
         before COMMIT was sent (once, on a fresh connection: after a server restart every idle
         connection in the pool is dead). Not retried: a connection lost during COMMIT, whose
         outcome is unknown; it becomes BackendUnavailable like every other connection failure.
+        So do the conflicts left after the retries, a full table or disk, a read-only server,
+        too many connections (``outage_cause``); other errors are the work's own.
         """
         contended = 0
         lost = 0
@@ -175,18 +234,21 @@ class MysqlDatabase(Lifecycle):
             except _Lost as exc:
                 lost += 1
                 if lost > 1:
-                    raise BackendUnavailable(f"mysql connection lost: {exc.__cause__}") from exc.__cause__
+                    raise BackendUnavailable(
+                        f"mysql connection lost: {exc.__cause__}", backend="mysql", cause="connection"
+                    ) from exc.__cause__
                 await self._discard_idle_connections()
             except TimeoutError as exc:
-                raise BackendUnavailable("mysql did not answer in time") from exc
-            except pymysql.err.OperationalError as exc:
-                contended += 1
-                if not _is_contended(exc):
-                    raise
-                if contended >= _CONTENDED_ATTEMPTS:
-                    raise BackendUnavailable(f"mysql lock contention: {exc}") from exc
-                logger.info("mysql lock conflict, retrying the transaction: %s", exc)
-                await asyncio.sleep(0.01 * 2**contended)
+                raise BackendUnavailable("mysql did not answer in time", backend="mysql", cause="timeout") from exc
+            except pymysql.MySQLError as exc:
+                if _is_contended(exc) and contended + 1 < _CONTENDED_ATTEMPTS:
+                    contended += 1
+                    logger.info("mysql lock conflict, retrying the transaction: %s", exc)
+                    await asyncio.sleep(0.01 * 2**contended)
+                    continue
+                if (outage := outage_of(exc)) is not None:
+                    raise outage from exc
+                raise
 
     async def _attempt(self, work: Work[T], commit: bool) -> T:
         pool = self._pool
@@ -195,8 +257,8 @@ class MysqlDatabase(Lifecycle):
         try:
             conn = await pool.acquire()
         except Exception as exc:
-            if is_connection_error(exc):
-                raise BackendUnavailable(f"mysql unreachable: {exc}") from exc
+            if (outage := outage_of(exc, "unreachable")) is not None:
+                raise outage from exc
             raise
         try:
             return await _transaction(conn, work, commit)
@@ -229,7 +291,9 @@ async def _transaction(conn: aiomysql.Connection, work: Work[T], commit: bool) -
     except BaseException as exc:
         conn.close()
         if commit and is_connection_error(exc):
-            raise BackendUnavailable(f"mysql connection lost during commit: {exc}") from exc
+            raise BackendUnavailable(
+                f"mysql connection lost during commit: {exc}", backend="mysql", cause="connection"
+            ) from exc
         if commit or not is_connection_error(exc):
             raise
     return result

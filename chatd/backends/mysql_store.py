@@ -93,7 +93,9 @@ class MysqlStore(Lifecycle):
         async def apply(cursor: aiomysql.Cursor) -> list[str]:
             await cursor.execute("SELECT GET_LOCK(%s, 120)", (lock_name,))
             if (await cursor.fetchone())[0] != 1:
-                raise BackendUnavailable("timed out waiting for another process's migration")
+                raise BackendUnavailable(
+                    "mysql: timed out waiting for another process's migration", backend="mysql", cause="locked"
+                )
             try:
                 return await _apply_migrations(cursor)
             finally:

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import BusyLoadingError, MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,9 +32,59 @@ from chatd.ports import CounterRange, CounterTick
 
 T = TypeVar("T")
 
-# Errors that mean "the server cannot be reached right now", not "this request is wrong".
-# OSError covers socket errors redis-py lets through and asyncio's TimeoutError.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+# Errors that mean "the server cannot do this right now", not "this request is wrong", and the
+# cause each is reported as; the first class that matches wins (BusyLoadingError is a
+# ConnectionError). OSError covers socket errors redis-py lets through and asyncio's TimeoutError.
+_UNAVAILABLE: tuple[tuple[type[BaseException], str], ...] = (
+    (BusyLoadingError, "loading"),
+    (RedisTimeoutError, "timeout"),
+    (TimeoutError, "timeout"),
+    (RedisConnectionError, "connection"),  # MaxClientsReachedError and AuthenticationError too
+    (OSError, "connection"),
+    (ReadOnlyError, "read_only"),  # a replica: after a failover, chatd still points at the old primary
+    (OutOfMemoryError, "oom"),  # maxmemory reached under noeviction
+    (MasterDownError, "master_down"),  # a replica that lost its primary, replica-serve-stale-data no
+)
+# Error replies redis-py raises as a plain ResponseError, by their code (the reply's first word,
+# ``status_code``): MISCONF (an RDB snapshot failed: writes refused, a full disk say), NOREPLICAS
+# (min-replicas-to-write not met), BUSY (a script or function running past its time limit),
+# TRYAGAIN and CLUSTERDOWN (a cluster resharding or down).
+_UNAVAILABLE_REPLIES = {
+    "MISCONF": "misconfigured_persistence",
+    "NOREPLICAS": "no_replicas",
+    "BUSY": "busy",
+    "TRYAGAIN": "busy",
+    "CLUSTERDOWN": "cluster_down",
+    "LOADING": "loading",
+    "READONLY": "read_only",
+    "OOM": "oom",
+    "MASTERDOWN": "master_down",
+}
+
+
+def outage_of(exc: BaseException) -> BackendUnavailable | None:
+    """The BackendUnavailable a redis-py error means, or None if the request itself is wrong."""
+    cause = next((cause for kind, cause in _UNAVAILABLE if isinstance(exc, kind)), None)
+    if cause is None and isinstance(exc, ResponseError):
+        cause = _UNAVAILABLE_REPLIES.get(_reply_code(exc))
+    if cause is None:
+        return None
+    return BackendUnavailable(f"redis {cause}: {type(exc).__name__}: {exc}", backend="redis", cause=cause)
+
+
+def _reply_code(exc: ResponseError) -> str:
+    """The code of an error reply ("MISCONF ..." -> MISCONF), however redis-py passed it on.
+
+    redis-py (8.x) keeps it in ``status_code``; a pipeline's error has "Command # 2 (...) of
+    pipeline caused error: " before the reply; a script's error reply is the command's.
+    """
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    text = str(exc.args[0]) if exc.args else ""
+    _, _, reply = text.rpartition("caused error: ")
+    return reply.split(" ", 1)[0]
+
 
 # Client defaults; options in the URL's query string (``?socket_timeout=1``) override them.
 _CLIENT_DEFAULTS: dict[str, Any] = {
@@ -117,11 +167,17 @@ class RedisConnection(Lifecycle):
         return script
 
     async def run(self, command: Awaitable[T]) -> T:
-        """Await a client call, reporting an unreachable server as BackendUnavailable."""
+        """Await a client call, reporting a server that cannot answer now as BackendUnavailable.
+
+        Unreachable, timed out, loading its data set, a read-only replica, out of memory, a
+        failed snapshot refusing writes, too few replicas, a script running long: see ``outage_of``.
+        """
         try:
             return await command
-        except _UNAVAILABLE as exc:
-            raise BackendUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+        except (RedisConnectionError, RedisTimeoutError, ResponseError, OSError) as exc:
+            if (outage := outage_of(exc)) is not None:
+                raise outage from exc
+            raise
 
     async def ping(self) -> None:
         await self.run(self.client.ping())

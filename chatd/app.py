@@ -67,9 +67,12 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
             service = ChatService(
                 backends,
                 cache_ttl=settings.cache_ttl_seconds,
-                number_block=settings.number_block_size,
                 idempotency_ttl=settings.idempotency_ttl_seconds,
                 groups_in_flight=settings.accept_groups_in_flight,
+                max_pending_creations=settings.max_pending_creations,
+                # The group's store work ends before the requests' deadline, so a store that
+                # stopped answering frees its group's slot for the next one.
+                numbering_timeout=settings.request_deadline_seconds * 0.8,
                 clock=clock,
             )
             app[keys.BACKENDS] = backends

@@ -58,8 +58,8 @@ class Unavailable(ChatdError):
     status = 503
     code = "unavailable"
 
-    def __init__(self, message: str, retry_after: int = 1):
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
+    def __init__(self, message: str, retry_after: int = 1, *, code: str | None = None):
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
 
 
 class BackendUnavailable(Exception):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from chatd.live.fanout import Fanout
@@ -19,3 +21,6 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 FANOUT = web.AppKey[Fanout]("fanout")
 HUB = web.AppKey("hub", Hub)
+
+# The request's deadline (error_middleware), so that a handler opening a live stream can lift it.
+REQUEST_DEADLINE = web.RequestKey("request_deadline", asyncio.Timeout)

@@ -67,6 +67,13 @@ ACCEPT_GROUP_SIZE = Histogram(
     "Creation requests numbered and published together (group commit)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+NUMBERS_BURNT = Counter(
+    "chatd_numbers_burnt_total",
+    "Numbers taken whose job could not be queued (gaps, unless a retry with the same Idempotency-Key fills them)",
+)
+CREATIONS_SHED = Counter(
+    "chatd_creations_shed_total", "Creations refused at once (503 overloaded) because too many were waiting"
+)
 JOBS_DEAD = Counter("chatd_jobs_dead_lettered_total", "Queued jobs moved to the dead-letter queue", ["topic"])
 
 

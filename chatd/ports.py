@@ -25,6 +25,7 @@ from chatd.domain import (
     SearchDocument,
     SearchResult,
 )
+from chatd.numbering import NumberRequest, Taken
 
 
 class Backend(Protocol):
@@ -105,14 +106,22 @@ class Store(Backend, Protocol):
         over from another store is rebuilt instead of answering for this one.
         """
 
-    async def number_floor(self, scope: NumberScope) -> int:
-        """The lowest value a counter for ``scope`` may restart from.
+    async def take_numbers(self, requests: Sequence[NumberRequest], now: float, key_ttl_seconds: float) -> list[Taken]:
+        """Number a group of creations in one transaction, recording their idempotency keys in it.
 
-        At least every number stored and every number reserved for ``scope``.
+        Each request without a key, or with a key not recorded (or expired at ``now``, seconds
+        since the epoch), takes the next number of its scope's counter; a key is recorded with
+        that number and the request's fingerprint until ``now + key_ttl_seconds``. A request whose
+        key is recorded replays its number if the fingerprints match, else is refused
+        (``Taken.key_reused``). A number is handed out once: never again, whatever any other
+        server forgets. Answers are in the order of ``requests``.
         """
 
-    async def reserve_numbers(self, scope: NumberScope, upto: int) -> int:
-        """Durably record that numbers up to ``upto`` may be handed out; return the reservation."""
+    async def last_number(self, scope: NumberScope) -> int:
+        """The last number handed out in ``scope`` (0 if none)."""
+
+    async def forget_idempotency_keys(self, now: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` idempotency records expired at ``now``; return how many."""
 
     async def reconcile_counts(self, limit: int = 10_000) -> CountsReconciled:
         """Fold up to ``limit`` pending count deltas into the counts, in one transaction.
@@ -244,6 +253,13 @@ class Queue(Backend, Protocol):
 
     async def retry(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         """Give jobs back for a later delivery."""
+
+    async def release(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        """Give jobs back for a later delivery that does not count this one as an attempt.
+
+        For jobs a backend outage stopped (BackendUnavailable): nothing was wrong with them, so
+        however long the outage lasts, none of them comes nearer the dead-letter queue.
+        """
 
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         """Move poison jobs aside, out of the way of the others."""

@@ -10,12 +10,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from chatd import jobs, logs, tracing
-from chatd.accepting import Acceptor, trim_memo
+from chatd.accepting import Acceptor
 from chatd.domain import (
     Application,
     Chat,
@@ -47,8 +47,8 @@ def utc_now() -> datetime:
 class ChatService:
     """Creates and reads applications, chats and messages.
 
-    Chat and message creation is asynchronous: the number comes from an atomic counter,
-    the job goes to a durable queue, and the workers store it later.
+    Chat and message creation is asynchronous: the number comes from an atomic counter in
+    the store, the job goes to a durable queue, and the workers store it later.
     """
 
     def __init__(
@@ -56,27 +56,26 @@ class ChatService:
         backends: Backends,
         *,
         cache_ttl: float = 1800.0,
-        number_block: int = 100,
         idempotency_ttl: float = 86400.0,
         groups_in_flight: int = 2,
+        max_pending_creations: int = 1024,
+        numbering_timeout: float = 5.0,
         clock: Clock = utc_now,
     ):
         self.backends = backends
         self.store = backends.store
-        self.counters = backends.counters
         self.cache = backends.cache
         self.queue = backends.queue
         self.search_index = backends.search
         self.cache_ttl = cache_ttl
         self.clock = clock
         self.acceptor = Acceptor(
-            backends.counters,
             backends.store,
-            backends.cache,
             backends.queue,
-            number_block=number_block,
             idempotency_ttl=idempotency_ttl,
             max_in_flight=groups_in_flight,
+            max_pending=max_pending_creations,
+            numbering_timeout=numbering_timeout,
         )
         self._refs: OrderedDict[str, ApplicationRef] = OrderedDict()
         self._chats_seen: OrderedDict[int, int] = OrderedDict()
@@ -222,28 +221,18 @@ class ChatService:
         app = await self.application(token)
         if chat_number is not None:
             await self._require_chat(app, chat_number)
-        scope = NumberScope(app.id, chat_number)
-        current = await self.counters.current(scope.key)
-        if current is None:
-            current = await self.store.number_floor(scope)
-        return app, current
+        return app, await self.store.last_number(NumberScope(app.id, chat_number))
 
     # Numbers
 
     async def _was_handed_out(self, scope: NumberScope, number: int) -> bool:
-        if number < 1:
-            return False
-        current = await self.counters.current(scope.key)
-        if current is None:
-            await self.counters.seed(scope.key, await self.store.number_floor(scope))
-            current = await self.counters.current(scope.key) or 0
-        return number <= current
+        return 1 <= number <= await self.store.last_number(scope)
 
     async def _require_chat(self, app: Application | ApplicationRef, chat_number: int) -> None:
         """A chat exists once its number is handed out, even before a worker stores it.
 
         Numbers handed out stay handed out, so the highest seen per application is kept in
-        the process: the hot path (messages to known chats) asks the counter nothing.
+        the process: the hot path (messages to known chats) asks the store nothing.
         """
         if chat_number <= self._chats_seen.get(app.id, 0):
             return
@@ -308,3 +297,9 @@ def _cursor_page(
     page = items[:limit]
     next_after = number(page[-1]) if len(items) > limit and page else None
     return CursorPage(page, after, limit, next_after, total)
+
+
+def trim_memo(entries: OrderedDict[Any, Any], limit: int = 100_000) -> None:
+    """Keep a per-process memo bounded: drop the entries added (or refreshed) first."""
+    while len(entries) > limit:
+        entries.popitem(last=False)

@@ -50,12 +50,16 @@ class Settings:
     # A job that fails this many deliveries goes to the dead-letter queue.
     max_delivery_attempts: int = 10
     shutdown_timeout_seconds: float = 20.0
-    # Size of the number blocks reserved durably in the store ahead of the counters.
-    number_block_size: int = 100
     idempotency_ttl_seconds: float = 24 * 3600.0
     # Group commit of creations: groups of requests being numbered and published at once.
     # Fewer means larger groups (less work per request) and a longer wait for the next one.
     accept_groups_in_flight: int = 2
+    # Creations waiting for a group beyond this are refused at once (503 overloaded) rather
+    # than queued behind work that cannot finish within the request deadline.
+    max_pending_creations: int = 1024
+    # Every request is answered within this many seconds of its body arriving: 201, or 503
+    # with Retry-After once a backend does not answer in time (live event streams excepted).
+    request_deadline_seconds: float = 5.0
     # Namespaces, so that several deployments (or test runs) can share one server.
     redis_prefix: str = "chatd:"
     amqp_prefix: str = "chatd"

@@ -230,8 +230,11 @@ class Api:
         assert response.status == 201, await response.text()
         return int((await response.json())["number"])
 
-    async def create_message(self, token: str, chat: int, content: str) -> int:
-        response = await self.client.post(f"/applications/{token}/chats/{chat}/messages", json={"content": content})
+    async def create_message(self, token: str, chat: int, content: str, idempotency_key: str | None = None) -> int:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+        response = await self.client.post(
+            f"/applications/{token}/chats/{chat}/messages", json={"content": content}, headers=headers
+        )
         assert response.status == 201, await response.text()
         return int((await response.json())["number"])
 

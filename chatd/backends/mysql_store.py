@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiomysql
+import pymysql
 
+from chatd.backends import mysql_numbers as numbers
 from chatd.backends import mysql_writes as writes
 from chatd.backends.lifecycle import Lifecycle
 from chatd.backends.mysql_db import MysqlDatabase, MysqlTarget, from_db, to_db, token_text
@@ -37,11 +39,15 @@ from chatd.domain import (
 )
 from chatd.errors import BackendUnavailable
 from chatd.migrations import migration_files, split_statements
+from chatd.numbering import NumberRequest, Taken
 
 logger = logging.getLogger(__name__)
 
 # The store's identity (Store.identity): one row, a random id written the first time it is asked for.
 IDENTITY_TABLE = "chatd_store_identity"
+
+# How often a group is run again after another group recorded one of its idempotency keys first.
+_KEY_RACE_ATTEMPTS = 3
 
 _APP_COLUMNS = "id, token, name, chats_count, created_at"
 
@@ -285,36 +291,33 @@ class MysqlStore(Lifecycle):
 
         return await self.db.run(read_or_create, commit=True)
 
-    async def number_floor(self, scope: NumberScope) -> int:
-        if scope.chat_number is None:
-            stored = "SELECT MAX(number) FROM chats WHERE application_id = %s"
-            args: tuple[Any, ...] = (scope.application_id,)
-        else:
-            stored = (
-                "SELECT MAX(m.number) FROM chats c JOIN messages m ON m.chat_id = c.id"
-                " WHERE c.application_id = %s AND c.number = %s"
-            )
-            args = (scope.application_id, scope.chat_number)
-        row = await self.db.fetchone(
-            f"SELECT GREATEST(COALESCE(({stored}), 0), COALESCE((SELECT reserved_upto FROM number_reservations"
-            " WHERE scope = %s), 0))",
-            (*args, scope.key),
-        )
+    async def take_numbers(self, requests: Sequence[NumberRequest], now: float, key_ttl_seconds: float) -> list[Taken]:
+        # Two groups recording the same new key at once: the second INSERT waits for the first
+        # transaction and then fails on the duplicate; run again, it finds the first's record.
+        for attempt in range(_KEY_RACE_ATTEMPTS):
+            try:
+                return await self.db.run(
+                    lambda cursor: numbers.take_numbers(cursor, requests, now, key_ttl_seconds),
+                    commit=True,
+                )
+            except pymysql.err.IntegrityError as exc:
+                if attempt + 1 == _KEY_RACE_ATTEMPTS or not numbers.is_duplicate_key(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def last_number(self, scope: NumberScope) -> int:
+        row = await self.db.fetchone("SELECT last_number FROM number_counters WHERE scope = %s", (scope.key,))
         return int(row[0]) if row else 0
 
-    async def reserve_numbers(self, scope: NumberScope, upto: int) -> int:
-        async def reserve(cursor: aiomysql.Cursor) -> int:
-            # GREATEST(...) with the value passed twice, not VALUES(): deprecated on MySQL 8,
-            # and its replacement (``AS new``) does not exist on MariaDB.
+    async def forget_idempotency_keys(self, now: float, limit: int = 10_000) -> int:
+        async def forget(cursor: aiomysql.Cursor) -> int:
             await cursor.execute(
-                "INSERT INTO number_reservations (scope, reserved_upto) VALUES (%s, %s)"
-                " ON DUPLICATE KEY UPDATE reserved_upto = GREATEST(reserved_upto, %s)",
-                (scope.key, upto, upto),
+                "DELETE FROM idempotency_keys WHERE expires_at <= %s ORDER BY expires_at LIMIT %s",
+                (numbers.milliseconds(now), limit),
             )
-            await cursor.execute("SELECT reserved_upto FROM number_reservations WHERE scope = %s", (scope.key,))
-            return int((await cursor.fetchone())[0])
+            return int(cursor.rowcount)
 
-        return await self.db.run(reserve, commit=True)
+        return await self.db.run(forget, commit=True)
 
     async def reconcile_counts(self, limit: int = 10_000) -> CountsReconciled:
         async def fold(cursor: aiomysql.Cursor) -> CountsReconciled:

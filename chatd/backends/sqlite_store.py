@@ -22,6 +22,7 @@ from chatd.domain import (
 )
 from chatd.jobs import format_time, parse_time
 from chatd.migrations import migration_files, split_statements
+from chatd.numbering import NumberingPlan, NumberRequest, Record, Taken
 
 # The store's identity (Store.identity): one row, a random id written the first time it is asked for.
 IDENTITY_TABLE = "chatd_store_identity"
@@ -213,39 +214,56 @@ class SqliteStore(SqliteBacked):
 
         return await self.db.transaction(read_or_create)
 
-    async def number_floor(self, scope: NumberScope) -> int:
-        def query(conn: sqlite3.Connection) -> int:
-            if scope.chat_number is None:
-                stored = conn.execute(
-                    "SELECT MAX(number) FROM chats WHERE application_id = ?", (scope.application_id,)
-                ).fetchone()[0]
-            else:
-                stored = conn.execute(
-                    "SELECT MAX(m.number) FROM messages m JOIN chats c ON c.id = m.chat_id"
-                    " WHERE c.application_id = ? AND c.number = ?",
-                    (scope.application_id, scope.chat_number),
-                ).fetchone()[0]
-            reserved = conn.execute(
-                "SELECT reserved_upto FROM number_reservations WHERE scope = ?", (scope.key,)
+    async def take_numbers(self, requests: Sequence[NumberRequest], now: float, key_ttl_seconds: float) -> list[Taken]:
+        def take(conn: sqlite3.Connection) -> list[Taken]:
+            keys = list({key for request in requests if (key := request.record_key) is not None})
+            recorded: dict[str, Record] = {}
+            for chunk in _chunks(keys, 500):
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT idempotency_key, number, fingerprint FROM idempotency_keys"
+                    f" WHERE idempotency_key IN ({marks}) AND expires_at > ?",
+                    (*chunk, now),
+                ).fetchall()
+                recorded.update({row[0]: Record(int(row[1]), row[2]) for row in rows})
+            plan = NumberingPlan(requests, recorded)
+            last_numbers = {}
+            for scope, count in plan.counts.items():
+                # fetchall, not fetchone: a RETURNING statement must run to completion before COMMIT.
+                rows = conn.execute(
+                    "INSERT INTO number_counters (scope, last_number) VALUES (?, ?) ON CONFLICT (scope)"
+                    " DO UPDATE SET last_number = last_number + excluded.last_number RETURNING last_number",
+                    (scope, count),
+                ).fetchall()
+                last_numbers[scope] = int(rows[0][0])
+            answers, records = plan.finish(last_numbers)
+            conn.executemany(
+                "INSERT INTO idempotency_keys (idempotency_key, number, fingerprint, expires_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (idempotency_key) DO UPDATE SET number = excluded.number,"
+                " fingerprint = excluded.fingerprint, expires_at = excluded.expires_at",
+                [(key, record.number, record.fingerprint, now + key_ttl_seconds) for key, record in records.items()],
+            )
+            return answers
+
+        return await self.db.transaction(take)
+
+    async def last_number(self, scope: NumberScope) -> int:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT last_number FROM number_counters WHERE scope = ?", (scope.key,)
             ).fetchone()
-            return max(stored or 0, reserved[0] if reserved else 0)
+        )
+        return int(row[0]) if row else 0
 
-        return await self.db.read(query)
+    async def forget_idempotency_keys(self, now: float, limit: int = 10_000) -> int:
+        def forget(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM idempotency_keys WHERE idempotency_key IN"
+                " (SELECT idempotency_key FROM idempotency_keys WHERE expires_at <= ? LIMIT ?)",
+                (now, limit),
+            ).rowcount
 
-    async def reserve_numbers(self, scope: NumberScope, upto: int) -> int:
-        def reserve(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "INSERT INTO number_reservations (scope, reserved_upto) VALUES (?, ?) ON CONFLICT (scope)"
-                " DO UPDATE SET reserved_upto = MAX(reserved_upto, excluded.reserved_upto)",
-                (scope.key, upto),
-            )
-            return int(
-                conn.execute("SELECT reserved_upto FROM number_reservations WHERE scope = ?", (scope.key,)).fetchone()[
-                    0
-                ]
-            )
-
-        return await self.db.transaction(reserve)
+        return await self.db.transaction(forget)
 
     async def reconcile_counts(self, limit: int = 10_000) -> CountsReconciled:
         return await self.db.transaction(lambda conn: _fold_deltas(conn, limit))
@@ -365,3 +383,8 @@ def _fold_deltas(conn: sqlite3.Connection, limit: int) -> CountsReconciled:
     marks = ",".join("?" * len(touched))
     tokens = [row[0] for row in conn.execute(f"SELECT token FROM applications WHERE id IN ({marks})", list(touched))]
     return CountsReconciled(len(rows), tokens)
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    """``items`` in lists of at most ``size`` (SQLite limits the variables of one statement)."""
+    return [items[start : start + size] for start in range(0, len(items), size)]

@@ -21,6 +21,7 @@ from aiohttp import WSMsgType, web
 from chatd import keys, metrics
 from chatd.errors import BadRequest
 from chatd.handlers import parsing
+from chatd.handlers.middleware import lift_deadline
 from chatd.live.events import APPLICATION_FEED, MESSAGE_UPDATED, LiveEvent
 from chatd.live.feed import Feed
 from chatd.live.hub import Hub
@@ -72,6 +73,7 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     after = resume_point(request)
     app, head = await request.app[keys.SERVICE].live_head(request.match_info["token"], chat)
     hub = request.app[keys.HUB]
+    lift_deadline(request)  # the checks above were answered in time; a stream lasts
     websocket = web.WebSocketResponse(compress=False, max_msg_size=4096)
     if websocket.can_prepare(request).ok:
         await websocket.prepare(request)

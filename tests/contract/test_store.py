@@ -7,8 +7,11 @@ import asyncio
 import pytest
 
 from chatd.domain import NumberScope
+from chatd.numbering import NumberRequest, Taken
 from chatd.ports import Backends
 from tests.factories import WHEN, chat_job, message_job
+
+NOW = WHEN.timestamp()  # idempotency records expire in seconds since the epoch
 
 
 @pytest.fixture
@@ -98,18 +101,54 @@ async def test_unicode_content_round_trips(backends: Backends) -> None:
     assert (await backends.store.get_application("tok")).name == "Ünïcode 🚀"  # type: ignore[union-attr]
 
 
-async def test_number_floor_covers_stored_and_reserved_numbers(backends: Backends) -> None:
+async def test_take_numbers_counts_each_scope_from_one(backends: Backends) -> None:
     store = backends.store
-    app = await store.create_application("tok", "App", WHEN)
-    chats, messages = NumberScope(app.id), NumberScope(app.id, 1)
-    assert await store.number_floor(chats) == 0
-    await store.save_messages([message_job(app.id, 1, 7)])
-    assert await store.number_floor(chats) == 1
-    assert await store.number_floor(messages) == 7
-    assert await store.reserve_numbers(messages, 100) == 100
-    assert await store.reserve_numbers(messages, 50) == 100  # never lowered
-    assert await store.number_floor(messages) == 100
-    assert await store.number_floor(NumberScope(app.id, 2)) == 0
+    chats, chat_1, chat_2 = NumberScope(1), NumberScope(1, 1), NumberScope(1, 2)
+    requests = [NumberRequest(scope) for scope in (chats, chat_1, chat_1, chat_2, chat_1)]
+    taken = await store.take_numbers(requests, NOW, 60)
+    assert [answer.number for answer in taken] == [1, 1, 2, 1, 3]
+    assert not any(answer.replayed or answer.key_reused for answer in taken)
+    assert [answer.number for answer in await store.take_numbers([NumberRequest(chat_1)], NOW, 60)] == [4]
+    assert (await store.last_number(chat_1), await store.last_number(chat_2)) == (4, 1)
+    assert await store.last_number(NumberScope(2, 1)) == 0
+
+
+async def test_take_numbers_records_keys_and_replays_them(backends: Backends) -> None:
+    store = backends.store
+    chat = NumberScope(1, 1)
+    first = NumberRequest(chat, "key", "message:1:aaa")
+    taken = await store.take_numbers([first, NumberRequest(chat), first], NOW, 60)
+    # The key's second request in one group replays the first's number; it takes none.
+    assert taken == [Taken(1), Taken(2), Taken(1, replayed=True)]
+    again = await store.take_numbers([first, NumberRequest(chat, "key", "message:1:bbb")], NOW + 30, 60)
+    assert again == [Taken(1, replayed=True), Taken(0, key_reused=True)]
+    # Keys are per application: another application's "key" is another key.
+    assert await store.take_numbers([NumberRequest(NumberScope(2, 1), "key", "x")], NOW, 60) == [Taken(1)]
+    assert await store.last_number(chat) == 2
+
+
+async def test_an_expired_key_is_recorded_anew_and_swept(backends: Backends) -> None:
+    store = backends.store
+    chat = NumberScope(1, 1)
+    assert await store.take_numbers([NumberRequest(chat, "old", "f")], NOW, 60) == [Taken(1)]
+    assert await store.take_numbers([NumberRequest(chat, "swept", "f")], NOW, 60) == [Taken(2)]
+    later = NOW + 61
+    assert await store.take_numbers([NumberRequest(chat, "old", "g")], later, 60) == [Taken(3)]
+    assert await store.forget_idempotency_keys(later) == 1  # "swept"; "old" was recorded anew
+    assert await store.take_numbers([NumberRequest(chat, "old", "g")], later, 60) == [Taken(3, replayed=True)]
+    assert await store.take_numbers([NumberRequest(chat, "swept", "f")], later, 60) == [Taken(4)]
+
+
+async def test_concurrent_groups_with_one_key_take_one_number(backends: Backends) -> None:
+    store = backends.store
+    chat = NumberScope(1, 1)
+    groups = [[NumberRequest(chat, "same", "f"), NumberRequest(chat)] for _ in range(8)]
+    results = await asyncio.gather(*(store.take_numbers(group, NOW, 60) for group in groups))
+    keyed = [taken[0] for taken in results]
+    assert sum(1 for answer in keyed if not answer.replayed) == 1
+    assert {answer.number for answer in keyed} == {keyed[0].number}
+    numbers = [answer.number for taken in results for answer in taken if not answer.replayed]
+    assert sorted(numbers) == list(range(1, 10))  # 8 keyless numbers and the key's one, no gap
 
 
 async def test_concurrent_reconcilers_apply_each_delta_once(backends: Backends) -> None:

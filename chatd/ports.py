@@ -261,6 +261,13 @@ class Queue(Backend, Protocol):
         however long the outage lasts, none of them comes nearer the dead-letter queue.
         """
 
+    async def release(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        """Give jobs back for a later delivery that does not count this one as an attempt.
+
+        For jobs a backend outage stopped (BackendUnavailable): nothing was wrong with them, so
+        however long the outage lasts, none of them comes nearer the dead-letter queue.
+        """
+
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         """Move poison jobs aside, out of the way of the others."""
 

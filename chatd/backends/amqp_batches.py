@@ -39,8 +39,9 @@ PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 _LENGTH = struct.Struct(">I")
 
 # ack: done. retry: again after a delay. dead: to the dead-letter queue. back: not handed out
-# (a consumer stopping), to be delivered again as if never delivered.
-Fate = Literal["ack", "retry", "dead", "back"]
+# (a consumer stopping), to be delivered again as if never delivered. later: handed out, but a
+# backend outage stopped the work; again after a delay, this delivery not counted as an attempt.
+Fate = Literal["ack", "retry", "dead", "back", "later"]
 
 
 def groups(bodies: Sequence[bytes]) -> Iterator[list[bytes]]:

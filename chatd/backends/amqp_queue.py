@@ -11,7 +11,8 @@ Under the prefix (``chatd`` below), declared the first time a topic is used:
   ``dead_letter()`` rejects a single-job message without requeue, and the ``chatd.dead-letter``
   exchange routes it there; a dead job out of an envelope is published there on its own.
 - ``chatd.delayed-retries``: ``retry()`` publishes a copy here, through the exchange of the
-  same name, with the attempts so far in a header, then acks the original. The copy expires
+  same name, with the attempts so far in a header, then acks the original (``release()`` too,
+  with the attempts before this delivery: an outage is no attempt of the job's). The copy expires
   after ``RETRY_DELAY_MS`` and is dead-lettered back to its topic's queue (its routing key).
   A plain requeue would redeliver at once, so a failing job would spin through all its
   attempts in milliseconds; this way it waits on the broker, holding no prefetch slot. One
@@ -51,7 +52,14 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustQueue,
 )
-from aio_pika.exceptions import AMQPError, ChannelPreconditionFailed, DeliveryError, PublishError
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelClosed,
+    ChannelInvalidStateError,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
 from yarl import URL
 
 from chatd.backends import amqp_batches as batches
@@ -80,6 +88,42 @@ Copy = tuple[AbstractExchange, str, aio_pika.Message]
 # What a lost or unreachable broker looks like (aiormq reports a closed connection or channel
 # as a RuntimeError); anything else, a refused declaration say, propagates as it is.
 _OUTAGE = (ConnectionError, OSError, TimeoutError, RuntimeError, DeliveryError)
+
+
+def outage_cause(exc: BaseException) -> str | None:
+    """Why a broker error means "not now" (a BackendUnavailable cause), or None.
+
+    A channel closed with a code of its own (ChannelClosed's subclasses: 403 access refused,
+    404 not found, 405 locked, 406 precondition failed) is an answer about the request, not an
+    outage; a plain ChannelClosed (closed by the client, or by the broker for a reason aiormq
+    does not name: 504 channel error, 541 internal error) is one.
+    """
+    if isinstance(exc, TimeoutError):  # asyncio's too: a round trip or a confirm not answered in time
+        return "timeout"
+    if isinstance(exc, ChannelInvalidStateError) or type(exc) is ChannelClosed:
+        return "channel_closed"
+    if isinstance(exc, PublishError):  # returned unroutable: the queue was deleted under us
+        return "unroutable"
+    if isinstance(exc, DeliveryError):  # nacked: the broker did not take the message (reject-publish)
+        return "nacked"
+    if isinstance(exc, (ConnectionError, OSError)):  # aiormq's AMQPConnectionError family, sockets
+        return "connection"
+    if isinstance(exc, RuntimeError):  # aiormq's "connection closed" / "writer is None"
+        return "channel_closed"
+    return None
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, _OUTAGE) or type(exc) is ChannelClosed
+
+
+def _unavailable(exc: BaseException, what: str = "") -> BackendUnavailable:
+    cause = outage_cause(exc) or "connection"
+    return BackendUnavailable(f"rabbitmq: {what + ': ' if what else ''}{exc!r}", backend="rabbitmq", cause=cause)
+
+
+def _not_connected() -> BackendUnavailable:
+    return BackendUnavailable("rabbitmq: not connected", backend="rabbitmq", cause="connection")
 
 
 @dataclass
@@ -154,7 +198,7 @@ class AmqpQueue(Lifecycle):
                 aio_pika.connect_robust(self.url, timeout=CONNECT_TIMEOUT, **options), CONNECT_TIMEOUT * 2
             )
         except _OUTAGE as exc:
-            raise BackendUnavailable(f"rabbitmq: cannot connect: {exc!r}") from exc
+            raise _unavailable(exc, "cannot connect") from exc
         self._connection = connection
         try:
             self._publishing = await self._bounded(connection.channel(publisher_confirms=True, on_return_raises=True))
@@ -190,7 +234,7 @@ class AmqpQueue(Lifecycle):
         try:
             await self._bounded(channel.exchange_declare(self._dead_letters, passive=True), PING_TIMEOUT)
         except AMQPError as exc:  # the namespace is gone
-            raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
+            raise BackendUnavailable(f"rabbitmq: {exc!r}", backend="rabbitmq", cause="not_declared") from exc
 
     async def destroy(self) -> None:
         """Delete every queue and exchange this adapter declares under its prefix."""
@@ -227,7 +271,9 @@ class AmqpQueue(Lifecycle):
         if failures:
             raise BackendUnavailable(
                 f"rabbitmq: {len(failures)} of {len(messages)} messages ({len(bodies)} jobs) unconfirmed: "
-                f"{failures[0]!r}"
+                f"{failures[0]!r}",
+                backend="rabbitmq",
+                cause=outage_cause(failures[0]) or "connection",
             ) from failures[0]
 
     async def receive(self, topic: str, max_batch: int, max_wait: float) -> list[Delivery]:
@@ -254,6 +300,9 @@ class AmqpQueue(Lifecycle):
 
     async def retry(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         await self._decide(topic, deliveries, "retry")
+
+    async def release(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        await self._decide(topic, deliveries, "later")
 
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         await self._decide(topic, deliveries, "dead")
@@ -306,19 +355,22 @@ class AmqpQueue(Lifecycle):
     def _admin_channel(self) -> AbstractRobustChannel:
         # Fail fast while the robust connection is reconnecting: a 503 now, not a wait.
         if self._connection is None or not self._connection.connected.is_set() or self._admin is None:
-            raise BackendUnavailable("rabbitmq: not connected")
+            raise _not_connected()
         return self._admin
 
     async def _bounded(self, operation: Any, timeout: float = OPERATION_TIMEOUT) -> Any:
         try:
             return await asyncio.wait_for(operation, timeout)
-        except _OUTAGE as exc:
-            raise BackendUnavailable(f"rabbitmq: {exc!r}") from exc
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            raise BackendUnavailable("rabbitmq: connection lost") from exc  # aiormq cancels calls in flight
+            # aiormq cancels calls in flight when the connection drops
+            raise BackendUnavailable("rabbitmq: connection lost", backend="rabbitmq", cause="connection") from exc
+        except Exception as exc:
+            if not _is_outage(exc):
+                raise
+            raise _unavailable(exc) from exc
 
     async def _quietly(self, operation: Any) -> None:
         try:
@@ -374,7 +426,7 @@ class AmqpQueue(Lifecycle):
         """
         transport = self._connection.transport if self._connection else None
         if transport is None:
-            raise BackendUnavailable("rabbitmq: not connected")
+            raise _not_connected()
         probe = await self._bounded(transport.connection.channel(publisher_confirms=False))
         try:
             await self._bounded(probe.queue_declare(name, durable=True, arguments=arguments))
@@ -401,7 +453,7 @@ class AmqpQueue(Lifecycle):
                 self._declared.discard(topic)  # unroutable: a queue was deleted; declare it again
             # aiormq cancels the confirms in flight when the connection drops (gather itself
             # raises if it is this task that is cancelled).
-            elif failure is not None and not isinstance(failure, (*_OUTAGE, asyncio.CancelledError)):
+            elif failure is not None and not (_is_outage(failure) or isinstance(failure, asyncio.CancelledError)):
                 raise failure
         return outcomes
 
@@ -425,9 +477,9 @@ class AmqpQueue(Lifecycle):
         results = await asyncio.gather(
             *(self._settle_one(topic, envelope) for envelope in envelopes), return_exceptions=True
         )
-        lost = [result for result in results if isinstance(result, _OUTAGE)]
+        lost = [result for result in results if isinstance(result, BaseException) and _is_outage(result)]
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, _OUTAGE):
+            if isinstance(result, BaseException) and not _is_outage(result):
                 raise result  # settling a job twice, say: a bug, not an outage
         if lost:
             logger.warning(
@@ -461,7 +513,7 @@ class AmqpQueue(Lifecycle):
         try:
             await self._ensure_topic(topic)  # the queues and the retry binding the copies go to
             if self._publishing is None or self._retry_exchange is None:
-                raise BackendUnavailable("rabbitmq: not connected")
+                raise _not_connected()
             # After a reconnect, the consumer's channel may deliver before this one is restored.
             await self._bounded(self._publishing.ready())
             default, work, attempts = self._publishing.default_exchange, self._queue(topic), envelope.attempts
@@ -472,6 +524,9 @@ class AmqpQueue(Lifecycle):
             copies = [(default, work, batches.message(group, attempts - 1, since)) for group in groups]
             if retry := envelope.fated("retry"):
                 copies.append((self._retry_exchange, work, batches.message(retry, attempts, since)))
+            # Jobs an outage stopped wait as a retry does, but this delivery was no attempt for them.
+            if later := envelope.fated("later"):
+                copies.append((self._retry_exchange, work, batches.message(later, attempts - 1, since)))
             dead = self._queue(topic, "dead")
             copies.extend((default, dead, batches.message([body], attempts, since)) for body in envelope.fated("dead"))
             outcomes = await self._publish(copies, topic)

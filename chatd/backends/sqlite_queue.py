@@ -107,6 +107,16 @@ class SqliteQueue(SqliteBacked):
             )
         )
 
+    async def release(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        # As retry, and the lease's count of this delivery taken back: an outage stopped the work.
+        visible_at = self.clock() + 0.5
+        await self.db.transaction(
+            lambda conn: conn.executemany(
+                "UPDATE embedded_jobs SET visible_at = ?, attempts = MAX(attempts - 1, 0) WHERE id = ?",
+                [(visible_at, d.tag) for d in deliveries],
+            )
+        )
+
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         def move(conn: sqlite3.Connection) -> None:
             now = self.clock()

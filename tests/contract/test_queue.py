@@ -78,6 +78,21 @@ async def test_retry_delivers_again_with_more_attempts(namespace: Namespace, bac
     await backends.queue.ack("messages", second)
 
 
+async def test_release_delivers_again_without_counting_the_attempt(namespace: Namespace, backends: Backends) -> None:
+    """An outage gives jobs back as often as it lasts: none of them comes nearer the dead letters."""
+    await backends.queue.publish("messages", [b"failed", b"stopped"])  # one envelope on RabbitMQ
+    received = await receive_all(backends, "messages", 2)
+    for _ in range(3):
+        assert sorted(d.attempts for d in received if d.body == b"stopped") == [1]
+        await backends.queue.retry("messages", [d for d in received if d.body == b"failed"])  # a real failure
+        await backends.queue.release("messages", [d for d in received if d.body == b"stopped"])  # an outage
+        namespace.clock.advance(0.5)  # past the embedded queue's pause (RabbitMQ's passes in real time)
+        received = await receive_all(backends, "messages", 2)
+    assert sorted((d.body, d.attempts) for d in received) == [(b"failed", 4), (b"stopped", 1)]
+    await backends.queue.ack("messages", received)
+    assert await backends.queue.receive("messages", 10, 0.6) == []
+
+
 async def test_dead_letter_removes_the_job(backends: Backends) -> None:
     await backends.queue.publish("messages", [b"poison", b"fine"])
     received = await receive_all(backends, "messages", 2)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol, Self
+from typing import Any, Protocol, Self
 
 from chatd.domain import (
     Application,
@@ -143,54 +143,6 @@ class Store(Backend, Protocol):
         """How many messages are stored (a rebuild's progress; counts the table, not for hot paths)."""
 
 
-class CounterTick(NamedTuple):
-    """A number from a counter, and the generation of the counter that gave it."""
-
-    number: int
-    generation: str
-
-
-class CounterRange(NamedTuple):
-    """Consecutive numbers ``first..last`` taken from one counter at once, and its generation."""
-
-    first: int
-    last: int
-    generation: str
-
-
-class Counters(Backend, Protocol):
-    """Atomic per-key counters that hand out numbers.
-
-    Each counter has a generation, a random id chosen when ``seed`` creates it. A
-    counter that is lost (a wiped or failed-over server) comes back with a new
-    generation, which tells a caller holding a number from the old one.
-    """
-
-    async def increment(self, key: str) -> CounterTick | None:
-        """Add one and return the new value, or None if the key does not exist yet."""
-
-    async def take(self, counts: Mapping[str, int]) -> dict[str, CounterRange | None]:
-        """Add ``counts[key]`` to every counter, all in one round trip, and return the range each took.
-
-        Each range is contiguous: no other caller gets a number inside it. A key that does not
-        exist yet maps to None and is left missing (seed it, then take again).
-        """
-
-    async def current(self, key: str) -> int | None: ...
-
-    async def generation(self, key: str) -> str | None: ...
-
-    async def generations(self, keys: Sequence[str]) -> dict[str, str | None]:
-        """The generation of every key (None where missing), in one round trip."""
-
-    async def seed(self, key: str, floor: int) -> None:
-        """Create a missing counter at ``floor``, with a new generation; leave an existing one as it is.
-
-        Never moves a live counter: of several processes seeding a lost counter at once, the
-        first one wins and the others' (possibly later, higher) floors would only make gaps.
-        """
-
-
 class Cache(Backend, Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
@@ -261,13 +213,6 @@ class Queue(Backend, Protocol):
         however long the outage lasts, none of them comes nearer the dead-letter queue.
         """
 
-    async def release(self, topic: str, deliveries: Sequence[Delivery]) -> None:
-        """Give jobs back for a later delivery that does not count this one as an attempt.
-
-        For jobs a backend outage stopped (BackendUnavailable): nothing was wrong with them, so
-        however long the outage lasts, none of them comes nearer the dead-letter queue.
-        """
-
     async def dead_letter(self, topic: str, deliveries: Sequence[Delivery]) -> None:
         """Move poison jobs aside, out of the way of the others."""
 
@@ -304,7 +249,6 @@ class SearchIndex(Backend, Protocol):
 @dataclass(frozen=True)
 class Backends:
     store: Store
-    counters: Counters
     cache: Cache
     queue: Queue
     search: SearchIndex
@@ -316,6 +260,6 @@ class Backends:
     def all(self) -> list[Backend]:
         """Every backend once, in the order they are opened (closed in reverse)."""
         unique: dict[int, Backend] = {}
-        for backend in (self.store, self.counters, self.cache, self.lock, self.queue, self.search):
+        for backend in (self.store, self.cache, self.lock, self.queue, self.search):
             unique.setdefault(id(backend), backend)
         return list(unique.values())

@@ -15,8 +15,8 @@ ROLES = ("all", "api", "worker")
 class Settings:
     """Everything a chatd process needs to know, resolved once at start-up.
 
-    A URL left unset selects the embedded backend: the store, counters, queue, lock and
-    search index then all live in SQLite files, and the cache in the process.
+    A URL left unset selects the embedded backend: the store, cache, queue, lock and
+    search index then all live in SQLite files.
     """
 
     database_url: str = "sqlite:///./chatd.db"
@@ -27,7 +27,7 @@ class Settings:
     # Empty: derived from the store (``chatd.backends.registry.search_path``), so a search
     # file never outlives or strays from the store it indexes.
     search_path: str = ""
-    # The embedded counters, cache, lock and queue live in the store's file when the store is
+    # The embedded cache, lock and queue live in the store's file when the store is
     # SQLite, and in this file when it is MySQL but some of Redis/RabbitMQ are not configured.
     # Empty: named after the MySQL database (``chatd.backends.registry.embedded_path``).
     embedded_path: str = ""

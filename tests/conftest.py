@@ -34,10 +34,9 @@ BACKEND_SETS = ("embedded", REAL)
 
 # The setting that puts each port on its real server. A test that exercises some ports only
 # (a contract test) says which through the ``ports`` fixture; on the real set the others stay
-# embedded, so a Counters test neither creates a MySQL database nor deletes an index.
+# embedded, so a Cache test neither creates a MySQL database nor deletes an index.
 PORT_URLS = {
     "store": "database_url",
-    "counters": "redis_url",
     "cache": "redis_url",
     "lock": "redis_url",
     "queue": "amqp_url",

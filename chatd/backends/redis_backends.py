@@ -1,4 +1,4 @@
-"""Counters, cache and lock on Redis (redis.asyncio), sharing one client per process.
+"""Cache and lock on Redis (redis.asyncio), sharing one client per process.
 
 Every key lives under the connection's prefix and a per-port namespace
 (``<prefix>counter:``, ``<prefix>cache:``, ``<prefix>lock:``), so several deployments or
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
@@ -28,7 +27,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatd.backends.lifecycle import Lifecycle
 from chatd.errors import BackendUnavailable
-from chatd.ports import CounterRange, CounterTick
 
 T = TypeVar("T")
 
@@ -230,80 +228,6 @@ class _RedisPort(Lifecycle):
 
     def _key(self, key: str) -> str:
         return self.connection.key(self.namespace, key)
-
-
-# A counter is a hash {n: value, g: generation}: one key, so eviction or a wipe takes both.
-# Increment only a counter that exists: a missing one must be seeded from the store first
-# (after a FLUSHDB or a restart without persistence), which HINCRBY alone would hide.
-# Several counters at once (one round trip for a whole batch of requests): add ARGV[i] to
-# KEYS[i] if it exists. false (nil in the reply) marks a missing counter, which must be seeded.
-_TAKE_EXISTING = """
-local taken = {}
-for i, key in ipairs(KEYS) do
-    if redis.call('EXISTS', key) == 1 then
-        taken[i] = {redis.call('HINCRBY', key, 'n', tonumber(ARGV[i])), redis.call('HGET', key, 'g')}
-    else
-        taken[i] = false
-    end
-end
-return taken
-"""
-
-# Create a missing counter at the floor with a new generation (ARGV[2]); leave a live one alone.
-_SEED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('HSET', KEYS[1], 'n', ARGV[1], 'g', ARGV[2])
-end
-return 0
-"""
-
-
-class RedisCounters(_RedisPort):
-    """Counters as small hashes with no expiry; HINCRBY is atomic across processes."""
-
-    name = "redis-counters"
-    namespace = "counter:"
-
-    async def increment(self, key: str) -> CounterTick | None:
-        taken = (await self.take({key: 1}))[key]
-        return None if taken is None else CounterTick(taken.last, taken.generation)
-
-    async def take(self, counts: Mapping[str, int]) -> dict[str, CounterRange | None]:
-        # Keys of one script must share a slot on Redis Cluster; chatd uses a single node.
-        keys = list(counts)
-        replies = await self.connection.run(
-            self.connection.script(_TAKE_EXISTING)(
-                keys=[self._key(key) for key in keys], args=[int(counts[key]) for key in keys]
-            )
-        )
-        taken: dict[str, CounterRange | None] = {}
-        for key, reply in zip(keys, replies):
-            if reply is None:
-                taken[key] = None
-            else:
-                last, generation = int(reply[0]), reply[1].decode() if reply[1] else ""
-                taken[key] = CounterRange(last - counts[key] + 1, last, generation)
-        return taken
-
-    async def current(self, key: str) -> int | None:
-        value = await self.connection.run(self.connection.client.hget(self._key(key), "n"))
-        return None if value is None else int(value)
-
-    async def generation(self, key: str) -> str | None:
-        value = await self.connection.run(self.connection.client.hget(self._key(key), "g"))
-        return None if value is None else cast("bytes", value).decode()
-
-    async def generations(self, keys: Sequence[str]) -> dict[str, str | None]:
-        pipe = self.connection.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hget(self._key(key), "g")
-        values = await self.connection.run(pipe.execute())
-        return {key: None if value is None else value.decode() for key, value in zip(keys, values)}
-
-    async def seed(self, key: str, floor: int) -> None:
-        await self.connection.run(
-            self.connection.script(_SEED)(keys=[self._key(key)], args=[int(floor), secrets.token_hex(8)])
-        )
 
 
 class RedisCache(_RedisPort):

@@ -15,12 +15,12 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from pathlib import Path
 from typing import Any
 
-from chatd.backends.sqlite_counters import SqliteCache, SqliteCounters, SqliteLock
+from chatd.backends.sqlite_cache import SqliteCache, SqliteLock
 from chatd.backends.sqlite_db import EpochClock, SqliteDatabase, path_from_url
 from chatd.backends.sqlite_queue import SqliteQueue
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.backends.sqlite_store import SqliteStore
-from chatd.ports import Backends, Cache, Counters, Lock, Queue, SearchIndex, Store
+from chatd.ports import Backends, Cache, Lock, Queue, SearchIndex, Store
 from chatd.settings import Settings
 
 
@@ -42,7 +42,7 @@ def search_path(settings: Settings) -> str:
 
 
 def embedded_path(settings: Settings) -> str:
-    """The SQLite file of the embedded counters, cache, lock and queue: the store's, if it is SQLite."""
+    """The SQLite file of the embedded cache, lock and queue: the store's, if it is SQLite."""
     if settings.database_url.startswith("sqlite://"):
         return path_from_url(settings.database_url)
     return settings.embedded_path or _derived(settings, "embedded")
@@ -70,28 +70,26 @@ def _make_store(settings: Settings, databases: _Databases) -> Store:
 def make_backends(settings: Settings, clock: EpochClock = time.time) -> Backends:
     """Unopened backends for ``settings``; open them with ``opened``.
 
-    ``clock`` is what the embedded counters, cache, lock and queue read for expiries and leases
+    ``clock`` is what the embedded cache, lock and queue read for expiries and leases
     (the real servers keep their own time). Connections that several backends share (a SQLite
     file, the Redis client) are made once and listed in ``Backends.connections``.
     """
     databases = _Databases()
     embedded = embedded_path(settings)
     store = _make_store(settings, databases)
-    counters: Counters
     cache: Cache
     lock: Lock
     queue: Queue
     search: SearchIndex
     shared: list[AbstractAsyncContextManager[Any]] = []
     if settings.redis_url:
-        from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisCounters, RedisLock
+        from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisLock
 
         connection = RedisConnection(settings.redis_url, prefix=settings.redis_prefix)
-        counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
+        cache, lock = RedisCache(connection), RedisLock(connection)
         shared.append(connection)
     else:
         shared_file = databases(embedded)
-        counters = SqliteCounters(shared_file, clock)
         cache, lock = SqliteCache(shared_file, clock), SqliteLock(shared_file, clock)
     if settings.amqp_url:
         from chatd.backends.amqp_queue import AmqpQueue
@@ -112,7 +110,7 @@ def make_backends(settings: Settings, clock: EpochClock = time.time) -> Backends
         # Opened after the store (Backends.all's order), it asks the store for its identity.
         search = SqliteSearchIndex(databases(search_path(settings)), store.identity)
     connections = (*databases.made.values(), *shared)
-    return Backends(store, counters, cache, queue, search, lock, connections=connections)
+    return Backends(store, cache, queue, search, lock, connections=connections)
 
 
 @asynccontextmanager

@@ -1,84 +1,21 @@
-"""Counters, locks and the cache in SQLite: the embedded stand-ins for Redis.
+"""Locks and the cache in SQLite: the embedded stand-ins for Redis.
 
 Kept in the embedded database file so that every process using it shares them: an api
-process and a worker process see the same counters, locks, cached records and
-idempotency keys, as they would through Redis.
+process and a worker process see the same locks and cached records, as they would through
+Redis. (Numbers and idempotency keys are the store's: ``Store.take_numbers``.)
 """
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from collections.abc import Mapping, Sequence
 
 from chatd.backends.sqlite_db import SqliteBacked
-from chatd.ports import CounterRange, CounterTick
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS embedded_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL,"
-    " generation TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS embedded_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS embedded_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)",
 )
-
-
-class SqliteCounters(SqliteBacked):
-    """Durable counters: a row per key, incremented in a write transaction."""
-
-    name = "sqlite-counters"
-    schema = _SCHEMA
-
-    async def increment(self, key: str) -> CounterTick | None:
-        taken = (await self.take({key: 1}))[key]
-        return None if taken is None else CounterTick(taken.last, taken.generation)
-
-    async def take(self, counts: Mapping[str, int]) -> dict[str, CounterRange | None]:
-        def add(conn: sqlite3.Connection) -> dict[str, CounterRange | None]:
-            taken: dict[str, CounterRange | None] = {}
-            for key, count in counts.items():
-                # fetchall, not fetchone: a RETURNING statement must run to completion before COMMIT.
-                rows = conn.execute(
-                    "UPDATE embedded_counters SET value = value + ? WHERE key = ? RETURNING value, generation",
-                    (count, key),
-                ).fetchall()
-                taken[key] = CounterRange(int(rows[0][0]) - count + 1, int(rows[0][0]), rows[0][1]) if rows else None
-            return taken
-
-        return await self.db.transaction(add)
-
-    async def current(self, key: str) -> int | None:
-        row = await self.db.read(
-            lambda conn: conn.execute("SELECT value FROM embedded_counters WHERE key = ?", (key,)).fetchone()
-        )
-        return None if row is None else int(row[0])
-
-    async def generation(self, key: str) -> str | None:
-        row = await self.db.read(
-            lambda conn: conn.execute("SELECT generation FROM embedded_counters WHERE key = ?", (key,)).fetchone()
-        )
-        return None if row is None else str(row[0])
-
-    async def generations(self, keys: Sequence[str]) -> dict[str, str | None]:
-        def read(conn: sqlite3.Connection) -> dict[str, str | None]:
-            found: dict[str, str | None] = dict.fromkeys(keys)
-            for key in keys:
-                row = conn.execute("SELECT generation FROM embedded_counters WHERE key = ?", (key,)).fetchone()
-                found[key] = None if row is None else str(row[0])
-            return found
-
-        return await self.db.read(read)
-
-    async def seed(self, key: str, floor: int) -> None:
-        await self.db.transaction(
-            lambda conn: conn.execute(
-                "INSERT INTO embedded_counters (key, value, generation) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                (key, floor, secrets.token_hex(8)),
-            )
-        )
-
-    async def wipe(self) -> None:
-        """Forget every counter (tests use it to play a counter server losing its data)."""
-        await self.db.transaction(lambda conn: conn.execute("DELETE FROM embedded_counters"))
 
 
 class SqliteLock(SqliteBacked):

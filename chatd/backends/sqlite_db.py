@@ -7,7 +7,7 @@ its own, so a GET never queues behind a write transaction, nor behind one slow r
 readers see the last commit and never wait). Other processes are kept out by SQLite's own file
 lock (writers queue behind ``busy_timeout``).
 
-Whoever makes a database opens and closes it: the registry for the file the store, counters,
+Whoever makes a database opens and closes it: the registry for the file the store,
 cache, lock and queue share (``Backends.connections``), or a backend made with a path of its own.
 """
 
@@ -26,7 +26,7 @@ from chatd.backends.lifecycle import Lifecycle
 from chatd.errors import BackendUnavailable
 
 T = TypeVar("T")
-# Seconds since the epoch, as ``time.time`` answers: what the embedded counters, cache, lock and
+# Seconds since the epoch, as ``time.time`` answers: what the embedded cache, lock and
 # queue read for expiries and leases. Injected (as the service's clock is), so a test moves it
 # instead of waiting for a lease or a TTL to run out.
 EpochClock = Callable[[], float]

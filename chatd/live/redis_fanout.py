@@ -5,7 +5,7 @@ once a process has missed it (the feeds read the store for what they missed), so
 nothing for a broker to keep; PUBLISH costs Redis microseconds and one round trip, where a
 RabbitMQ message costs about 0.13 ms of broker CPU (README, Performance) and an exclusive
 queue per api process to declare and clean up. Redis is already every api process's
-counters, so the fan-out adds no server to the set.
+cache, so the fan-out adds no server to the set.
 """
 
 from __future__ import annotations

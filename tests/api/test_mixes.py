@@ -11,7 +11,7 @@ from tests.conftest import REAL, Api
 MIXES = {
     # Production without Elasticsearch: the embedded search index next to MySQL, Redis, RabbitMQ.
     "mysql+redis+rabbitmq, embedded search": {"elasticsearch_url": None},
-    # The embedded store and queue, with the real counters and search index.
+    # The embedded store and queue, with the real cache and search index.
     "embedded store+queue, redis+elasticsearch": {"database_url": None, "amqp_url": None},
 }
 
@@ -35,5 +35,5 @@ async def test_a_mix_of_backends_serves_the_whole_flow(make_api, tmp_path: Path,
     assert [m["message_number"] for m in found["messages"]] == [1]
     ready = await api.get_json("/readyz")
     expected_search = "sqlite-search" if "embedded search" in mix else "elasticsearch"
-    assert expected_search in ready["checks"] and "redis-counters" in ready["checks"]
+    assert expected_search in ready["checks"] and "redis-cache" in ready["checks"]
     assert ("sqlite" in ready["checks"]) == ("embedded store" in mix)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisCounters, RedisLock
+from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisLock
 from chatd.backends.registry import make_backends, opened
 from chatd.errors import BackendUnavailable
 from tests.conftest import embedded_settings
@@ -64,60 +64,17 @@ async def raw_keys(connection: RedisConnection) -> set[bytes]:
     return {key async for key in connection.client.scan_iter(count=1000) if key.startswith(prefix)}
 
 
-# Counters
-
-
-async def test_concurrent_increments_from_many_tasks_and_two_clients(make_connection: Any) -> None:
-    first = await make_connection()
-    second = await make_connection(prefix=first.prefix)  # a second client, as in another process
-    counters = [RedisCounters(first), RedisCounters(second)]
-    await counters[0].seed("chats:1", 0)
-    ticks = await asyncio.gather(*(counters[n % 2].increment("chats:1") for n in range(1000)))
-    numbers = [tick.number for tick in ticks if tick]
-    assert sorted(number or 0 for number in numbers) == list(range(1, 1001))
-    assert await counters[1].current("chats:1") == 1000
-    assert await first.client.pttl(first.key("counter:", "chats:1")) == -1  # counters never expire
-
-
-async def test_increment_of_a_missing_key_returns_none_and_creates_nothing(make_connection: Any) -> None:
-    connection = await make_connection()
-    counters = RedisCounters(connection)
-    assert await counters.increment("messages:1:1") is None
-    assert await counters.current("messages:1:1") is None
-    assert await raw_keys(connection) == set()
-
-
-async def test_seed_never_moves_a_live_counter(make_connection: Any) -> None:
-    counters = RedisCounters(await make_connection())
-    await counters.seed("k", 10)
-    await counters.seed("k", 5)
-    assert await counters.current("k") == 10
-    await counters.seed("k", 10)
-    assert (await counters.increment("k")).number == 11
-    await counters.seed("k", 100)
-    assert (await counters.increment("k")).number == 12
-
-
-async def test_a_flushed_redis_is_detected_and_reseeded(private_redis: PrivateRedis, make_connection: Any) -> None:
-    counters = RedisCounters(await make_connection(private_redis.url))
-    await counters.seed("chats:7", 0)
-    assert [(await counters.increment("chats:7")).number for _ in range(3)] == [1, 2, 3]
-    await counters.connection.client.flushdb()
-    assert await counters.increment("chats:7") is None  # how chatd notices the loss
-    await counters.seed("chats:7", 50)  # the store's floor
-    assert (await counters.increment("chats:7")).number == 51
+# Scripts
 
 
 async def test_scripts_are_reloaded_after_script_flush(private_redis: PrivateRedis, make_connection: Any) -> None:
     connection = await make_connection(private_redis.url)
-    counters, lock = RedisCounters(connection), RedisLock(connection)
-    await counters.seed("k", 0)
-    assert (await counters.increment("k")).number == 1
-    await connection.client.script_flush()
-    assert (await counters.increment("k")).number == 2  # EVALSHA answered NOSCRIPT; redis-py loaded it again
+    lock = RedisLock(connection)
     assert await lock.acquire("l", "me", 30)
-    await lock.release("l", "me")
-    assert await raw_keys(connection) == {connection.key("counter:", "k").encode()}
+    await connection.client.script_flush()
+    await lock.release("l", "me")  # EVALSHA answered NOSCRIPT; redis-py loaded it again
+    assert await lock.acquire("l", "other", 30)
+    assert await raw_keys(connection) == {connection.key("lock:", "l").encode()}
 
 
 # Lock
@@ -212,22 +169,21 @@ async def test_destroy_removes_only_its_prefix_even_with_glob_characters(make_co
     mine = await make_connection(prefix=base[:-1] + "*:")
     neighbour = await make_connection(prefix=base[:-1] + "X:")  # matched by the unescaped glob
     for connection in (mine, neighbour):
-        await RedisCounters(connection).seed("k", 1)
         await RedisCache(connection).set("k", b"v", 30)
         await RedisLock(connection).acquire("k", "me", 30)
     await RedisCache(mine).destroy()
     assert await RedisCache(mine).get("k") is None
-    assert await RedisCounters(mine).current("k") == 1  # another port's namespace stays
+    assert not await RedisLock(mine).acquire("k", "other", 30)  # another port's namespace stays
     await mine.destroy()
     assert await raw_keys(mine) == set()
-    assert len(await neighbour.client.keys(f"{neighbour.prefix}*")) == 3
+    assert len(await neighbour.client.keys(f"{neighbour.prefix}*")) == 2
 
 
 async def test_the_registry_opens_the_shared_client_around_the_ports(tmp_path: Path) -> None:
     settings = embedded_settings(tmp_path, redis_url=REDIS_URL, redis_prefix=unique_prefix())
     backends = make_backends(settings)
-    connection = backends.counters.connection  # type: ignore[attr-defined]
-    assert backends.cache.connection is connection and backends.lock.connection is connection  # type: ignore[attr-defined]
+    connection = backends.cache.connection  # type: ignore[attr-defined]
+    assert backends.lock.connection is connection  # type: ignore[attr-defined]
     assert connection in backends.connections
     async with opened(backends):
         client = connection.client
@@ -247,15 +203,11 @@ async def test_the_registry_opens_the_shared_client_around_the_ports(tmp_path: P
 
 
 async def assert_every_operation_is_unavailable(connection: RedisConnection) -> None:
-    counters, cache, lock = RedisCounters(connection), RedisCache(connection), RedisLock(connection)
+    cache, lock = RedisCache(connection), RedisLock(connection)
     operations: list[Callable[[], Awaitable[object]]] = [
-        counters.ping,
-        lambda: counters.increment("k"),
-        lambda: counters.current("k"),
-        lambda: counters.seed("k", 1),
+        cache.ping,
         lambda: cache.get("k"),
         lambda: cache.set("k", b"v", 1),
-        lambda: cache.add("k", b"v", 1),
         lambda: cache.delete("k"),
         lambda: lock.acquire("k", "me", 1),
         lambda: lock.release("k", "me"),
@@ -285,7 +237,7 @@ async def test_a_server_that_never_answers_times_out() -> None:
     await connection.open()
     try:
         # Bounded by the URL's socket timeout, well under the default one...
-        await fails_without_hanging(lambda: RedisCounters(connection).increment("k"), bound=2.5)
+        await fails_without_hanging(lambda: RedisCache(connection).get("k"), bound=2.5)
         # ...and a timeout is not retried: the command may have run, so it is not sent again.
         assert accepted == 1
     finally:
@@ -296,16 +248,14 @@ async def test_a_server_that_never_answers_times_out() -> None:
 
 async def test_recovers_after_a_server_restart(private_redis: PrivateRedis, make_connection: Any) -> None:
     connection = await make_connection(private_redis.url)
-    counters, lock = RedisCounters(connection), RedisLock(connection)
-    await counters.seed("chats:1", 0)
-    assert await asyncio.gather(*(counters.increment("chats:1") for _ in range(20)))  # fill the pool
+    cache, lock = RedisCache(connection), RedisLock(connection)
+    await cache.set("app:1", b"cached", 60)
+    assert await asyncio.gather(*(cache.get("app:1") for _ in range(20)))  # fill the pool
     await private_redis.stop()
     await assert_every_operation_is_unavailable(connection)
     await private_redis.start()
     # The same client, its pooled sockets dead: it reconnects, and finds the data gone.
-    assert await counters.increment("chats:1") is None
-    await counters.seed("chats:1", 20)
-    assert (await counters.increment("chats:1")).number == 21
+    assert await cache.get("app:1") is None
     assert await lock.acquire("job", "me", 30)  # scripts are loaded again on the new server
 
 
@@ -313,10 +263,10 @@ async def test_dead_pooled_connections_are_replaced_without_an_error(
     private_redis: PrivateRedis, make_connection: Any
 ) -> None:
     connection = await make_connection(private_redis.url)
-    counters = RedisCounters(connection)
-    await counters.seed("k", 0)
-    assert await asyncio.gather(*(counters.increment("k") for _ in range(20)))  # fill the pool
+    cache = RedisCache(connection)
+    await cache.set("k", b"v", 60)
+    assert await asyncio.gather(*(cache.get("k") for _ in range(20)))  # fill the pool
     await private_redis.stop()
     await private_redis.start()
     # Every pooled socket is dead; the retry on connection errors reconnects, so callers see no outage.
-    assert await asyncio.gather(*(counters.current("k") for _ in range(20))) == [None] * 20
+    assert await asyncio.gather(*(cache.get("k") for _ in range(20))) == [None] * 20

@@ -1,8 +1,6 @@
-"""The Counters, Cache and Lock contracts, embedded and on Redis."""
+"""The Cache and Lock contracts, embedded and on Redis."""
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 
@@ -13,70 +11,8 @@ from tests.factories import eventually
 
 @pytest.fixture
 def ports() -> tuple[str, ...]:
-    """Only the counters, cache and lock on the real servers: nothing else is created for these tests."""
-    return ("counters", "cache", "lock")
-
-
-async def test_increment_needs_a_seeded_key(backends: Backends) -> None:
-    counters = backends.counters
-    assert await counters.increment("k") is None
-    assert await counters.current("k") is None
-    await counters.seed("k", 41)
-    assert (await counters.increment("k")).number == 42
-    await counters.seed("k", 10)  # a live counter is left alone: never lowered...
-    assert await counters.current("k") == 42
-    await counters.seed("k", 50)  # ...and never moved up (that would only make gaps)
-    assert (await counters.increment("k")).number == 43
-
-
-async def test_a_recreated_counter_has_a_new_generation(backends: Backends) -> None:
-    counters = backends.counters
-    await counters.seed("g", 5)
-    first = await counters.increment("g")
-    assert first is not None and first.generation and await counters.generation("g") == first.generation
-    await counters.seed("g", 100)  # seeding a live counter keeps its generation
-    assert await counters.generation("g") == first.generation
-    await wipe_counters(backends)
-    assert await counters.generation("g") is None
-    await counters.seed("g", 0)
-    again = await counters.increment("g")
-    assert again is not None and again.generation != first.generation
-
-
-async def test_take_gives_each_counter_a_contiguous_range(backends: Backends) -> None:
-    counters = backends.counters
-    await counters.seed("a", 10)
-    await counters.seed("b", 0)
-    taken = await counters.take({"a": 5, "b": 1, "missing": 3})
-    assert taken["a"] is not None and (taken["a"].first, taken["a"].last) == (11, 15)
-    assert taken["b"] is not None and (taken["b"].first, taken["b"].last) == (1, 1)
-    assert taken["missing"] is None and await counters.current("missing") is None  # not created
-    assert taken["a"].generation == await counters.generation("a")
-    assert await counters.generations(["a", "b", "missing"]) == {
-        "a": taken["a"].generation,
-        "b": taken["b"].generation,
-        "missing": None,
-    }
-    assert (await counters.increment("a")).number == 16  # type: ignore[union-attr]
-
-
-async def test_concurrent_takes_never_overlap(backends: Backends) -> None:
-    await backends.counters.seed("c", 0)
-    groups = await asyncio.gather(*(backends.counters.take({"c": size}) for size in range(1, 31)))
-    numbers = [n for group in groups for n in range(group["c"].first, group["c"].last + 1)]  # type: ignore[union-attr]
-    assert sorted(numbers) == list(range(1, sum(range(1, 31)) + 1))
-
-
-async def wipe_counters(backends: Backends) -> None:
-    """Lose every counter, as a Redis restarted without persistence would."""
-    counters = backends.counters
-    await (counters.wipe() if hasattr(counters, "wipe") else counters.destroy())  # type: ignore[attr-defined]
-
-
-async def test_concurrent_increments_hand_out_each_number_once(backends: Backends) -> None:
-    await backends.counters.seed("c", 0)
-    numbers = [tick.number for tick in await asyncio.gather(*(backends.counters.increment("c") for _ in range(500)))]
-    assert sorted(numbers) == list(range(1, 501))  # type: ignore[type-var]
+    """Only the cache and lock on the real servers: nothing else is created for these tests."""
+    return ("cache", "lock")
 
 
 async def test_cache_get_set_add_delete(backends: Backends) -> None:

@@ -44,7 +44,7 @@ URL_SCHEMES = {
     "amqp_url": ({"amqp", "amqps"}, {"rabbitmq"}),
     "elasticsearch_url": ({"http", "https"}, {"elasticsearch"}),
 }
-REAL_BACKENDS = {"mysql", "redis-counters", "redis-cache", "redis-lock", "rabbitmq", "elasticsearch"}
+REAL_BACKENDS = {"mysql", "redis-cache", "redis-lock", "rabbitmq", "elasticsearch"}
 SETTING_VARS = {"CHATD_" + f.name.upper() for f in dataclasses.fields(Settings)}
 
 

@@ -8,6 +8,7 @@ import aiohttp
 
 from chatd import keys
 from chatd.domain import NumberScope
+from chatd.numbering import NumberRequest
 from tests.conftest import Api, Namespace
 from tests.live.helpers import SseStream, numbers
 from tests.processes import ChatdProcess, application_and_chat
@@ -71,7 +72,7 @@ async def test_a_number_never_stored_is_skipped_in_order(make_api) -> None:  # t
     await api.settle()
     # A number taken and never stored (its request failed after numbering): a hole.
     application = await api.service.application(token)
-    await api.app[keys.BACKENDS].counters.take({NumberScope(application.id, chat).key: 1})
+    await api.app[keys.BACKENDS].store.take_numbers([NumberRequest(NumberScope(application.id, chat))], 0.0, 60)
     assert await api.create_message(token, chat, "three") == 3
     await api.settle()
     events = await stream.take(2)

@@ -121,6 +121,12 @@ JOBS_RETRIED = Counter("chatd_jobs_retried_total", "Jobs given back to their que
 # backend: store, search, broker, redis (or other); kind: unavailable (could not be reached or
 # timed out), rejected (answered, but refused part of the work).
 BACKEND_ERRORS = Counter("chatd_backend_errors_total", "Backend failures seen by chatd", ["backend", "kind"])
+# The same outages by engine (sqlite, mysql, redis, rabbitmq, elasticsearch) and cause (connection,
+# timeout, locked, disk_full, read_only, oom, ...): BackendUnavailable's own fields, a few dozen
+# label pairs at most.
+BACKEND_UNAVAILABLE = Counter(
+    "chatd_backend_unavailable_total", "Backend outages seen by chatd, by engine and cause", ["backend", "cause"]
+)
 LOOP_RESTARTS = Counter("chatd_loop_restarts_total", "Background loops restarted after a crash", ["loop"])
 RECONCILER_RUNS = Counter(
     "chatd_reconciler_runs_total", "Reconciler runs (skipped: another process held the lock)", ["outcome"]
@@ -132,20 +138,17 @@ RECONCILER_LAST_SUCCESS = Gauge(
 # Updated by the live events endpoint (SSE / WebSocket) as clients come and go.
 LIVE_CONNECTIONS = Gauge("chatd_live_connections", "Open live-event connections (SSE and WebSocket)", ["transport"])
 
-_BACKEND_PREFIXES = (
-    ("rabbitmq", "broker"),
-    ("mysql", "store"),
-    ("sqlite", "store"),
-    ("elasticsearch", "search"),
-    ("redis", "redis"),
-)
+# The role each engine plays, for chatd_backend_errors_total.
+_ROLES = {"rabbitmq": "broker", "mysql": "store", "sqlite": "store", "elasticsearch": "search", "redis": "redis"}
 
 
 def backend_of(error: BaseException) -> str:
-    """Which backend an adapter's ``BackendUnavailable`` is about: its message names its engine."""
-    text = str(error).lower()
-    return next((backend for prefix, backend in _BACKEND_PREFIXES if text.startswith(prefix)), "other")
+    """The role of the backend a ``BackendUnavailable`` is about (store, search, broker, redis, other)."""
+    return _ROLES.get(getattr(error, "backend", ""), "other")
 
 
 def backend_error(error: BaseException, kind: str = "unavailable") -> None:
     BACKEND_ERRORS.labels(backend_of(error), kind).inc()
+    if kind == "unavailable":
+        engine, cause = getattr(error, "backend", "unknown"), getattr(error, "cause", "unknown")
+        BACKEND_UNAVAILABLE.labels(str(engine), str(cause)).inc()

@@ -1,8 +1,10 @@
 """The shape every queue consumer shares: receive a batch, handle it, then ack.
 
-Acks come only after the work is committed. A backend outage gives the batch back and
-waits; any other failure is retried job by job, so one poison job cannot hold up the
-others, and a job that keeps failing goes to the dead-letter queue.
+Acks come only after the work is committed. A backend outage (BackendUnavailable, whatever
+the backend and its cause) gives the batch back without spending an attempt of any of its jobs,
+and waits in the consumer's own loop; any other failure is retried job by job, so one poison job
+cannot hold up the others, and a job that keeps failing goes to the dead-letter queue. So a job
+answered 201 never reaches the dead letters because a disk was full or a lock was busy.
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ OUTAGE_RETRY_SECONDS = 1.0
 
 @dataclass
 class Outcome:
-    """What ``handle`` could not finish: jobs to try again later, and jobs that never will be."""
+    """What ``handle`` could not finish: jobs to try again later, and jobs that never will be.
+
+    ``retry`` counts this delivery as one of the job's attempts; ``later`` does not (a backend
+    refused the job for a passing reason: overloaded, a write block on a full disk).
+    """
 
     retry: list[Delivery] = field(default_factory=list)
     dead: list[Delivery] = field(default_factory=list)
+    later: list[Delivery] = field(default_factory=list)
 
 
 @dataclass
@@ -111,7 +118,18 @@ class BatchConsumer(Generic[Job]):
                 metrics.backend_error(exc)
                 await sleep_unless_stopping(stopping, OUTAGE_RETRY_SECONDS)
                 continue
-            if deliveries and not await self.process(deliveries):
+            try:
+                handled = not deliveries or await self.process(deliveries)
+            except BackendUnavailable as exc:
+                # Settling failed (the embedded queue shares the store's full disk, say): the jobs
+                # come back when their lease runs out or the broker sees the channel gone.
+                logger.warning(
+                    "%s: cannot settle a batch (%s); trying again in %.0fs", self.topic, exc, OUTAGE_RETRY_SECONDS
+                )
+                metrics.backend_error(exc)
+                await sleep_unless_stopping(stopping, OUTAGE_RETRY_SECONDS)
+                continue
+            if not handled:
                 await sleep_unless_stopping(stopping, self._outage_backoff)
 
     async def run_once(self, max_wait: float = 0.0) -> int:
@@ -149,7 +167,7 @@ class BatchConsumer(Generic[Job]):
         except BackendUnavailable as exc:
             logger.warning("%s: backend unavailable (%s); giving %d jobs back", self.topic, exc, len(batch))
             metrics.backend_error(exc)
-            await self._retry([delivery for delivery, _ in batch])
+            await self._release([delivery for delivery, _ in batch])
             # Capped low: while this consumer sleeps, the jobs prefetched for it wait too.
             self._outage_backoff = min(self._outage_backoff * 2, OUTAGE_RETRY_SECONDS)
             return False
@@ -163,11 +181,11 @@ class BatchConsumer(Generic[Job]):
                     # An outage: give back the jobs not tried yet too, so none stays held.
                     rest = [delivery for delivery, _ in batch[position + 1 :]]
                     if rest:
-                        await self._retry(rest)
+                        await self._release(rest)
                     return False
             return True
         self._outage_backoff = 0.2
-        unsettled = {id(d) for d in outcome.retry} | {id(d) for d in outcome.dead}
+        unsettled = {id(d) for d in (*outcome.retry, *outcome.dead, *outcome.later)}
         done = [delivery for delivery, _ in batch if id(delivery) not in unsettled]
         if done:
             await self.queue.ack(self.topic, done)
@@ -175,6 +193,8 @@ class BatchConsumer(Generic[Job]):
             self.tally.done += len(done)
         if outcome.retry:
             await self._retry(outcome.retry)
+        if outcome.later:
+            await self._release(outcome.later)
         if outcome.dead:
             await self._bury(outcome.dead, "cannot be processed")
         return True
@@ -188,6 +208,21 @@ class BatchConsumer(Generic[Job]):
 
     async def _retry(self, deliveries: Sequence[Delivery]) -> None:
         await self.queue.retry(self.topic, deliveries)
+        metrics.JOBS_RETRIED.labels(self.topic).inc(len(deliveries))
+        self.tally.retried += len(deliveries)
+
+    async def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give jobs back without spending an attempt; if even that fails, they come back anyway."""
+        try:
+            await self.queue.release(self.topic, deliveries)
+        except BackendUnavailable as exc:
+            # Left unsettled: the embedded queue's lease runs out, the broker redelivers what a
+            # lost channel held. Either may count that delivery; nothing is lost.
+            logger.warning(
+                "%s: could not give %d jobs back (%s); they return on their own", self.topic, len(deliveries), exc
+            )
+            metrics.backend_error(exc)
+            return
         metrics.JOBS_RETRIED.labels(self.topic).inc(len(deliveries))
         self.tally.retried += len(deliveries)
 

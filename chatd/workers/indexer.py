@@ -14,7 +14,9 @@ from chatd.workers.consumer import BatchConsumer, Outcome
 class Indexer(BatchConsumer[SearchDocument]):
     """Collects up to ``batch_size`` documents or waits ``batch_wait`` seconds, then bulk-indexes.
 
-    Jobs are acked only after the bulk write; documents the index refused are retried.
+    Jobs are acked only after the bulk write; documents the index refused for a passing reason
+    (overloaded, a write block after the disk filled) are given back without spending an attempt,
+    as when the whole index is unavailable.
     """
 
     topic = jobs.INDEX
@@ -37,4 +39,4 @@ class Indexer(BatchConsumer[SearchDocument]):
         for _, doc in batch:
             if doc.fresh and doc.doc_id not in failed_ids:
                 histogram.observe(max(0.0, now - doc.created_at.timestamp()))
-        return Outcome(retry=[delivery for delivery, doc in batch if doc.doc_id in failed_ids])
+        return Outcome(later=[delivery for delivery, doc in batch if doc.doc_id in failed_ids])

@@ -9,12 +9,15 @@ import time
 from collections.abc import Awaitable, Callable
 
 from chatd import metrics
+from chatd.errors import BackendUnavailable
 from chatd.ports import Lock, Store
 from chatd.supervisor import sleep_unless_stopping
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "chatd:reconciler"
+# After an outage the next run comes sooner than the interval, then later each time, up to it.
+FIRST_OUTAGE_WAIT = 0.5
 
 
 class Reconciler:
@@ -42,8 +45,23 @@ class Reconciler:
         self.runs = 0  # finished here, for the shutdown report
 
     async def run(self, stopping: asyncio.Event) -> None:
+        """Reconcile every ``interval`` until ``stopping``; an outage is waited out here.
+
+        Raised to the supervisor, it would be logged as a crash with a stack trace and its
+        back-off would grow past the interval; a store or lock that cannot answer now is no bug.
+        """
+        outage_wait = FIRST_OUTAGE_WAIT
         while not stopping.is_set():
-            await self.reconcile_once()
+            try:
+                await self.reconcile_once()
+            except BackendUnavailable as exc:
+                wait = min(outage_wait, self.interval)
+                logger.warning("reconciler: backend unavailable (%s); trying again in %.1f s", exc, wait)
+                metrics.backend_error(exc)
+                outage_wait = wait * 2
+                await sleep_unless_stopping(stopping, wait)
+                continue
+            outage_wait = FIRST_OUTAGE_WAIT
             await sleep_unless_stopping(stopping, self.interval)
 
     async def reconcile_once(self) -> bool:

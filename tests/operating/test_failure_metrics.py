@@ -25,35 +25,41 @@ class _Down(BatchConsumer[bytes]):
         return body
 
     async def handle(self, batch: Sequence[tuple[Delivery, bytes]]) -> Outcome:
-        raise BackendUnavailable("mysql unreachable: connection refused")
+        raise BackendUnavailable("mysql unreachable: connection refused", backend="mysql", cause="connection")
 
 
 class _Queue:
     def __init__(self) -> None:
-        self.retried: list[Delivery] = []
+        self.released: list[Delivery] = []
 
-    async def retry(self, topic: str, deliveries: Sequence[Delivery]) -> None:
-        self.retried.extend(deliveries)
+    async def release(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        self.released.extend(deliveries)
 
 
-async def test_an_outage_counts_as_a_store_error_and_its_jobs_as_retried() -> None:
+async def test_an_outage_counts_as_a_store_error_by_cause_and_its_jobs_as_retried() -> None:
     queue = _Queue()
     consumer = _Down(queue, batch_size=10, batch_wait=0, max_attempts=3)  # type: ignore[arg-type]
     errors = _value("chatd_backend_errors_total", backend="store", kind="unavailable")
+    outages = _value("chatd_backend_unavailable_total", backend="mysql", cause="connection")
     retried = _value("chatd_jobs_retried_total", topic="messages")
     assert not await consumer.process([Delivery(b"a"), Delivery(b"b")])
     assert _value("chatd_backend_errors_total", backend="store", kind="unavailable") == errors + 1
+    assert _value("chatd_backend_unavailable_total", backend="mysql", cause="connection") == outages + 1
     assert _value("chatd_jobs_retried_total", topic="messages") == retried + 2
-    assert len(queue.retried) == 2
+    assert len(queue.released) == 2  # given back without spending an attempt
     assert (consumer.tally.done, consumer.tally.retried, consumer.tally.dead) == (0, 2, 0)
 
 
-def test_backend_errors_are_told_apart_by_the_engine_named() -> None:
-    assert metrics.backend_of(BackendUnavailable("rabbitmq: not connected")) == "broker"
-    assert metrics.backend_of(BackendUnavailable("elasticsearch index: HTTP 503")) == "search"
-    assert metrics.backend_of(BackendUnavailable("mysql did not answer in time")) == "store"
-    assert metrics.backend_of(BackendUnavailable("redis unavailable: ConnectionError")) == "redis"
-    assert metrics.backend_of(BackendUnavailable("timed out waiting for another process's")) == "other"
+def test_backend_errors_are_told_apart_by_their_type_not_their_text() -> None:
+    def outage(backend: str, message: str = "mysql: misleading text") -> BackendUnavailable:
+        return BackendUnavailable(message, backend=backend, cause="connection")
+
+    assert metrics.backend_of(outage("rabbitmq")) == "broker"
+    assert metrics.backend_of(outage("elasticsearch")) == "search"
+    assert metrics.backend_of(outage("mysql", "rabbitmq: the text names another engine")) == "store"
+    assert metrics.backend_of(outage("sqlite")) == "store"
+    assert metrics.backend_of(outage("redis")) == "redis"
+    assert metrics.backend_of(BackendUnavailable("mysql: no type given")) == "other"
 
 
 async def test_a_crashed_loop_is_counted_as_restarted() -> None:

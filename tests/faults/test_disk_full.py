@@ -91,27 +91,42 @@ async def test_embedded_disk_full(tmp_path: Path, record_fault) -> None:  # type
 
 
 class SmallMariadb(PrivateMariadb):
-    """A private MariaDB whose files fit a small disk (16 MiB of redo log instead of 96)."""
+    """A private MariaDB whose files fit a small disk (16 MiB of redo log instead of 96), its logs elsewhere."""
+
+    def __init__(self, folder: Path, logs: Path):
+        super().__init__(folder)
+        self.logs = logs
+
+    @property
+    def log(self) -> Path:
+        return self.logs / "mariadb.log"
 
     def command(self) -> list[str]:
-        return [*super().command(), "--innodb-log-file-size=16M", "--skip-log-bin"]
+        command = [arg for arg in super().command() if not arg.startswith("--log-error=")]
+        return [*command, f"--log-error={self.logs}/mariadb-error.log", "--innodb-log-file-size=16M", "--skip-log-bin"]
 
 
 @asynccontextmanager
-async def mariadb_on_small_disk(size_mib: int) -> AsyncIterator[tuple[SmallMariadb, Path]]:
+async def mariadb_on_small_disk(size_mib: int, keep_logs: Path) -> AsyncIterator[tuple[SmallMariadb, Path]]:
+    """A private MariaDB whose data directory is a ``size_mib`` MiB tmpfs; its logs copied to ``keep_logs``."""
     # The mysql user must reach the folder: a tempfile directory, not pytest's tmp_path.
     folder = Path(tempfile.mkdtemp(prefix="chatd-diskfull-"))
+    logs = folder / "logs"
+    logs.mkdir()
+    shutil.chown(folder, "mysql", "mysql")
+    shutil.chown(logs, "mysql", "mysql")
     try:
         with small_disk(folder / "data", size_mib, owner="mysql") as data:
-            async with running(SmallMariadb(folder)) as server:
+            async with running(SmallMariadb(folder, logs)) as server:
                 yield server, data
     finally:
+        shutil.copytree(logs, keep_logs, dirs_exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.real
 async def test_mariadb_disk_full(tmp_path: Path, record_fault) -> None:  # type: ignore[no-untyped-def]
-    async with mariadb_on_small_disk(192) as (mariadb, data):
+    async with mariadb_on_small_disk(192, tmp_path / "mariadb-logs") as (mariadb, data):
         namespace = Namespace("real", tmp_path)
         async with mysql_connection(url=mariadb.url) as conn, conn.cursor() as cursor:
             await cursor.execute(f"CREATE DATABASE `{namespace.name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")

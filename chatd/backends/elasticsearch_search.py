@@ -30,7 +30,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
-from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, SerializationError, TransportError
+from elasticsearch import (
+    ApiError,
+    AsyncElasticsearch,
+    BadRequestError,
+    ConnectionTimeout,
+    SerializationError,
+    TransportError,
+)
 from elasticsearch.serializer import OrjsonSerializer
 
 from chatd.backends.lifecycle import Lifecycle
@@ -56,18 +63,51 @@ def _retryable(status: int) -> bool:
     return status in _RETRYABLE or status >= 500
 
 
+def _cause_of_status(status: int, error_type: str | None = None) -> str:
+    """The BackendUnavailable cause of a refusal Elasticsearch will lift by itself."""
+    if error_type in _RETRYABLE_ITEM_ERRORS:
+        return "blocked"  # read-only after the flood-stage disk watermark (429), or an operator's block (403)
+    if status == 408:
+        return "timeout"
+    if status == 429:
+        return "overloaded"  # a full write or search thread pool queue, a circuit breaker
+    return "unavailable" if status in (502, 503, 504) else "server_error"
+
+
+def _error_type(exc: ApiError) -> str | None:
+    """The ``error.type`` of an error answer (``cluster_block_exception``, say), if it has one."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    return error.get("type") if isinstance(error, dict) else None
+
+
+def outage_of(exc: BaseException, action: str) -> BackendUnavailable | None:
+    """The BackendUnavailable an elasticsearch-py error means, or None for an error in the request."""
+    if isinstance(exc, SerializationError):
+        return None
+    if isinstance(exc, TransportError):  # connection refused or lost, timeout, TLS
+        cause = "timeout" if isinstance(exc, ConnectionTimeout) else "connection"
+        return BackendUnavailable(f"elasticsearch {action}: {exc}", backend="elasticsearch", cause=cause)
+    if isinstance(exc, ApiError):
+        error_type = _error_type(exc)
+        if not (_retryable(exc.meta.status) or error_type in _RETRYABLE_ITEM_ERRORS):
+            return None
+        return BackendUnavailable(
+            f"elasticsearch {action}: HTTP {exc.meta.status} {exc.message}",
+            backend="elasticsearch",
+            cause=_cause_of_status(exc.meta.status, error_type),
+        )
+    return None
+
+
 @contextmanager
 def _outage(action: str) -> Iterator[None]:
-    """Turn "the server cannot answer" into BackendUnavailable; let data errors through."""
+    """Turn "the server cannot answer now" into BackendUnavailable; let data errors through."""
     try:
         yield
-    except SerializationError:
-        raise
-    except TransportError as exc:  # connection refused or lost, timeout, TLS
-        raise BackendUnavailable(f"elasticsearch {action}: {exc}") from exc
-    except ApiError as exc:
-        if _retryable(exc.meta.status):
-            raise BackendUnavailable(f"elasticsearch {action}: HTTP {exc.meta.status} {exc.message}") from exc
+    except (TransportError, ApiError) as exc:
+        if (outage := outage_of(exc, action)) is not None:
+            raise outage from exc
         raise
 
 
@@ -199,7 +239,9 @@ class ElasticsearchIndex(Lifecycle):
                 index=self.index_name, timeout=f"{int(self.ping_timeout * 500)}ms"
             )
         if health["status"] == "red":
-            raise BackendUnavailable(f"elasticsearch index {self.index_name} is red")
+            raise BackendUnavailable(
+                f"elasticsearch index {self.index_name} is red", backend="elasticsearch", cause="index_red"
+            )
 
     async def destroy(self) -> None:
         """Delete the index and everything in it."""
@@ -255,8 +297,11 @@ class ElasticsearchIndex(Lifecycle):
         if rejected:
             raise SearchRejected(rejected)
         if len(retry) == len(documents):
+            first = items[0]["index"]
             raise BackendUnavailable(
-                f"elasticsearch refused all {len(documents)} documents, e.g. {items[0]['index'].get('error')}"
+                f"elasticsearch refused all {len(documents)} documents, e.g. HTTP {first['status']} {first['error']}",
+                backend="elasticsearch",
+                cause=_cause_of_status(first["status"], first["error"].get("type")),
             )
         logger.warning("elasticsearch: %d of %d documents to retry", len(retry), len(documents))
         return retry
@@ -315,7 +360,11 @@ class ElasticsearchIndex(Lifecycle):
                 timeout=f"{int(self.search_timeout * 1000)}ms",
             )
         if response.get("timed_out"):
-            raise BackendUnavailable(f"elasticsearch search: took longer than {self.search_timeout} s")
+            raise BackendUnavailable(
+                f"elasticsearch search: took longer than {self.search_timeout} s",
+                backend="elasticsearch",
+                cause="timeout",
+            )
         hits = [
             SearchHit(
                 hit["_source"]["message_number"], hit["_source"]["content"], parse_time(hit["_source"]["created_at"])

@@ -551,7 +551,9 @@ class AmqpQueue(Lifecycle):
             logger.info("%s: split a returned message into its %d jobs", topic, len(envelope.bodies))
             try:
                 await envelope.message.ack()
-            except _OUTAGE as exc:
+            except Exception as exc:
+                if not _is_outage(exc):
+                    raise
                 logger.warning("%s: could not ack a split message (%r); its jobs will come twice", topic, exc)
         else:
             logger.warning("%s: could not split a returned message (%r); handing it out whole", topic, failure)

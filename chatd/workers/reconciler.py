@@ -1,4 +1,5 @@
-"""The reconciler: folds pending count changes into chats_count and messages_count."""
+"""The reconciler: folds pending count changes into chats_count and messages_count, and sweeps
+expired idempotency keys."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Reconciler:
         self.owner = secrets.token_hex(8)
         self.batch = 10_000
         self.runs = 0  # finished here, for the shutdown report
+        self.clock: Callable[[], float] = time.time  # seconds since the epoch, for key expiry
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Reconcile every ``interval`` until ``stopping``; an outage is waited out here.
@@ -77,6 +79,8 @@ class Reconciler:
                     await self.forget_applications(folded.application_tokens)
                     if folded.deltas < self.batch:
                         break
+                # Expired idempotency keys, a batch a run: each is one small row (no job, no content).
+                await self.store.forget_idempotency_keys(self.clock(), self.batch)
             finally:
                 await self.lock.release(LOCK_NAME, self.owner)
         except Exception:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from chatd.domain import CountsReconciled
+from chatd.domain import CountsReconciled, NumberScope
 from chatd.errors import BackendUnavailable
+from chatd.numbering import NumberRequest, Taken
+from chatd.ports import Backends
 from chatd.workers import reconciler as reconciling
 from chatd.workers.reconciler import Reconciler
 from tests.factories import eventually
@@ -24,6 +26,9 @@ class StoreDownAtFirst:
             raise BackendUnavailable("sqlite disk_full (test)", backend="sqlite", cause="disk_full")
         self.folds += 1
         return CountsReconciled(0, [])
+
+    async def forget_idempotency_keys(self, now: float, limit: int = 10_000) -> int:
+        return 0
 
 
 class FreeLock:
@@ -69,3 +74,15 @@ async def test_an_outage_is_waited_out_in_the_loop_with_a_growing_bounded_wait(m
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_run_sweeps_expired_idempotency_keys(backends: Backends) -> None:
+    store = backends.store
+    chat = NumberScope(1, 1)
+    reconciler = Reconciler(store, backends.lock, interval=1.0, forget_applications=_nothing)
+    now = reconciler.clock()
+    assert await store.take_numbers([NumberRequest(chat, "old", "f")], now - 100, 60) == [Taken(1)]
+    assert await store.take_numbers([NumberRequest(chat, "live", "f")], now, 60) == [Taken(2)]
+    assert await reconciler.reconcile_once()
+    assert await store.forget_idempotency_keys(now) == 0  # the run swept the expired one already
+    assert await store.take_numbers([NumberRequest(chat, "live", "f")], now, 60) == [Taken(2, replayed=True)]

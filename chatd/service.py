@@ -16,6 +16,7 @@ import orjson
 
 from chatd import jobs, logs, tracing
 from chatd.accepting import Acceptor
+from chatd.caching import OptionalCache
 from chatd.domain import (
     Application,
     Chat,
@@ -64,7 +65,7 @@ class ChatService:
     ):
         self.backends = backends
         self.store = backends.store
-        self.cache = backends.cache
+        self.cache = OptionalCache(backends.cache)
         self.queue = backends.queue
         self.search_index = backends.search
         self.cache_ttl = cache_ttl

@@ -51,7 +51,7 @@ async def test_a_redis_that_forgets_everything_changes_no_number(api: Api) -> No
     token = await api.create_application()
     chat = await api.create_chat(token)
     before = [await api.create_message(token, chat, f"before {n}", idempotency_key=f"k{n}") for n in range(5)]
-    destroy = getattr(api.service.cache, "destroy", None)
+    destroy = getattr(api.service.backends.cache, "destroy", None)
     if destroy is not None:
         await destroy()
     after = [await api.create_message(token, chat, f"after {n}") for n in range(5)]

@@ -143,3 +143,13 @@ def test_error_replies_by_cause(reply: str, cause: str | None) -> None:
     exc.args = (f"Command # 1 (SET k v) of pipeline caused error: {reply}",)
     if cause is not None and type(exc) is ResponseError:
         assert outage_of(exc) is not None and outage_of(exc).cause == cause  # type: ignore[union-attr]
+
+
+def test_client_side_failures_by_cause() -> None:
+    from redis.exceptions import BusyLoadingError, ConnectionError, DataError, TimeoutError
+
+    assert outage_of(TimeoutError("Timeout reading from socket")).cause == "timeout"  # type: ignore[union-attr]
+    assert outage_of(ConnectionError("Connection refused")).cause == "connection"  # type: ignore[union-attr]
+    assert outage_of(BusyLoadingError("loading")).cause == "loading"  # type: ignore[union-attr]
+    assert outage_of(ConnectionResetError()).cause == "connection"  # type: ignore[union-attr]
+    assert outage_of(DataError("Invalid input of type: 'dict'")) is None

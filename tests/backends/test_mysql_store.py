@@ -304,3 +304,15 @@ async def test_store_recovers_after_a_server_restart(private_mariadb: PrivateMar
         await store.ping()
     finally:
         await store.close()
+
+
+async def test_numbering_without_returning_as_on_mysql(store: MysqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MySQL has no INSERT ... RETURNING: the counters are read back in the same transaction."""
+    from chatd.backends import mysql_numbers
+
+    monkeypatch.setattr(mysql_numbers, "returns_rows", lambda cursor: False)
+    scope = NumberScope(1, 1)
+    groups = [[NumberRequest(scope), NumberRequest(NumberScope(1, 2))] for _ in range(10)]
+    results = await asyncio.gather(*(store.take_numbers(group, 0.0, 60) for group in groups))
+    assert sorted(taken[0].number for taken in results) == list(range(1, 11))
+    assert sorted(taken[1].number for taken in results) == list(range(1, 11))

@@ -35,6 +35,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.real, pytest.mark.timeout(600)]
 
 # The writes a fault takes back: this many seconds of the load's.
 ROLLBACK_SECONDS = 3.0
+# Marker keys of the test's, written just before and just after the state the fault goes back to.
+BEFORE, AFTER = "chatd-fault:before-snapshot", "chatd-fault:after-snapshot"
 
 
 class PersistentRedis(PrivateRedis):
@@ -64,17 +66,18 @@ async def test_redis_rdb_snapshot_killed(tmp_path: Path, record_fault) -> None: 
 
     async def fault(cluster: Cluster) -> None:
         async with aioredis.from_url(redis.url) as client:
+            await client.set(BEFORE, b"1")
             before = await client.lastsave()
             await client.bgsave()
             deadline = time.monotonic() + 30
             while await client.lastsave() == before:
                 assert time.monotonic() < deadline, "BGSAVE did not finish in 30 s"
                 await asyncio.sleep(0.05)
+            await client.set(AFTER, b"1")
         await asyncio.sleep(ROLLBACK_SECONDS)  # the load goes on past the snapshot
         redis.kill()
         await redis.start()
-        async with aioredis.from_url(redis.url) as client:
-            assert await client.dbsize() > 0, "the snapshot was not loaded: this is a wiped Redis, not an older one"
+        await came_back_older(redis.url)
 
     async with running(redis):
         namespace = Namespace("real", tmp_path)
@@ -97,16 +100,18 @@ async def test_redis_aof_tail_cut(tmp_path: Path, record_fault) -> None:  # type
 
     async def fault(cluster: Cluster) -> None:
         aof = last_incr()
-        kept = aof.stat().st_size
+        async with aioredis.from_url(redis.url) as client:
+            await client.set(BEFORE, b"1")  # in the file once answered (appendfsync everysec writes first)
+            kept = aof.stat().st_size
+            await client.set(AFTER, b"1")
         await asyncio.sleep(ROLLBACK_SECONDS)  # written by Redis, not yet on a disk that loses power
         redis.kill()
-        assert aof.stat().st_size > kept + 16, "the load wrote nothing to Redis meanwhile"
+        assert aof.stat().st_size > kept + 16, "nothing was written to the AOF meanwhile"
         # What a power loss leaves: the file as it was seconds ago, plus the start of a command.
         with open(aof, "r+b") as file:
             file.truncate(kept + 7)
         await redis.start()
-        async with aioredis.from_url(redis.url) as client:
-            assert await client.dbsize() > 0, "the AOF was not loaded"
+        await came_back_older(redis.url)
 
     async with running(redis):
         namespace = Namespace("real", tmp_path)
@@ -120,12 +125,13 @@ async def test_redis_rolled_back_while_serving(tmp_path: Path, record_fault) -> 
 
     async def fault(cluster: Cluster) -> None:
         async with aioredis.from_url(REDIS_URL) as client:
+            await client.set(prefix + BEFORE, b"1")
             snapshot: dict[bytes, tuple[bytes, int]] = {}
             async for key in client.scan_iter(match=prefix + "*", count=1000):
                 data, ttl = await client.pipeline(transaction=True).dump(key).pttl(key).execute()
                 if data is not None:
                     snapshot[key] = (data, ttl)
-            assert snapshot, f"chatd has no keys under {prefix!r}"
+            await client.set(prefix + AFTER, b"1")
             await asyncio.sleep(ROLLBACK_SECONDS)
             # Back to the snapshot: its keys as they were (with their time to live), the others gone.
             later = {key async for key in client.scan_iter(match=prefix + "*", count=1000)}
@@ -135,6 +141,7 @@ async def test_redis_rolled_back_while_serving(tmp_path: Path, record_fault) -> 
             for key, (data, ttl) in snapshot.items():
                 pipe.restore(key, max(ttl, 0), data, replace=True)
             await pipe.execute()
+        await came_back_older(REDIS_URL, prefix)
 
     cluster = Cluster(namespace, tmp_path)
     await survive("redis rolled back 3 s while serving", cluster, fault, record_fault)
@@ -157,12 +164,15 @@ async def test_redis_failover_to_lagging_replica(tmp_path: Path, record_fault) -
                 await in_sync(primary, replica)
 
             async def fault(cluster: Cluster) -> None:
-                await in_sync(primary, replica)
-                await toxiproxy.partition("replication")
+                async with aioredis.from_url(primary.url) as client:
+                    await client.set(BEFORE, b"1")
+                    await in_sync(primary, replica)
+                    await toxiproxy.partition("replication")
+                    await client.set(AFTER, b"1")
                 await asyncio.sleep(ROLLBACK_SECONDS)  # the primary takes writes the replica never sees
                 async with aioredis.from_url(replica.url) as client:
                     await client.execute_command("REPLICAOF", "NO", "ONE")
-                    assert await client.dbsize() > 0
+                await came_back_older(replica.url)
                 await toxiproxy.set_upstream("redis", replica.port)  # the failover: chatd now reaches the replica
 
             namespace = Namespace("real", tmp_path)
@@ -170,6 +180,17 @@ async def test_redis_failover_to_lagging_replica(tmp_path: Path, record_fault) -
             await survive(
                 "redis failover to a replica 3 s behind", cluster, fault, record_fault, load_started=caught_up
             )
+
+
+async def came_back_older(url: str, prefix: str = "") -> None:
+    """Redis at ``url`` holds what it held before the fault's snapshot, not what came after: older, not empty.
+
+    (chatd may keep nothing in Redis that outlives a request: the markers, written before and
+    after the snapshot, prove the fault happened as meant.)
+    """
+    async with aioredis.from_url(url) as client:
+        assert await client.exists(prefix + BEFORE) == 1, "Redis came back empty, not older"
+        assert await client.exists(prefix + AFTER) == 0, "Redis kept a write made after the snapshot"
 
 
 async def in_sync(primary: PrivateRedis, replica: PrivateRedis, timeout: float = 30.0) -> None:

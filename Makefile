@@ -54,8 +54,9 @@ $(TOXIPROXY):
 	mv $(BIN)/.toxiproxy-build/server $@ && rmdir $(BIN)/.toxiproxy-build
 
 # 30 minutes at half the measured capacity on the real set, a fault every 3 minutes; RSS and lag
-# sampled (tests/faults/soak.py). Not part of `make test`. SOAK_ARGS="--minutes 3" for a trial.
+# sampled (tests/faults/soak.py; the chart needs matplotlib, from the bench extra). Not part of `make test`. SOAK_ARGS="--minutes 3" for a trial.
 soak: install services toxiproxy
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m tests.faults.soak $(SOAK_ARGS)
 
 lint: install

@@ -192,10 +192,11 @@ async def soak(minutes: float, fault_every: float, out: Path) -> int:
             if fault_task is not None:
                 await fault_task
             result = await load.stop()
+            achieved = len(result.acked_messages) / (time.monotonic() - started)
             verdict = await converged(namespace.name, cluster, token, result, timeout=300)
             drift = samples.drift(warm_up=min(180.0, minutes * 60 / 3))
             table = out / "soak-table.md"
-            write_table(table, samples, measured, rate, verdict, drift, result.statuses)
+            write_table(table, samples, measured, rate, achieved, verdict, drift, result.statuses)
             charted = samples.chart(out / "soak.png")
             print(table.read_text())
             print(f"chart: {out / 'soak.png'}" if charted else "chart: matplotlib is not installed, none drawn")
@@ -207,13 +208,14 @@ async def soak(minutes: float, fault_every: float, out: Path) -> int:
             await namespace.cleanup()
 
 
-def write_table(path: Path, samples: Samples, measured: float, rate: float, verdict, drift, statuses) -> None:  # type: ignore[no-untyped-def]
+def write_table(path: Path, samples: Samples, measured: float, rate: float, achieved: float, verdict, drift, statuses) -> None:  # type: ignore[no-untyped-def]
     names = list(samples.rows[0][1]) if samples.rows else []
     lines = [
-        f"Soak: capacity {measured:.0f} messages/s (one api, wrk -c64), load at {rate:.0f}/s; "
+        f"Soak: capacity {measured:.0f} messages/s (one api, wrk -c64), load asked {rate:.0f}/s, "
+        f"acked {achieved:.0f}/s; "
         f"{len(samples.rows)} samples every {SAMPLE_SECONDS:g} s.",
         "",
-        "| minute | " + " | ".join(f"{n} RSS MiB" for n in names) + " | lag s | fault |",
+        "| minute | " + " | ".join(f"{n} RSS MiB" for n in names) + " | lag s (-1: probe not acked) | fault |",
         "|---|" + "---|" * len(names) + "---|---|",
     ]
     for elapsed, rss, lag, event in samples.rows:

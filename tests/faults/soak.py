@@ -208,7 +208,9 @@ async def soak(minutes: float, fault_every: float, out: Path) -> int:
             await namespace.cleanup()
 
 
-def write_table(path: Path, samples: Samples, measured: float, rate: float, achieved: float, verdict, drift, statuses) -> None:  # type: ignore[no-untyped-def]
+def write_table(  # type: ignore[no-untyped-def]
+    path: Path, samples: Samples, measured: float, rate: float, achieved: float, verdict, drift, statuses
+) -> None:
     names = list(samples.rows[0][1]) if samples.rows else []
     lines = [
         f"Soak: capacity {measured:.0f} messages/s (one api, wrk -c64), load asked {rate:.0f}/s, "

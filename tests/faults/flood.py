@@ -107,15 +107,3 @@ async def capacity(api_url: str, token: str, chat: int, *, seconds: float = 3.0,
     """Messages created a second by one api process under wrk -c64 (as `make bench` measures acceptance)."""
     measured = await flood(api_url, token, chat, seconds=seconds, connections=64, timeout=timeout, threads=1)
     return measured.created_per_second
-
-
-def rss_mib(pid: int) -> float:
-    """A process's resident set size, in MiB (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0.0

@@ -28,8 +28,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from bench.procstat import rss_mib
 from tests.conftest import ELASTICSEARCH_URL, MYSQL_URL, Namespace
-from tests.faults.flood import capacity, rss_mib
+from tests.faults.flood import capacity
 from tests.faults.load import LoadClient
 from tests.faults.test_faults import (
     Cluster,

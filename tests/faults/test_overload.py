@@ -20,8 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.procstat import rss_mib
 from tests.conftest import Namespace
-from tests.faults.flood import Flood, capacity, flood, rss_mib
+from tests.faults.flood import Flood, capacity, flood
 from tests.faults.load import LATE_MARGIN, LoadClient, request_deadline
 from tests.faults.test_faults import Cluster, survive
 from tests.processes import application_and_chat

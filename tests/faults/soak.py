@@ -170,7 +170,7 @@ async def soak(minutes: float, fault_every: float, out: Path) -> int:
                 for _ in range(2):
                     async with session.post(f"{api}/applications/{token}/chats") as response:
                         chats.append(int((await response.json())["number"]))
-            load = LoadClient(cluster.api_urls, token, chats, concurrency=32, pause=0.0, rate=rate, max_sends=10**9)
+            load = LoadClient(cluster.api_urls, token, chats, concurrency=96, pause=0.0, rate=rate, max_sends=10**9)
             await load.start()
             samples = Samples()
             started = time.monotonic()

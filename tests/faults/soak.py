@@ -88,23 +88,32 @@ async def probe_lag(api_url: str, token: str, chat: int, timeout: float = 60.0) 
 
 class Samples:
     def __init__(self) -> None:
-        self.rows: list[tuple[float, dict[str, float], float, str]] = []  # (t, rss by process, lag, event)
+        self.rows: list[tuple[float, dict[str, float], float, str]] = []  # (t, rss by process slot, lag, event)
+        self.pids: list[dict[str, int]] = []  # the process in each slot at each sample
 
-    def add(self, elapsed: float, rss: dict[str, float], lag: float, event: str) -> None:
+    def add(self, elapsed: float, rss: dict[str, float], pids: dict[str, int], lag: float, event: str) -> None:
         self.rows.append((elapsed, rss, lag, event))
+        self.pids.append(pids)
         cells = "  ".join(f"{name} {mib:6.1f}" for name, mib in rss.items())
         print(f"{elapsed / 60:6.1f} min  {cells}  lag {lag:6.2f} s  {event}", flush=True)
 
     def drift(self, warm_up: float) -> dict[str, float]:
-        """Per process slot: (last - first after warm-up) / first, over the samples after ``warm_up`` seconds."""
-        later = [row for row in self.rows if row[0] >= warm_up]
+        """Per process (slot and pid): (last - first) / first over its samples once it had run ``warm_up`` seconds.
+
+        A fault restarts processes: a restarted one has a warm-up of its own, and one that did not
+        live ``warm_up`` plus two samples is not judged.
+        """
+        series: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for (elapsed, rss, _, _), pids in zip(self.rows, self.pids, strict=True):
+            for name, mib in rss.items():
+                if mib > 0:
+                    series.setdefault((name, pids.get(name, 0)), []).append((elapsed, mib))
         result: dict[str, float] = {}
-        if len(later) < 2:
-            return result
-        for name in later[0][1]:
-            first, last = later[0][1].get(name, 0.0), later[-1][1].get(name, 0.0)
-            if first > 0:
-                result[name] = (last - first) / first
+        for (name, pid), points in series.items():
+            born = points[0][0]
+            warm = [mib for elapsed, mib in points if elapsed - born >= warm_up]
+            if len(warm) >= 2:
+                result[f"{name} (pid {pid})"] = (warm[-1] - warm[0]) / warm[0]
         return result
 
     def chart(self, path: Path) -> bool:
@@ -187,8 +196,9 @@ async def soak(minutes: float, fault_every: float, out: Path) -> int:
                     event = name
                 slots = {f"{p.role}-{i}": p for i, p in enumerate(cluster.processes)}
                 rss = {name: rss_mib(p.process.pid) if p.process else 0.0 for name, p in slots.items()}
+                pids = {name: p.process.pid if p.process else 0 for name, p in slots.items()}
                 lag = await probe_lag(cluster.api_urls[-1], probe_token, probe_chat)
-                samples.add(time.monotonic() - started, rss, lag, event)
+                samples.add(time.monotonic() - started, rss, pids, lag, event)
                 await asyncio.sleep(max(0.0, SAMPLE_SECONDS - lag if lag > 0 else SAMPLE_SECONDS))
             if fault_task is not None:
                 await fault_task
@@ -228,7 +238,7 @@ def write_table(  # type: ignore[no-untyped-def]
         "",
         "RSS drift after warm-up (last / first - 1): "
         + ", ".join(f"{n} {d:+.1%}" for n, d in drift.items())
-        + " (a restarted process's slot starts over)",
+        + " (each process from its own warm-up: a restarted one starts over)",
         f"Verdict: {verdict.line()}",
         f"Answers: {dict(statuses)}",
     ]

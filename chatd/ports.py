@@ -7,7 +7,7 @@ Elasticsearch); the embedded backends implement the same contract, which
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -147,18 +147,6 @@ class Cache(Backend, Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
-
-    async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
-        """Set only if absent; True if this call set it."""
-
-    async def set_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> None:
-        """Set every key, in one round trip."""
-
-    async def add_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> dict[str, bool]:
-        """``add`` for every key, in one round trip: which of them this call set."""
-
-    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
-        """``get`` for every key, in one round trip."""
 
     async def delete(self, key: str) -> None: ...
 

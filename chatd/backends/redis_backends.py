@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -231,7 +231,7 @@ class _RedisPort(Lifecycle):
 
 
 class RedisCache(_RedisPort):
-    """Values with a TTL (millisecond precision); ``add`` is SET NX, atomic across processes."""
+    """Values with a TTL (millisecond precision)."""
 
     name = "redis-cache"
     namespace = "cache:"
@@ -243,29 +243,6 @@ class RedisCache(_RedisPort):
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
         await self.connection.run(self.connection.client.set(self._key(key), value, px=_milliseconds(ttl_seconds)))
-
-    async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
-        stored = await self.connection.run(
-            self.connection.client.set(self._key(key), value, px=_milliseconds(ttl_seconds), nx=True)
-        )
-        return bool(stored)
-
-    async def set_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> None:
-        pipe = self.connection.client.pipeline(transaction=False)
-        for key, value in values.items():
-            pipe.set(self._key(key), value, px=_milliseconds(ttl_seconds))
-        await self.connection.run(pipe.execute())
-
-    async def add_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> dict[str, bool]:
-        pipe = self.connection.client.pipeline(transaction=False)
-        for key, value in values.items():
-            pipe.set(self._key(key), value, px=_milliseconds(ttl_seconds), nx=True)
-        stored = await self.connection.run(pipe.execute())
-        return {key: bool(done) for key, done in zip(values, stored)}
-
-    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
-        values = await self.connection.run(self.connection.client.mget([self._key(key) for key in keys]))
-        return dict(zip(keys, cast("list[bytes | None]", values)))
 
     async def delete(self, key: str) -> None:
         await self.connection.run(self.connection.client.delete(self._key(key)))

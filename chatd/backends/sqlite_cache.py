@@ -8,7 +8,6 @@ Redis. (Numbers and idempotency keys are the store's: ``Store.take_numbers``.)
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
 
 from chatd.backends.sqlite_db import SqliteBacked
 
@@ -59,48 +58,18 @@ class SqliteCache(SqliteBacked):
         return None if row is None else bytes(row[0])
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
-        await self.db.transaction(lambda conn: self._put(conn, key, value, ttl_seconds, replace=True))
+        await self.db.transaction(lambda conn: self._put(conn, key, value, ttl_seconds))
 
-    async def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
-        return await self.db.transaction(lambda conn: self._put(conn, key, value, ttl_seconds, replace=False))
-
-    async def set_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> None:
-        def put_all(conn: sqlite3.Connection) -> None:
-            for key, value in values.items():
-                self._put(conn, key, value, ttl_seconds, replace=True)
-
-        await self.db.transaction(put_all)
-
-    async def add_many(self, values: Mapping[str, bytes], ttl_seconds: float) -> dict[str, bool]:
-        return await self.db.transaction(
-            lambda conn: {key: self._put(conn, key, value, ttl_seconds, replace=False) for key, value in values.items()}
-        )
-
-    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
-        def read(conn: sqlite3.Connection) -> dict[str, bytes | None]:
-            now = self.clock()
-            found: dict[str, bytes | None] = {}
-            for key in keys:
-                row = conn.execute(
-                    "SELECT value FROM embedded_cache WHERE key = ? AND expires > ?", (key, now)
-                ).fetchone()
-                found[key] = None if row is None else bytes(row[0])
-            return found
-
-        return await self.db.read(read)
-
-    def _put(self, conn: sqlite3.Connection, key: str, value: bytes, ttl: float, replace: bool) -> bool:
+    def _put(self, conn: sqlite3.Connection, key: str, value: bytes, ttl: float) -> None:
         now = self.clock()
         self._writes += 1
         if self._writes % 1000 == 0:
             conn.execute("DELETE FROM embedded_cache WHERE expires <= ?", (now,))
-        condition = "" if replace else " WHERE embedded_cache.expires <= excluded.expires - ?"
-        cursor = conn.execute(
+        conn.execute(
             "INSERT INTO embedded_cache (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE"
-            " SET value = excluded.value, expires = excluded.expires" + condition,
-            (key, value, now + ttl) + (() if replace else (ttl,)),
+            " SET value = excluded.value, expires = excluded.expires",
+            (key, value, now + ttl),
         )
-        return cursor.rowcount == 1
 
     async def delete(self, key: str) -> None:
         await self.db.transaction(lambda conn: conn.execute("DELETE FROM embedded_cache WHERE key = ?", (key,)))

@@ -139,28 +139,6 @@ async def test_cache_entries_expire_after_their_ttl(make_connection: Any) -> Non
     assert await eventually(gone, timeout=5, interval=0.02)
 
 
-async def test_add_sets_only_an_absent_key(make_connection: Any) -> None:
-    cache = RedisCache(await make_connection())
-    assert await cache.add("idem:x", b"", 30)
-    assert not await cache.add("idem:x", b"other", 30)
-    assert await cache.get("idem:x") == b""  # empty values are stored, and not replaced
-    await cache.set("idem:x", b"7", 30)
-    assert await cache.get("idem:x") == b"7"
-    await cache.delete("idem:x")
-    assert await cache.add("idem:x", b"8", 0.1)
-    assert await eventually(lambda: cache.add("idem:x", b"9", 30), timeout=5, interval=0.02)
-    assert await cache.get("idem:x") == b"9"
-
-
-async def test_exactly_one_concurrent_add_wins(make_connection: Any) -> None:
-    first = await make_connection()
-    second = await make_connection(prefix=first.prefix)
-    caches = [RedisCache(first), RedisCache(second)]
-    results = await asyncio.gather(*(caches[n % 2].add("idem:k", str(n).encode(), 30) for n in range(50)))
-    assert results.count(True) == 1
-    assert await caches[0].get("idem:k") == str(results.index(True)).encode()
-
-
 # Namespaces and lifecycle
 
 

@@ -15,20 +15,16 @@ def ports() -> tuple[str, ...]:
     return ("cache", "lock")
 
 
-async def test_cache_get_set_add_delete(backends: Backends) -> None:
+async def test_cache_get_set_delete(backends: Backends) -> None:
     cache = backends.cache
     assert await cache.get("a") is None
     await cache.set("a", b"1", 60)
     assert await cache.get("a") == b"1"
-    assert await cache.add("a", b"2", 60) is False
-    assert await cache.add("b", b"2", 60) is True
-    assert await cache.get("b") == b"2"
+    await cache.set("a", b"2", 60)  # a set replaces
+    assert await cache.get("a") == b"2"
+    await cache.set("b", b"3", 60)
     await cache.delete("a")
-    assert await cache.get("a") is None
-    await cache.set_many({"b": b"3", "c": b"4"}, 60)
-    assert (await cache.get("b"), await cache.get("c")) == (b"3", b"4")
-    assert await cache.add_many({"b": b"x", "d": b"5"}, 60) == {"b": False, "d": True}
-    assert await cache.get_many(["b", "d", "none"]) == {"b": b"3", "d": b"5", "none": None}
+    assert (await cache.get("a"), await cache.get("b")) == (None, b"3")
 
 
 async def test_lock_has_one_owner_until_released_or_expired(namespace: Namespace, backends: Backends) -> None:

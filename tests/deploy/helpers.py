@@ -10,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ import pytest
 
 from chatd.cli import _parser
 from chatd.settings import Settings
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -28,7 +33,11 @@ SYSTEMD = ROOT / "deploy" / "systemd"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # Only what these variables must be set to for the compose file to resolve at all.
-REQUIRED_ENV = {"CHATD_ADMIN_TOKEN": "test-admin-token"}
+REQUIRED_ENV = {
+    "CHATD_ADMIN_TOKEN": "test-admin-token",
+    "MARIADB_PASSWORD": "test-database-password",
+    "RABBITMQ_PASSWORD": "test-broker-password",
+}
 # Data services by image, with the port their image listens on and where it keeps its data.
 DATA_IMAGES = {
     "mariadb": (3306, "/var/lib/mysql"),
@@ -296,6 +305,95 @@ def http_block(nginx: Directive) -> Directive:
 def server_block(nginx: Directive) -> Directive:
     (server,) = http_block(nginx).find("server")
     return server
+
+
+def nginx_binary() -> str:
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if binary is None:
+        pytest.fail("the nginx binary is missing: apt-get install -y nginx (Makefile install step)")
+    return binary
+
+
+def local_nginx_conf(tmp_path: Path, listen: int, upstream: int, edits: dict[str, str] | None = None) -> Path:
+    """deploy/nginx.conf with the compose host names and ports made local, and temp paths writable.
+
+    ``edits`` replace text that must occur in the file (a shorter timeout for a test, say).
+    """
+    text = NGINX_CONF.read_text()
+    text, upstreams = re.subn(r"(\bserver\s+)api:\d+", rf"\g<1>127.0.0.1:{upstream}", text)
+    text, listens = re.subn(r"\blisten\s+\d+;", f"listen 127.0.0.1:{listen};", text)
+    assert upstreams == 1 and listens == 1
+    for old, new in (edits or {}).items():
+        assert old in text, f"nginx.conf has no {old!r} to edit"
+        text = text.replace(old, new)
+    temp = "".join(
+        f"    {kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = text.replace("http {\n", "http {\n" + temp, 1)
+    path = tmp_path / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def nginx_command(conf: Path) -> list[str]:
+    return [
+        nginx_binary(),
+        "-p",
+        str(conf.parent),
+        "-c",
+        str(conf),
+        "-e",
+        str(conf.parent / "error.log"),
+        "-g",
+        f"pid {conf.parent}/nginx.pid;",
+    ]
+
+
+class Gateway:
+    """The real nginx running deploy/nginx.conf in front of ``upstream`` (a local port).
+
+    What it writes is kept: its standard output (the access log), its standard error (the
+    error log the configuration names) and the start-up error log (``-e``). ``with Gateway(...)
+    as gateway:`` starts it and waits until it listens; leaving stops it, so every line is out.
+    """
+
+    def __init__(self, folder: Path, upstream: int, edits: dict[str, str] | None = None):
+        self.folder = folder
+        self.port = free_port()
+        self.conf = local_nginx_conf(folder, self.port, upstream, edits)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Gateway:
+        with open(self.folder / "stdout.log", "wb") as out, open(self.folder / "stderr.log", "wb") as err:
+            self.process = subprocess.Popen([*nginx_command(self.conf), "-g", "daemon off;"], stdout=out, stderr=err)
+        deadline = time.monotonic() + 10
+        while True:
+            assert self.process.poll() is None, self.error_log()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.05)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def access_log(self) -> list[str]:
+        return (self.folder / "stdout.log").read_text().splitlines()
+
+    def error_log(self) -> list[str]:
+        files = [self.folder / "stderr.log", self.folder / "error.log"]
+        return [line for path in files if path.exists() for line in path.read_text().splitlines()]
 
 
 # --- deploy/systemd ------------------------------------------------------------------------------

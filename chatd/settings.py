@@ -32,6 +32,14 @@ class Settings:
     # Empty: named after the MySQL database (``chatd.backends.registry.embedded_path``).
     embedded_path: str = ""
     admin_token: str | None = None
+    # Development only: list every application (every tenant's token) without the admin token.
+    # Off, ``GET /applications`` without ``CHATD_ADMIN_TOKEN`` answers 401 on every address:
+    # behind a gateway on the same host every client looks local. ``make run`` turns it on.
+    open_listing: bool = False
+    # Creating an application needs the admin token too (``CHATD_ADMIN_TOKEN`` must be set).
+    admin_creates_applications: bool = False
+    # Chats an application may have (0: no limit); past it a creation answers 403 chat_limit_reached.
+    max_chats_per_application: int = 100_000
     host: str = "127.0.0.1"
     port: int = 8080
     role: str = "all"
@@ -101,10 +109,18 @@ class Settings:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
         if not self.database_url.startswith(("sqlite://", "mysql://")):
             raise ValueError("CHATD_DATABASE_URL must start with sqlite:// or mysql://")
+        if self.admin_creates_applications and not self.admin_token:
+            raise ValueError(
+                "CHATD_ADMIN_CREATES_APPLICATIONS=1 needs CHATD_ADMIN_TOKEN: nobody could create an application"
+            )
+        if self.max_chats_per_application < 0:
+            raise ValueError("CHATD_MAX_CHATS_PER_APPLICATION must be 0 (no limit) or more")
 
 
 def _coerce(type_name: object, raw: str, name: str) -> Any:
     text = str(type_name)
+    if text.startswith("bool"):
+        return _flag(raw, name)
     try:
         if text.startswith("int"):
             return int(raw)
@@ -113,3 +129,15 @@ def _coerce(type_name: object, raw: str, name: str) -> Any:
     except ValueError as exc:
         raise ValueError(f"CHATD_{name.upper()} must be a number, not {raw!r}") from exc
     return raw
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(raw: str, name: str) -> bool:
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ValueError(f"CHATD_{name.upper()} must be 1 or 0 (true/false, yes/no, on/off), not {raw!r}")

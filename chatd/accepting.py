@@ -44,6 +44,14 @@ class Creation:
     make_job: JobMaker
 
 
+class CeilingReached(Exception):
+    """The scope has handed out every number its ceiling allows: nothing was taken or queued."""
+
+    def __init__(self, ceiling: int):
+        super().__init__(f"the ceiling of {ceiling} numbers is reached")
+        self.ceiling = ceiling
+
+
 class Acceptor:
     """Hands out numbers and queues creation jobs, grouping the requests that arrive together."""
 
@@ -75,14 +83,18 @@ class Acceptor:
         make_job: JobMaker,
         idempotency_key: str | None = None,
         fingerprint: str = "",
+        ceiling: int = 0,
     ) -> int:
         """Take the next number of ``scope``, queue ``make_job(number)`` durably, return the number.
+
+        With a ``ceiling`` (0: none), a request that would take a number above it raises
+        ``CeilingReached``; the check is in the numbering transaction, so no race passes it.
 
         With an idempotency key, a retry gets the number the key recorded and publishes its
         job again (workers store a number once), so whatever point the first attempt died at,
         the client's number ends up stored. Raises 503 at once when too many creations wait.
         """
-        creation = Creation(NumberRequest(scope, idempotency_key, fingerprint), topic, make_job)
+        creation = Creation(NumberRequest(scope, idempotency_key, fingerprint, ceiling), topic, make_job)
         try:
             return await self.groups.submit(creation)
         except Shed:
@@ -102,7 +114,9 @@ class Acceptor:
             return
         by_topic: dict[str, list[tuple[Waiting[Creation, int], Taken]]] = {}
         for waiting, answer in zip(group, taken):
-            if answer.key_reused:
+            if answer.limit_reached:
+                waiting.fail(CeilingReached(waiting.item.request.ceiling))
+            elif answer.key_reused:
                 waiting.fail(
                     Unprocessable(
                         "this Idempotency-Key was used with another request (body or chat); use a new key",

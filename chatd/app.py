@@ -73,6 +73,7 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
                 # The group's store work ends before the requests' deadline, so a store that
                 # stopped answering frees its group's slot for the next one.
                 numbering_timeout=settings.request_deadline_seconds * 0.8,
+                max_chats_per_application=settings.max_chats_per_application,
                 clock=clock,
             )
             app[keys.BACKENDS] = backends

@@ -27,6 +27,13 @@ class Unauthorized(ChatdError):
     code = "unauthorized"
 
 
+class Forbidden(ChatdError):
+    """Understood and refused, whoever asks: a limit of the deployment is reached."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ChatdError):
     status = 404
     code = "not_found"

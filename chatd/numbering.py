@@ -11,6 +11,12 @@ key's record exists exactly when its number was taken.
 transaction found, which requests need new numbers, which replay a recorded number, and
 which reuse a key for another request; then, given the counters' new values, every request's
 answer and the records to write. It does no I/O, so it is tested on its own.
+
+A scope may have a ceiling (an application's chats: ``CHATD_MAX_CHATS_PER_APPLICATION``). The
+counters are added to as usual, and a request whose new number would pass the ceiling is refused
+instead (``Taken.limit_reached``); the store then sets those counters back (``overshoot``) in the
+same transaction, which still holds their rows. So the ceiling is exact under any concurrency, and
+a group below its ceiling pays nothing for it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class NumberRequest:
     idempotency_key: str | None = None
     # What the request asks for (kind, chat, a hash of the content): a retry must match it.
     fingerprint: str = ""
+    # The highest number the scope may hand out; 0: no ceiling.
+    ceiling: int = 0
 
     @property
     def record_key(self) -> str | None:
@@ -47,6 +55,8 @@ class Taken(NamedTuple):
     replayed: bool = False
     # The key was used before for another request (another body or chat): no number (422).
     key_reused: bool = False
+    # The scope's ceiling was reached: no number was taken (403 chat_limit_reached).
+    limit_reached: bool = False
 
 
 class Record(NamedTuple):
@@ -69,8 +79,13 @@ class NumberingPlan:
         self.recorded = recorded
         # scope key -> how many new numbers, in request order
         self.counts: dict[str, int] = {}
+        # scope key -> its ceiling (the lowest a request of the group gave), for scopes that have one
+        self.ceilings: dict[str, int] = {}
         self._first_of_key: dict[str, int] = {}
         for index, request in enumerate(requests):
+            if request.ceiling > 0:
+                scope = request.scope.key
+                self.ceilings[scope] = min(self.ceilings.get(scope, request.ceiling), request.ceiling)
             key = request.record_key
             if key is not None and (key in recorded or key in self._first_of_key):
                 continue
@@ -88,13 +103,31 @@ class NumberingPlan:
             if key is None or self._first_of_key.get(key) == index:
                 number = next_number[request.scope.key]
                 next_number[request.scope.key] = number + 1
+                if number > self.ceilings.get(request.scope.key, number):
+                    answers.append(Taken(0, limit_reached=True))  # and its key stays unrecorded
+                    continue
                 answers.append(Taken(number))
                 if key is not None:
                     new_records[key] = Record(number, request.fingerprint)
                 continue
-            record = self.recorded.get(key) or new_records[key]
-            if record.fingerprint != request.fingerprint:
+            record = self.recorded.get(key) or new_records.get(key)
+            if record is None:  # the key's first request of this group met the ceiling
+                answers.append(Taken(0, limit_reached=True))
+            elif record.fingerprint != request.fingerprint:
                 answers.append(Taken(0, key_reused=True))
             else:
                 answers.append(Taken(record.number, replayed=True))
         return answers, new_records
+
+    def overshoot(self, last_numbers: Mapping[str, int]) -> dict[str, int]:
+        """Counters this group pushed past their ceiling, with the value to set each back to.
+
+        Back to the ceiling, or to where the counter stood if it was already past it (a ceiling
+        lowered since): the numbers refused are not handed out, so they are not burnt either.
+        """
+        back: dict[str, int] = {}
+        for scope, ceiling in self.ceilings.items():
+            last = last_numbers.get(scope)
+            if last is not None and last > ceiling:
+                back[scope] = max(last - self.counts.get(scope, 0), ceiling)
+        return back

@@ -113,8 +113,10 @@ class Store(Backend, Protocol):
         since the epoch), takes the next number of its scope's counter; a key is recorded with
         that number and the request's fingerprint until ``now + key_ttl_seconds``. A request whose
         key is recorded replays its number if the fingerprints match, else is refused
-        (``Taken.key_reused``). A number is handed out once: never again, whatever any other
-        server forgets. Answers are in the order of ``requests``.
+        (``Taken.key_reused``). A request whose new number would pass its ``ceiling`` takes none
+        (``Taken.limit_reached``) and leaves the counter at most at the ceiling (where it stood,
+        if above). A number is handed out once: never again, whatever any other server forgets.
+        Answers are in the order of ``requests``.
         """
 
     async def last_number(self, scope: NumberScope) -> int:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import orjson
 
 from chatd import jobs, logs, tracing
-from chatd.accepting import Acceptor
+from chatd.accepting import Acceptor, CeilingReached
 from chatd.caching import OptionalCache
 from chatd.domain import (
     Application,
@@ -29,7 +29,7 @@ from chatd.domain import (
     SearchHit,
     SearchResult,
 )
-from chatd.errors import NotFound, Pending
+from chatd.errors import Forbidden, NotFound, Pending
 from chatd.ports import Backends
 
 T = TypeVar("T")
@@ -61,6 +61,7 @@ class ChatService:
         groups_in_flight: int = 2,
         max_pending_creations: int = 1024,
         numbering_timeout: float = 5.0,
+        max_chats_per_application: int = 0,
         clock: Clock = utc_now,
     ):
         self.backends = backends
@@ -70,6 +71,8 @@ class ChatService:
         self.search_index = backends.search
         self.cache_ttl = cache_ttl
         self.clock = clock
+        # 0: no limit. Enforced where the number is taken (``NumberRequest.ceiling``).
+        self.max_chats_per_application = max_chats_per_application
         self.acceptor = Acceptor(
             backends.store,
             backends.queue,
@@ -124,7 +127,14 @@ class ChatService:
         def make_job(number: int) -> bytes:
             return jobs.encode_chat(ChatJob(app.id, number, self.clock()))
 
-        return await self.acceptor.accept(NumberScope(app.id), jobs.CHATS, make_job, idempotency_key, "chat")
+        try:
+            return await self.acceptor.accept(
+                NumberScope(app.id), jobs.CHATS, make_job, idempotency_key, "chat", self.max_chats_per_application
+            )
+        except CeilingReached as reached:
+            raise Forbidden(
+                f"this application has reached its limit of {reached.ceiling} chats", code="chat_limit_reached"
+            ) from None
 
     async def chat(self, token: str, number: int) -> Chat:
         app = await self.application(token)

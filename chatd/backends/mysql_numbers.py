@@ -6,7 +6,8 @@ idempotency rows a group inserts (in key order), then the counter rows (in scope
 
 Round trips: one for a group without keys on MariaDB (add to the counters, RETURNING their new
 values; two on MySQL, which reads them back), two more with keys (read the live records first,
-write the new ones last), and the COMMIT.
+write the new ones last), and the COMMIT. A group that met a chat ceiling takes one more, to set
+the counters it passed back (``NumberingPlan.overshoot``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ async def take_numbers(
     plan = NumberingPlan(requests, await _recorded(cursor, keys, now) if keys else {})
     last_numbers = await _add_to_counters(cursor, plan.counts) if plan.counts else {}
     answers, records = plan.finish(last_numbers)
+    overshoot = plan.overshoot(last_numbers)
+    if overshoot:  # only a group that met a ceiling: the counter rows are still ours
+        await _set_counters(cursor, overshoot)
     if records:
         await _record(cursor, records, now, key_ttl_seconds)
     return answers
@@ -94,6 +98,13 @@ async def _add_to_counters(cursor: aiomysql.Cursor, counts: dict[str, int]) -> d
 def returns_rows(cursor: aiomysql.Cursor) -> bool:
     """Whether the server answers ``INSERT ... RETURNING`` (MariaDB 10.5 and later; MySQL does not)."""
     return "MariaDB" in (cursor.connection.get_server_info() or "")
+
+
+async def _set_counters(cursor: aiomysql.Cursor, values: dict[str, int]) -> None:
+    await cursor.executemany(
+        "UPDATE number_counters SET last_number = %s WHERE scope = %s",
+        [(last, scope) for scope, last in sorted(values.items())],
+    )
 
 
 async def _record(cursor: aiomysql.Cursor, records: dict[str, Record], now: float, key_ttl_seconds: float) -> None:

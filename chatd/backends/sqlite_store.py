@@ -237,6 +237,10 @@ class SqliteStore(SqliteBacked):
                 ).fetchall()
                 last_numbers[scope] = int(rows[0][0])
             answers, records = plan.finish(last_numbers)
+            conn.executemany(  # numbers refused at a ceiling are given back (rarely any)
+                "UPDATE number_counters SET last_number = ? WHERE scope = ?",
+                [(last, scope) for scope, last in plan.overshoot(last_numbers).items()],
+            )
             conn.executemany(
                 "INSERT INTO idempotency_keys (idempotency_key, number, fingerprint, expires_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (idempotency_key) DO UPDATE SET number = excluded.number,"

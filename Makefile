@@ -18,12 +18,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# Development: GET /applications lists every token without an admin token (CHATD_OPEN_LISTING=1).
 run: install
-	$(BIN)/chatd serve --host 127.0.0.1 --port 8080
+	CHATD_OPEN_LISTING=1 $(BIN)/chatd serve --host 127.0.0.1 --port 8080
 
 # The same program on MariaDB, Redis, RabbitMQ and Elasticsearch (after `make services`).
 run-real: install
-	set -a && eval "$$(bash scripts/services.sh env)" && set +a && $(BIN)/chatd migrate && $(BIN)/chatd serve --host 127.0.0.1 --port 8080
+	set -a && eval "$$(bash scripts/services.sh env)" && set +a && $(BIN)/chatd migrate && CHATD_OPEN_LISTING=1 $(BIN)/chatd serve --host 127.0.0.1 --port 8080
 
 services:
 	bash scripts/services.sh up

@@ -42,6 +42,7 @@ def create_app(
         # The hot path first: aiohttp tries the resources under one prefix in order.
         for module in (messages, chats, applications, docs, events, page):
             add_routes(app, module.routes)
+        applications.warn_about_access(settings)
     workers = settings.role in ("all", "worker") if run_workers is None else run_workers
     # Live events: the store announces what it stored through the fan-out (every role);
     # api processes deliver the announcements to their subscribers.

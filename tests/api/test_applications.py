@@ -29,12 +29,15 @@ async def test_show_and_rename(api: Api) -> None:
         assert (await api.get_json(f"/applications/{token}"))["name"] == name  # cache invalidated at once
 
 
-async def test_list_is_paginated(api: Api) -> None:
+async def test_list_is_paginated(make_api) -> None:  # type: ignore[no-untyped-def]
+    api = await make_api(admin_token="s3cret")
     tokens = [await api.create_application(f"App {n}") for n in range(3)]
-    body = await api.get_json("/applications?page=2&per_page=2")
+    admin = {"Authorization": "Bearer s3cret"}
+    response = await api.client.get("/applications?page=2&per_page=2", headers=admin)
+    body = await response.json()
     assert [app["token"] for app in body["data"]] == tokens[2:]
     assert body["meta"] == {"page": 2, "per_page": 2, "total": 3, "total_pages": 2}
-    body = await api.get_json("/applications")
+    body = await (await api.client.get("/applications", headers=admin)).json()
     assert body["meta"]["per_page"] == 20 and len(body["data"]) == 3
 
 
@@ -89,7 +92,8 @@ async def test_bad_bodies_get_json_4xx(api: Api, body: bytes, status: int, code:
 
 
 @pytest.mark.parametrize("query", ["page=0", "page=-1", "page=abc", "per_page=0", "per_page=101", "page=1.5"])
-async def test_bad_paging_is_400(api: Api, query: str) -> None:
+async def test_bad_paging_is_400(make_api, query: str) -> None:  # type: ignore[no-untyped-def]
+    api = await make_api(open_listing=True)
     response = await api.client.get(f"/applications?{query}")
     assert response.status == 400
     assert (await response.json())["error"]["code"] == "invalid_parameter"

@@ -147,9 +147,7 @@ async def test_real_answers_match_the_description(api: Api) -> None:
         (b'{"content": "' + b"x" * 70_000 + b'"}', 413, "body_too_large"),
     ):
         await expect(api, "POST", "/applications", status, code, data=body)
-    await expect(api, "GET", "/applications?per_page=100", 200)
-    await expect(api, "GET", "/applications?per_page=101", 400, "invalid_parameter")
-    await expect(api, "GET", "/applications?page=x", 400, "invalid_parameter")
+    await expect(api, "GET", "/applications?per_page=100", 401, "unauthorized")  # no admin token: closed
     await expect(api, "GET", base, 200)
     await expect(api, "GET", "/applications/nope", 404, "application_not_found")
     for method in ("PUT", "PATCH"):
@@ -198,10 +196,24 @@ async def test_real_answers_match_the_description(api: Api) -> None:
 
 
 async def test_admin_token_answers_match_the_description(make_api) -> None:  # type: ignore[no-untyped-def]
-    api = await make_api(admin_token="s3cret")
+    api = await make_api(admin_token="s3cret", admin_creates_applications=True)
+    admin = {"Authorization": "Bearer s3cret"}
     refused = await api.client.get("/applications")
     assert (await conforming(refused))["error"]["code"] == "unauthorized"
-    await expect(api, "GET", "/applications", 200, headers={"Authorization": "Bearer s3cret"})
+    await expect(api, "GET", "/applications", 200, headers=admin)
+    await expect(api, "GET", "/applications?per_page=100", 200, headers=admin)
+    await expect(api, "GET", "/applications?per_page=101", 400, "invalid_parameter", headers=admin)
+    await expect(api, "GET", "/applications?page=x", 400, "invalid_parameter", headers=admin)
+    app = {"application": {"name": "Vetted"}}
+    await expect(api, "POST", "/applications", 401, "unauthorized", json=app)
+    await expect(api, "POST", "/applications", 201, json=app, headers=admin)
+
+
+async def test_chat_limit_answers_match_the_description(make_api) -> None:  # type: ignore[no-untyped-def]
+    api = await make_api(max_chats_per_application=1)
+    token = await api.create_application()
+    await expect(api, "POST", f"/applications/{token}/chats", 201)
+    await expect(api, "POST", f"/applications/{token}/chats", 403, "chat_limit_reached")
 
 
 # Fuzzing -------------------------------------------------------------------------------------
@@ -320,7 +332,8 @@ def _fuzz(base_url: str, real: dict[str, Any]) -> list[str]:
 
 
 async def test_bad_input_never_gets_a_server_error(make_api) -> None:  # type: ignore[no-untyped-def]
-    api = await make_api()
+    # The development switch lets the listing's paging be fuzzed past its 401.
+    api = await make_api(open_listing=True)
     token = await api.create_application()
     chat = await api.create_chat(token)
     for content in ("hello fuzz", "another message", "third one"):

@@ -217,8 +217,13 @@ def test_chatd_gets_time_to_drain_before_sigkill(compose: dict[str, Any]) -> Non
 def test_secrets_come_from_the_environment(raw_compose: dict[str, Any]) -> None:
     seen: list[tuple[str, str, str]] = []
     resolve(raw_compose, dict(REQUIRED_ENV), seen)
-    with pytest.raises(KeyError, match="CHATD_ADMIN_TOKEN"):
-        resolve(raw_compose, {})  # no committed default for the token the gateway exposes
+    # No committed default for the token the gateway exposes, nor for any password (issue 22).
+    for name in ("CHATD_ADMIN_TOKEN", "MARIADB_PASSWORD", "RABBITMQ_PASSWORD"):
+        for missing in ({}, {name: ""}):
+            with pytest.raises(KeyError, match=name):
+                resolve(raw_compose, {**{k: v for k, v in REQUIRED_ENV.items() if k != name}, **missing})
+    defaults = {name: argument for name, operator, argument in seen if operator in (":-", "-") and argument}
+    assert not {name for name in defaults if re.search(r"(PASSWORD|PASS|SECRET|TOKEN)$", name)}, defaults
     header = "\n".join(line for line in COMPOSE.read_text().splitlines() if line.startswith("#"))
     for name, _, _ in seen:
         assert name in header, f"${{{name}}} is not documented at the top of docker-compose.yml"
@@ -230,6 +235,46 @@ def test_secrets_come_from_the_environment(raw_compose: dict[str, Any]) -> None:
             for url in re.findall(r"[a-z]+://[^\s]+", value):
                 password = urlsplit(url).password
                 assert password is None or password.startswith("${"), f"{service_name}: password in {key}"
+
+
+def redis_options(service: dict[str, Any]) -> dict[str, str]:
+    """``redis-server --name value ...`` as ``{name: value}``."""
+    args = command(service)
+    assert args[0] == "redis-server", args
+    options: dict[str, str] = {}
+    for index, arg in enumerate(args):
+        if arg.startswith("--"):
+            following = args[index + 1] if index + 1 < len(args) else ""
+            options[arg[2:]] = "" if following.startswith("--") else following
+    return options
+
+
+def memory_bytes(text: str) -> int:
+    """Redis's memory units: ``256mb``, ``1gb``, ``100000`` (bytes)."""
+    match = re.fullmatch(r"(\d+)(b|k|kb|m|mb|g|gb)?", text.lower())
+    assert match, f"not a Redis memory size: {text!r}"
+    unit = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 10**6, "mb": 1024**2, "g": 10**9, "gb": 1024**3}
+    return int(match.group(1)) * unit[match.group(2) or ""]
+
+
+def test_redis_memory_is_bounded_and_evicts_anything(compose: dict[str, Any]) -> None:
+    # Redis holds caches, the reconciler's lease and the live fan-out: nothing needed for
+    # correctness, so when full it evicts (any key: a key without a TTL must not fail writes).
+    (service,) = [s for s in data_services(compose).values() if image_name(s) == "redis"]
+    options = redis_options(service)
+    assert 0 < memory_bytes(options.get("maxmemory", "0")) <= 4 * 1024**3, "a maxmemory, and a modest one"
+    assert options.get("maxmemory-policy") in ("allkeys-lru", "allkeys-lfu"), options.get("maxmemory-policy")
+
+
+def test_the_operator_can_reserve_creating_applications_and_limit_chats(raw_compose: dict[str, Any]) -> None:
+    env = {**REQUIRED_ENV, "CHATD_ADMIN_CREATES_APPLICATIONS": "1", "CHATD_MAX_CHATS_PER_APPLICATION": "500"}
+    for name, service in chatd_services(resolve(raw_compose, env)).items():
+        settings = Settings.from_env(environment(service))
+        assert settings.admin_creates_applications and settings.max_chats_per_application == 500, name
+    for name, service in chatd_services(resolve(raw_compose, dict(REQUIRED_ENV))).items():
+        settings = Settings.from_env(environment(service))  # unset: chatd's own defaults
+        assert not settings.admin_creates_applications and not settings.open_listing, name
+        assert settings.max_chats_per_application == Settings().max_chats_per_application, name
 
 
 def looks_random(token: str) -> bool:

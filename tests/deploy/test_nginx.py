@@ -9,8 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -25,11 +23,13 @@ import pytest
 
 from chatd.handlers.middleware import _HTTP_CODES
 from tests.deploy.helpers import (
-    NGINX_CONF,
     Directive,
+    Gateway,
     depends_on,
     gateway,
     http_block,
+    local_nginx_conf,
+    nginx_command,
     published_ports,
     serve_settings,
     server_block,
@@ -77,7 +77,7 @@ def test_nginx_rate_limits_as_the_reference(nginx: Directive) -> None:
     defined = zones(nginx)
     used = {zone_of(d) for d in nginx.walk() if d.name == "limit_req"}
     assert used == set(defined), f"zones defined {set(defined)}, used {used}"
-    assert sorted(defined.values()) == ["100r/s", "50r/s"]
+    assert sorted(defined.values()) == ["100r/s", "50r/s", "5r/m"]
     server = server_block(nginx)
     by_rate = {rate: name for name, rate in defined.items()}
     for path in [
@@ -88,9 +88,18 @@ def test_nginx_rate_limits_as_the_reference(nginx: Directive) -> None:
         "/applications/tok/chats/7/messages/search",
     ]:
         assert by_rate["50r/s"] in limits(select_location(server, path)), f"{path} is not held to 50 r/s"
-    for path in ["/applications", "/applications/tok", "/applications/tok/chatsx", "/healthz", "/readyz"]:
+    for path in ["/applications/tok", "/applications/tok/chatsx", "/healthz"]:
         location = select_location(server, path)
         assert limits(location) == {by_rate["100r/s"]}, f"{path}: {limits(location)}"
+    # Creating an application: a few a minute per address, on top of the general limit; the
+    # zone's key is the address for POST only (an empty key is not counted), so listing is not.
+    assert limits(select_location(server, "/applications")) == {by_rate["100r/s"], by_rate["5r/m"]}
+    (creations,) = [
+        z for z in http_block(nginx).find("limit_req_zone") if f"zone={by_rate['5r/m']}:" in " ".join(z.args)
+    ]
+    (key_map,) = [m for m in http_block(nginx).find("map") if m.args[1] == creations.args[0]]
+    assert key_map.args[0] == "$request_method"
+    assert {d.name: d.args[0] for d in key_map.block or []} == {"POST": "$binary_remote_addr", "default": ""}
     assert http_block(nginx).find("limit_req_status")[0].args == ["429"]
 
 
@@ -169,42 +178,6 @@ def test_nginx_is_wired_into_compose(nginx: Directive, compose: dict[str, Any]) 
 # --- nginx itself: syntax and behaviour --------------------------------------------------------
 
 
-def nginx_binary() -> str:
-    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-    if binary is None:
-        pytest.fail("the nginx binary is missing: apt-get install -y nginx (Makefile install step)")
-    return binary
-
-
-def local_nginx_conf(tmp_path: Path, listen: int, upstream: int) -> Path:
-    """deploy/nginx.conf with the compose host names and ports made local, and temp paths writable."""
-    text = NGINX_CONF.read_text()
-    text, upstreams = re.subn(r"(\bserver\s+)api:\d+", rf"\g<1>127.0.0.1:{upstream}", text)
-    text, listens = re.subn(r"\blisten\s+\d+;", f"listen 127.0.0.1:{listen};", text)
-    assert upstreams == 1 and listens == 1
-    temp = "".join(
-        f"    {kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    text = text.replace("http {\n", "http {\n" + temp, 1)
-    path = tmp_path / "nginx.conf"
-    path.write_text(text)
-    return path
-
-
-def nginx_command(conf: Path) -> list[str]:
-    return [
-        nginx_binary(),
-        "-p",
-        str(conf.parent),
-        "-c",
-        str(conf),
-        "-e",
-        str(conf.parent / "error.log"),
-        "-g",
-        f"pid {conf.parent}/nginx.pid;",
-    ]
-
-
 def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
     conf = local_nginx_conf(tmp_path, free_port(), free_port())
     result = subprocess.run([*nginx_command(conf), "-t"], capture_output=True, text=True, timeout=30)
@@ -260,24 +233,10 @@ class EchoUpstream:
 @pytest.fixture
 def gateway_port(tmp_path: Path) -> Iterator[tuple[int, EchoUpstream]]:
     upstream = EchoUpstream()
-    port = free_port()
-    conf = local_nginx_conf(tmp_path, port, upstream.start())
-    with open(tmp_path / "stderr.log", "wb") as log:
-        process = subprocess.Popen([*nginx_command(conf), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=log)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert process.poll() is None, (tmp_path / "stderr.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                time.sleep(0.05)
-        yield port, upstream
+        with Gateway(tmp_path, upstream.start()) as gateway:
+            yield gateway.port, upstream
     finally:
-        process.terminate()
-        process.wait(timeout=10)
         upstream.stop()
 
 

@@ -10,6 +10,11 @@ request span in the job (``MessageJob.trace``, carried in the job's own encoding
 it through envelopes, retries and splits); the message consumer stores a whole batch under one
 span that *links* to every message's trace, and gives each message a short child span in that
 message's own trace; the indexer does the same for its bulk write.
+
+No span holds a tenant's token: the request's path is in its URL, so ``install`` adds
+``chatd.tracing_paths.RouteOnlyPaths``, which writes the route template over every path
+attribute of a span as it starts, and has the instrumentation redact captured headers that
+carry a path (``Location``, ``Referer``) or a credential. chatd makes no traced client requests.
 """
 
 from __future__ import annotations
@@ -68,13 +73,18 @@ def configure(role: str) -> bool:
 
 
 def install(provider: Any) -> None:
-    """Trace with ``provider`` (a configured SDK TracerProvider), HTTP server spans included.
+    """Trace with ``provider`` (a configured SDK TracerProvider), HTTP server spans included,
+    their paths replaced by route templates.
 
     Must run before ``create_app``, which adds ``middlewares()`` to the application.
     """
     global _tracer, _middleware
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor, create_aiohttp_middleware
 
+    from chatd.tracing_paths import RouteOnlyPaths, redact_sensitive_headers
+
+    provider.add_span_processor(RouteOnlyPaths())
+    redact_sensitive_headers(os.environ)
     instrumentor = AioHttpServerInstrumentor()
     with warnings.catch_warnings():
         # instrument() sets up the middleware's meters and settings (OTEL_PYTHON_AIOHTTP_SERVER_*)

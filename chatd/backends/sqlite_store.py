@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from chatd.backends.sqlite_db import SqliteBacked, SqliteDatabase, path_from_url
+from chatd.backends.sqlite_lists import chunks
 from chatd.domain import (
     Application,
     Chat,
@@ -218,7 +219,7 @@ class SqliteStore(SqliteBacked):
         def take(conn: sqlite3.Connection) -> list[Taken]:
             keys = list({key for request in requests if (key := request.record_key) is not None})
             recorded: dict[str, Record] = {}
-            for chunk in _chunks(keys, 500):
+            for chunk in chunks(keys):
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(
                     f"SELECT idempotency_key, number, fingerprint FROM idempotency_keys"
@@ -387,8 +388,3 @@ def _fold_deltas(conn: sqlite3.Connection, limit: int) -> CountsReconciled:
     marks = ",".join("?" * len(touched))
     tokens = [row[0] for row in conn.execute(f"SELECT token FROM applications WHERE id IN ({marks})", list(touched))]
     return CountsReconciled(len(rows), tokens)
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    """``items`` in lists of at most ``size`` (SQLite limits the variables of one statement)."""
-    return [items[start : start + size] for start in range(0, len(items), size)]

@@ -174,23 +174,29 @@ async def test_a_file_of_an_older_layout_is_emptied_with_a_warning(
     # A file from before the variants: no version recorded, no variants for its words.
     with sqlite3.connect(path) as conn:
         conn.execute("DELETE FROM search_meta WHERE key = 'schema_version'")
-        conn.execute("DELETE FROM search_deletions")
+        conn.execute("DELETE FROM search_app_deletions")
     with caplog.at_level(logging.WARNING, logger="chatd.backends.sqlite_search"):
         # Emptied: even a prefix, which needs no variants, finds nothing until a reindex.
         assert await _reopened(path, "hel") == []
     assert "older layout" in caplog.text and "chatd reindex" in caplog.text
 
 
-def test_a_word_gets_its_variants_once_however_many_chats_use_it() -> None:
-    """The neighbourhood grows with the vocabulary, not with chats times their words."""
+def test_a_word_gets_its_variants_once_per_application_however_many_chats_use_it() -> None:
+    """The neighbourhood grows with each application's vocabulary, not with chats times their words."""
     conn = _connection()
     sqlite_search._index_one(conn, document(1, 1, 1, "meeting tomorrow morning"))
-    one_chat = conn.execute("SELECT COUNT(*) FROM search_deletions").fetchone()[0]
+    one_chat = conn.execute("SELECT COUNT(*) FROM search_app_deletions").fetchone()[0]
     for chat in range(2, 52):
-        sqlite_search._index_one(conn, document(chat % 7 + 1, chat, 1, "morning meeting tomorrow"))
-    assert conn.execute("SELECT COUNT(*) FROM search_deletions").fetchone()[0] == one_chat > 0
+        sqlite_search._index_one(conn, document(1, chat, 1, "morning meeting tomorrow"))
+    assert conn.execute("SELECT COUNT(*) FROM search_app_deletions").fetchone()[0] == one_chat > 0
+    # Another application's words are its own: their variants are written for it once too.
+    for chat in range(1, 51):
+        sqlite_search._index_one(conn, document(2, chat, 1, "tomorrow morning meeting"))
+    assert conn.execute("SELECT COUNT(*) FROM search_app_deletions").fetchone()[0] == 2 * one_chat
     # Each chat still finds only its own words: a typo of a word another chat uses finds nothing here.
+    sqlite_search._index_one(conn, document(1, 99, 1, "lunch"))
     sqlite_search._index_one(conn, document(9, 9, 1, "lunch"))
+    assert sqlite_search._matching_terms(conn, (1, 99), "meetign", 2) == set()
     assert sqlite_search._matching_terms(conn, (9, 9), "meetign", 2) == set()
     assert sqlite_search._matching_terms(conn, (1, 1), "meetign", 2) == {"meeting"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_files_private()
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -49,6 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(settings)
     return asyncio.run(_admin(args.command, settings))
+
+
+def keep_files_private() -> None:
+    """Files chatd creates are readable by its own user only: 0600 files, 0700 directories.
+
+    The embedded SQLite files hold every application's token, and under the usual 022 umask
+    (``make run``, a bare ``chatd serve``) they would be world-readable. This adds 077 to the
+    process's umask, before anything opens a file; a stricter umask is kept as it is.
+    """
+    current = os.umask(0o077)
+    os.umask(current | 0o077)
 
 
 def serve(settings: Settings) -> int:

@@ -86,6 +86,9 @@ class Settings:
     live_buffer_events: int = 1000
     live_keepalive_seconds: float = 15.0
     live_hole_wait_seconds: float = 10.0
+    # A live WebSocket is pinged after this many seconds without traffic from its client, and
+    # closed if no pong comes within half of it (0: no heartbeat).
+    websocket_heartbeat_seconds: float = 30.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -115,6 +118,8 @@ class Settings:
             )
         if self.max_chats_per_application < 0:
             raise ValueError("CHATD_MAX_CHATS_PER_APPLICATION must be 0 (no limit) or more")
+        if self.websocket_heartbeat_seconds < 0:
+            raise ValueError("CHATD_WEBSOCKET_HEARTBEAT_SECONDS must be 0 (no heartbeat) or more")
 
 
 def _coerce(type_name: object, raw: str, name: str) -> Any:

@@ -74,7 +74,10 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     app, head = await request.app[keys.SERVICE].live_head(request.match_info["token"], chat)
     hub = request.app[keys.HUB]
     lift_deadline(request)  # the checks above were answered in time; a stream lasts
-    websocket = web.WebSocketResponse(compress=False, max_msg_size=4096)
+    heartbeat = request.app[keys.SETTINGS].websocket_heartbeat_seconds
+    # A ping every ``heartbeat`` seconds without other traffic from the client; no pong within
+    # half of it closes the connection, so a peer that vanished does not hold it until TCP gives up.
+    websocket = web.WebSocketResponse(compress=False, max_msg_size=4096, heartbeat=heartbeat or None)
     if websocket.can_prepare(request).ok:
         await websocket.prepare(request)
         writer: _Writer = _WebSocketWriter(websocket)

@@ -7,6 +7,7 @@ from importlib import resources
 from aiohttp import web
 
 from chatd.errors import NotFound
+from chatd.handlers import headers
 
 routes = web.RouteTableDef()
 
@@ -25,6 +26,12 @@ def _load() -> dict[str, tuple[bytes, str]]:
 # A handful of small files, read once: the page never changes while the process runs.
 _FILES = _load()
 
+# What the page loads: its own script and style sheet (no inline code), the API and its event
+# streams on the same origin; images only for the browser's favicon request.
+PAGE_POLICY = headers.policy(
+    script_src="'self'", style_src="'self'", connect_src="'self'", img_src="'self'", form_action="'self'"
+)
+
 
 def _file(name: str) -> web.Response:
     found = _FILES.get(name)
@@ -36,7 +43,9 @@ def _file(name: str) -> web.Response:
 
 @routes.get("/")
 async def index(request: web.Request) -> web.Response:
-    return _file("index.html")
+    response = _file("index.html")
+    response.headers[headers.CONTENT_SECURITY_POLICY] = PAGE_POLICY
+    return response
 
 
 @routes.get("/static/{name}")

@@ -6,8 +6,10 @@ echoes part of the request line, and logs each with a traceback at ERROR. A clie
 is not chatd's fault: here it gets the same JSON error shape as every other error, with a
 fixed message (never the path, which holds the application token), logged at INFO.
 
-The runner installs this protocol; ``Expect`` is handled per route (``expect_handler``), and
-the ``Server`` header, which aiohttp fills with the Python and aiohttp versions, is ``chatd``.
+The runner installs this protocol; ``Expect`` is handled per route (``expect_handler``). The
+answers made here carry chatd's headers (``chatd.handlers.headers``: ``Server: chatd``, never
+aiohttp's Python and aiohttp versions): a request the parser refused never reaches the
+application, whose ``on_response_prepare`` signal sets them on every other response.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from chatd import keys
+from chatd.handlers import headers
 from chatd.handlers.render import error_response
 
 logger = logging.getLogger(__name__)
-
-SERVER = "chatd"
 
 # (status, code, message) by the parser's exception, most specific first. The messages are
 # fixed: the parser's own ones quote the offending bytes, which may include a token.
@@ -83,18 +84,18 @@ class ChatdRequestHandler(RequestHandler):
             logger.info("refused a malformed request from %s: %s (%s)", request.remote, code, type(exc).__name__)
             response = error_response(status, code, text)
         response.force_close()
+        headers.apply(response.headers)  # the application's signal does not run for these
         return response
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        # Every response passes here once: the one place to replace aiohttp's Server header,
-        # and to give JSON to an HTTPException raised before the middleware (Expect stage).
+        # JSON for an HTTPException raised before the middleware (Expect stage). Its headers
+        # come from the application's signal, which runs as the response is prepared.
         if isinstance(resp, web.HTTPException) and resp.status >= 400:
             code = "expectation_failed" if resp.status == 417 else "bad_request"
             resp = error_response(resp.status, code, resp.reason)
             resp.force_close()
-        resp.headers[hdrs.SERVER] = SERVER
         return await super().finish_response(request, resp, start_time)
 
 

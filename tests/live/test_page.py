@@ -14,7 +14,9 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from chatd.app import create_app
-from tests.conftest import Namespace
+from chatd.handlers.page import PAGE_POLICY
+from tests.conftest import Namespace, embedded_settings
+from tests.csp_watch import CspWatch
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (make browser-tools); Playwright's own download cannot work here
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -56,10 +58,14 @@ async def test_two_pages_on_one_chat(namespace: Namespace, aiohttp_client, brows
     base = await serve(namespace, aiohttp_client)
     sender, watcher = await browser.new_page(), await browser.new_page()
     errors: list[str] = []
+    csp = CspWatch()
     for page in (sender, watcher):
         page.on("pageerror", lambda error: errors.append(str(error)))
+        await csp.watch(page)
 
-    await sender.goto(base)
+    loaded = await sender.goto(base)
+    # The page works under its policy: nothing it does is blocked (asserted at the end).
+    assert loaded is not None and loaded.headers["content-security-policy"] == PAGE_POLICY
     await expect(sender.locator('a[href="/docs"]')).to_have_text("API docs")
     await sender.fill("#app-name", "Browser test")
     await sender.click("#create-app")
@@ -87,3 +93,23 @@ async def test_two_pages_on_one_chat(namespace: Namespace, aiohttp_client, brows
     for name, page in (("sender", sender), ("watcher", watcher)):
         await page.screenshot(path=str(ARTIFACTS / f"page-{name}-{namespace.backend_set}.png"), full_page=True)
     assert not errors
+    assert not csp.violations, csp.violations
+
+
+async def test_the_watch_sees_what_the_page_policy_blocks(aiohttp_client, browser: Browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The check above can fail: inline code, which the page's policy refuses, is reported."""
+    client = await aiohttp_client(create_app(embedded_settings(tmp_path), run_workers=False))
+    page = await browser.new_page()
+    csp = CspWatch()
+    await csp.watch(page)
+    await page.goto(str(client.make_url("/")))
+    await expect(page.locator("#status")).to_have_text("not connected")
+    assert not csp.violations, csp.violations
+    await page.evaluate("document.body.setAttribute('style', 'color: red')")
+    await page.evaluate(
+        "() => { const s = document.createElement('script'); s.textContent = 'window.ran = 1';"
+        " document.body.append(s); }"
+    )
+    await csp.wait_for("style-src-attr")
+    await csp.wait_for("script-src-elem")
+    assert await page.evaluate("window.ran") is None  # blocked, not merely reported

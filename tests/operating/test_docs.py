@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright
 
-from chatd.handlers.docs import load_spec
+from chatd.handlers.docs import DOCS_POLICY, load_spec
 from tests.conftest import embedded_settings
+from tests.csp_watch import CspWatch
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
@@ -39,8 +40,14 @@ async def test_swagger_ui_renders_every_operation_from_files_chatd_serves(docs_a
             page.on("request", lambda request: requested.append(request.url))
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
-            await page.goto(f"{base}/docs")
+            csp = CspWatch()
+            await csp.watch(page)
+            loaded = await page.goto(f"{base}/docs")
+            assert loaded is not None and loaded.headers["content-security-policy"] == DOCS_POLICY
             await page.wait_for_selector(".opblock-summary", timeout=30_000)
+            # Open an operation and its schemas: more of Swagger UI runs under the policy.
+            await page.locator(".opblock-summary").first.click()
+            await page.wait_for_selector(".opblock-body", timeout=10_000)
             blocks = page.locator(".opblock-summary")
             shown = set()
             for index in range(await blocks.count()):
@@ -54,6 +61,7 @@ async def test_swagger_ui_renders_every_operation_from_files_chatd_serves(docs_a
     assert shown == _operations()
     assert "chatd" in title
     assert not errors, errors
+    assert not csp.violations, csp.violations
     # Nothing from a CDN: every file came from chatd.
     assert requested and all(url.startswith(base + "/") for url in requested), requested
     assert f"{base}/openapi.json" in requested
@@ -62,6 +70,9 @@ async def test_swagger_ui_renders_every_operation_from_files_chatd_serves(docs_a
 async def test_the_docs_files_are_served_and_nothing_else(docs_api) -> None:  # type: ignore[no-untyped-def]
     page = await docs_api.get("/docs")
     assert page.status == 200 and page.content_type == "text/html"
+    start = await docs_api.get("/docs/assets/chatd-init.js")
+    assert start.status == 200 and start.content_type == "text/javascript"
+    assert b"SwaggerUIBundle(" in await start.read()
     bundle = await docs_api.get("/docs/assets/swagger-ui-bundle.js")
     assert bundle.status == 200 and bundle.content_type == "text/javascript"
     assert b"SwaggerUIBundle" in await bundle.read()

@@ -1,8 +1,15 @@
-"""/healthz, /readyz and /metrics: served by every role."""
+"""/healthz, /readyz and /metrics: served by every role.
+
+``/readyz`` tells whoever asks only which backend answers (``ok``) and which does not
+(``unavailable``); why not (a host name, an address, a driver's message) goes to the log at
+WARNING. Behind the gateway every peer is loopback, so the peer's address cannot tell the
+operator from the public; the operator reads the log, or runs ``chatd check`` on the host.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -10,8 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from chatd import backlog, keys
 from chatd.handlers import render
 
+logger = logging.getLogger(__name__)
+
 routes = web.RouteTableDef()
 READY_TIMEOUT = 2.0
+OK, UNAVAILABLE = "ok", "unavailable"
 
 
 @routes.get("/healthz")
@@ -22,11 +32,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Every backend this process uses answers within a bound."""
+    """Every backend this process uses answers within a bound: ``ok`` or ``unavailable`` each."""
     backends = request.app[keys.BACKENDS].all()
     results = await asyncio.gather(*(_check(backend) for backend in backends))
     checks = {backend.name: result for backend, result in zip(backends, results)}
-    ready = all(result == "ok" for result in checks.values())
+    ready = all(result == OK for result in checks.values())
     return render.json_response(
         {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
     )
@@ -35,9 +45,11 @@ async def readyz(request: web.Request) -> web.Response:
 async def _check(backend) -> str:  # type: ignore[no-untyped-def]
     try:
         await asyncio.wait_for(backend.ping(), READY_TIMEOUT)
-    except Exception as exc:  # any failure means not ready; say which
-        return f"error: {type(exc).__name__}: {exc}"[:300]
-    return "ok"
+    except Exception as exc:  # any failure means not ready; the reason is for the operator only
+        reason = str(exc)[:300] or f"no answer within {READY_TIMEOUT} s"
+        logger.warning("readiness: %s is unavailable: %s: %s", backend.name, type(exc).__name__, reason)
+        return UNAVAILABLE
+    return OK
 
 
 @routes.get("/metrics")

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import embedded_settings
-from tests.deploy.test_nginx import local_nginx_conf, nginx_command
+from tests.deploy.helpers import local_nginx_conf, nginx_command
 from tests.processes import ChatdProcess
 from tests.servers import free_port
 

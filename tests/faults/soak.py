@@ -194,6 +194,8 @@ async def soak(minutes: float, fault_every: float, out: Path) -> int:
                     faults_done += 1
                     next_fault += fault_every * 60
                     event = name
+                # A killed api comes back on a new port: the clients follow it, as a load balancer would.
+                load.api_urls = cluster.api_urls
                 slots = {f"{p.role}-{i}": p for i, p in enumerate(cluster.processes)}
                 rss = {name: rss_mib(p.process.pid) if p.process else 0.0 for name, p in slots.items()}
                 pids = {name: p.process.pid if p.process else 0 for name, p in slots.items()}

@@ -68,11 +68,22 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def full_disk(folder: Path):  # type: ignore[no-untyped-def]
+def full_disk(folder: Path, *, server: PrivateMariadb | None = None):  # type: ignore[no-untyped-def]
+    """Fill ``folder``'s disk for FULL_SECONDS, then free it.
+
+    InnoDB aborts the whole server when a rollback finds no room for its undo records
+    ("[FATAL] InnoDB: Error (Out of disk space) in rollback", MariaDB 10.11): when ``server`` died
+    so, it is started again once space is back, as Debian's mariadb.service does
+    (``Restart=on-abnormal``). chatd must keep every promise through that too.
+    """
+
     async def fault(cluster: Cluster) -> None:
         filler = await asyncio.to_thread(fill, folder)
         await asyncio.sleep(FULL_SECONDS)
         filler.unlink()
+        if server is not None and server.process is not None and server.process.poll() is not None:
+            print(f"private MariaDB exited with {server.process.returncode} on the full disk: started again")
+            await server.start()
 
     return fault
 
@@ -133,5 +144,9 @@ async def test_mariadb_disk_full(tmp_path: Path, record_fault) -> None:  # type:
         database = f"{mariadb.url}/{namespace.name}"
         cluster = Cluster(namespace, tmp_path, database_url=database)
         await survive(
-            f"mariadb's disk full {FULL_SECONDS:g} s", cluster, full_disk(data), record_fault, database=database
+            f"mariadb's disk full {FULL_SECONDS:g} s",
+            cluster,
+            full_disk(data, server=mariadb),
+            record_fault,
+            database=database,
         )

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from chatd.backends import sqlite_search
 from chatd.backends.sqlite_search import SqliteSearchIndex
+from chatd.domain import SearchResult
 from chatd.searching import MAX_FUZZY_CHARS, MAX_TWO_EDIT_CHARS, allowed_edits, query_terms, word_matches, words
 from tests.factories import document, eventually
 
@@ -120,25 +121,8 @@ async def _search_steps(path: Path, distinct_words: int) -> tuple[int, list[int]
     await index.open()
     try:
         await index.index([document(1, 1, number, text) for number, text in enumerate(texts, start=1)])
-        wanted = query_terms("suny tuesdya ponyt")
-
-        def measured(conn: sqlite3.Connection) -> tuple[int, list[int]]:
-            """The search, on the reader's thread and connection, counting SQLite VM steps."""
-            steps = 0
-
-            def count() -> int:
-                nonlocal steps
-                steps += 1
-                return 0
-
-            conn.set_progress_handler(count, 1)
-            try:
-                result = sqlite_search._search(conn, 1, 1, wanted, 1, 20)
-            finally:
-                conn.set_progress_handler(None, 1)
-            return steps, [hit.message_number for hit in result.hits]
-
-        return await index.db.read(measured)
+        steps, result = await search_steps(index, 1, "suny tuesdya ponyt")
+        return steps, [hit.message_number for hit in result.hits]
     finally:
         await index.close()
 
@@ -234,3 +218,26 @@ async def test_one_tenants_searches_leave_readers_for_the_others(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def search_steps(index: SqliteSearchIndex, application_id: int, query: str) -> tuple[int, SearchResult]:
+    """A search of chat 1 on the reader's thread and connection, and the SQLite VM steps it took:
+    its work, whatever else the machine does."""
+    wanted = query_terms(query)
+
+    def measured(conn: sqlite3.Connection) -> tuple[int, SearchResult]:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        conn.set_progress_handler(count, 1)
+        try:
+            result = sqlite_search._search(conn, application_id, 1, wanted, 1, 20)
+        finally:
+            conn.set_progress_handler(None, 1)
+        return steps, result
+
+    return await index.db.read(measured)

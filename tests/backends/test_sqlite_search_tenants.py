@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from chatd.backends import sqlite_search
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.searching import query_terms, word_matches, words
+from tests.backends.test_sqlite_search_lookup import search_steps
 from tests.factories import document
 
 WORD = "restaurant"
@@ -123,25 +123,9 @@ async def _timed_ms(index: SqliteSearchIndex, application_id: int, query: str) -
 
 
 async def _steps(index: SqliteSearchIndex, application_id: int, query: str) -> int:
-    """SQLite VM steps of one search on the reader's connection: its work, whatever else the machine does."""
-    wanted = query_terms(query)
-
-    def measured(conn: sqlite3.Connection) -> int:
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        conn.set_progress_handler(count, 1)
-        try:
-            sqlite_search._search(conn, application_id, 1, wanted, 1, 20)
-        finally:
-            conn.set_progress_handler(None, 1)
-        return steps
-
-    return await index.db.read(measured)
+    """SQLite VM steps of one search: its work, whatever else the machine does."""
+    steps, _ = await search_steps(index, application_id, query)
+    return steps
 
 
 async def test_another_tenants_typos_leave_this_tenants_search_time_alone(search_files: tuple[Path, Path]) -> None:

@@ -101,6 +101,13 @@ class ChatdProcess:
             await asyncio.sleep(0.05)
         return int(self.process.returncode)
 
+    async def __aenter__(self) -> ChatdProcess:
+        """``async with ChatdProcess(...) as process``: started, and killed on the way out."""
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop_quietly()
+
     def stop_quietly(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

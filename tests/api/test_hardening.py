@@ -35,12 +35,8 @@ SECURITY_HEADERS = {
 
 @pytest.fixture
 async def chatd(tmp_path: Path) -> AsyncIterator[ChatdProcess]:
-    process = ChatdProcess(embedded_settings(tmp_path), "all", tmp_path)
-    await process.start()
-    try:
+    async with ChatdProcess(embedded_settings(tmp_path), "all", tmp_path) as process:
         yield process
-    finally:
-        process.stop_quietly()
 
 
 async def head(process: ChatdProcess, raw: bytes) -> tuple[int, dict[str, str]]:

@@ -53,12 +53,8 @@ MALFORMED: list[tuple[str, bytes]] = [
 
 @pytest.fixture
 async def chatd(tmp_path: Path) -> AsyncIterator[ChatdProcess]:
-    process = ChatdProcess(embedded_settings(tmp_path), "api", tmp_path)
-    await process.start()
-    try:
+    async with ChatdProcess(embedded_settings(tmp_path), "api", tmp_path) as process:
         yield process
-    finally:
-        process.stop_quietly()
 
 
 async def exchange(process: ChatdProcess, raw: bytes) -> tuple[int, dict[str, str], bytes]:

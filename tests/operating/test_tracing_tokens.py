@@ -14,16 +14,15 @@ from typing import Any
 
 import pytest
 from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConventionStability
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from chatd import tracing
 from chatd.tracing_paths import SANITIZE_FIELDS
 from tests.conftest import Api
 from tests.factories import eventually
 from tests.live.helpers import SseStream
+from tests.operating.spans import recorded_spans
 
 SEARCH = "/applications/{token}/chats/{chat}/messages/search"
 EVENTS = "/applications/{token}/chats/{chat}/events"
@@ -45,15 +44,8 @@ def spans(semconv: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpa
     monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", ".*")
     monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", ".*")
     monkeypatch.setenv(SANITIZE_FIELDS, "x-operator-secret")  # install() adds its own to the operator's
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    try:
+    with recorded_spans() as exporter:
         yield exporter
-    finally:
-        tracing.uninstall()
-        provider.shutdown()
 
 
 async def tenant_traffic(api: Api) -> str:

@@ -238,16 +238,19 @@ class SqliteStore(SqliteBacked):
                 ).fetchall()
                 last_numbers[scope] = int(rows[0][0])
             answers, records = plan.finish(last_numbers)
-            conn.executemany(  # numbers refused at a ceiling are given back (rarely any)
-                "UPDATE number_counters SET last_number = ? WHERE scope = ?",
-                [(last, scope) for scope, last in plan.overshoot(last_numbers).items()],
-            )
-            conn.executemany(
-                "INSERT INTO idempotency_keys (idempotency_key, number, fingerprint, expires_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (idempotency_key) DO UPDATE SET number = excluded.number,"
-                " fingerprint = excluded.fingerprint, expires_at = excluded.expires_at",
-                [(key, record.number, record.fingerprint, now + key_ttl_seconds) for key, record in records.items()],
-            )
+            overshoot = plan.overshoot(last_numbers)
+            if overshoot:  # only a group that met a ceiling: its refused numbers are given back
+                conn.executemany(
+                    "UPDATE number_counters SET last_number = ? WHERE scope = ?",
+                    [(last, scope) for scope, last in overshoot.items()],
+                )
+            if records:
+                conn.executemany(
+                    "INSERT INTO idempotency_keys (idempotency_key, number, fingerprint, expires_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (idempotency_key) DO UPDATE SET number = excluded.number,"
+                    " fingerprint = excluded.fingerprint, expires_at = excluded.expires_at",
+                    [(key, r.number, r.fingerprint, now + key_ttl_seconds) for key, r in records.items()],
+                )
             return answers
 
         return await self.db.transaction(take)

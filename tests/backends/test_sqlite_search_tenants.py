@@ -128,24 +128,22 @@ async def _steps(index: SqliteSearchIndex, application_id: int, query: str) -> i
     return steps
 
 
-async def test_another_tenants_typos_leave_this_tenants_search_time_alone(search_files: tuple[Path, Path]) -> None:
+async def test_another_tenants_typos_leave_this_tenants_search_work_alone(search_files: tuple[Path, Path]) -> None:
+    """The work of tenant 2's search (SQLite VM steps, which no noise on the machine changes) stays
+    within 2x beside tenant 1's 40,000 variants; the times are printed, not asserted (speed is
+    `make bench`'s business; before the fix the steps went from 1,189 to 655,189)."""
     quiet, crowded = await _opened(search_files[0]), await _opened(search_files[1])
     try:
         for index in (quiet, crowded):  # the same answer beside the crowd
             result = await index.search(2, 1, WORD, 1, 20)
             assert [hit.message_number for hit in result.hits] == _reference(QUIET_TEXTS, WORD) == [1, 2, 3, 5]
-        # Interleaved, so whatever else the machine does weighs on both alike; medians.
-        before, after = [], []
-        for _ in range(41):
-            before.append(await _timed_ms(quiet, 2, WORD))
-            after.append(await _timed_ms(crowded, 2, WORD))
-        ratio = statistics.median(after) / statistics.median(before)
         steps_before, steps_after = await _steps(quiet, 2, WORD), await _steps(crowded, 2, WORD)
+        before = statistics.median([await _timed_ms(quiet, 2, WORD) for _ in range(11)])
+        after = statistics.median([await _timed_ms(crowded, 2, WORD) for _ in range(11)])
     finally:
         await quiet.close()
         await crowded.close()
-    timings = f"{statistics.median(before):.2f} ms before, {statistics.median(after):.2f} ms beside the crowd"
-    assert ratio < 2, timings
+    print(f"tenant 2's search: {before:.2f} ms alone, {after:.2f} ms beside the crowd")
     assert steps_after < 2 * steps_before, f"{steps_before} SQLite steps before, {steps_after} beside the crowd"
 
 

@@ -7,9 +7,6 @@ a forged X-Forwarded-For included; with one, only the admin's Bearer header open
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,35 +14,10 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import embedded_settings
-from tests.deploy.helpers import local_nginx_conf, nginx_command
+from tests.deploy.helpers import Gateway
 from tests.processes import ChatdProcess
-from tests.servers import free_port
 
 FORGED = {"X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9"}
-
-
-@asynccontextmanager
-async def gateway(tmp_path: Path, upstream: int) -> AsyncIterator[str]:
-    """deploy/nginx.conf, run for real in front of ``upstream``; its base URL."""
-    port = free_port()
-    conf = local_nginx_conf(tmp_path, port, upstream)
-    with open(tmp_path / "nginx-stderr.log", "wb") as log:
-        process = subprocess.Popen([*nginx_command(conf), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert process.poll() is None, (tmp_path / "nginx-stderr.log").read_text()
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @asynccontextmanager
@@ -53,13 +25,9 @@ async def chatd_behind_nginx(tmp_path: Path, **settings: object) -> AsyncIterato
     """An api process on 127.0.0.1 (as chatd-api.service runs it) behind nginx: (gateway URL, chatd URL)."""
     folder = tmp_path / "chatd"
     folder.mkdir()
-    process = ChatdProcess(embedded_settings(folder, **settings), "api", tmp_path)
-    try:
-        await process.start()
-        async with gateway(tmp_path, process.port) as url:
-            yield url, process.url
-    finally:
-        process.stop_quietly()
+    async with ChatdProcess(embedded_settings(folder, **settings), "api", tmp_path) as process:
+        with Gateway(tmp_path, process.port) as gateway:
+            yield gateway.url, process.url
 
 
 async def create_application(session: aiohttp.ClientSession, url: str, name: str) -> str:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -16,14 +17,31 @@ from chatd.settings import Settings
 from tests.servers import free_port
 
 
+async def created(
+    session: aiohttp.ClientSession, url: str, body: object = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """POST ``url`` until it answers 201 and return the answer's JSON.
+
+    A 503 is retried after its Retry-After (at most a second), as a client would, until
+    ``timeout``; any other status fails the test with the status and the body, so a setup step
+    that meets a loaded machine waits, and one that meets a bug says which.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        async with session.post(url, json=body) as response:
+            if response.status == 201:
+                return dict(await response.json())
+            text = await response.text()
+            assert response.status == 503 and time.monotonic() < deadline, f"POST {url}: {response.status} {text}"
+            retry_after = float(response.headers.get("Retry-After", "1"))
+        await asyncio.sleep(min(retry_after, 1.0))
+
+
 async def application_and_chat(session: aiohttp.ClientSession, name: str, base: str = "") -> tuple[str, int]:
     """A new application and its first chat, created over a process's HTTP API: (token, chat)."""
-    async with session.post(f"{base}/applications", json={"application": {"name": name}}) as response:
-        assert response.status == 201, await response.text()
-        token = str((await response.json())["token"])
-    async with session.post(f"{base}/applications/{token}/chats") as response:
-        assert response.status == 201, await response.text()
-        return token, int((await response.json())["number"])
+    token = str((await created(session, f"{base}/applications", {"application": {"name": name}}))["token"])
+    chat = int((await created(session, f"{base}/applications/{token}/chats"))["number"])
+    return token, chat
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -20,7 +20,7 @@ from chatd.settings import Settings
 from tests.conftest import Namespace
 from tests.faults.load import LoadClient, LoadResult
 from tests.faults.verify import Verdict, verify
-from tests.processes import ChatdProcess
+from tests.processes import ChatdProcess, created
 
 pytestmark = [pytest.mark.faults, pytest.mark.real, pytest.mark.timeout(600)]
 
@@ -78,6 +78,12 @@ class Cluster:
 
     def all_alive(self) -> bool:
         return all(p.process is not None and p.process.poll() is None for p in self.processes)
+
+    def print_logs(self, characters: int = 3000) -> None:
+        """The end of every process's log, on stdout."""
+        for process in self.processes:
+            log = process.log_path.read_text(errors="replace") if process.log_path.exists() else "(no log)"
+            print(f"\n--- {process.role} log, last {characters} characters ---\n{log[-characters:]}")
 
     def stop(self) -> None:
         for process in self.processes:
@@ -199,6 +205,8 @@ async def survive(  # type: ignore[no-untyped-def]
         return verdict
     finally:
         record_fault(name, bool(verdict and verdict.ok), verdict or Verdict.none(), retried)
+        if verdict is None or not verdict.ok:
+            cluster.print_logs()  # pytest shows a failed test's output: what the processes said
         cluster.stop()
         await cluster.namespace.cleanup()
 
@@ -221,12 +229,8 @@ async def start_load(cluster: Cluster) -> LoadClient:
 
     async with aiohttp.ClientSession() as session:
         url = cluster.api_urls[0]
-        async with session.post(f"{url}/applications", json={"application": {"name": "faults"}}) as response:
-            token = (await response.json())["token"]
-        chats = []
-        for _ in range(3):
-            async with session.post(f"{url}/applications/{token}/chats") as response:
-                chats.append((await response.json())["number"])
+        token = str((await created(session, f"{url}/applications", {"application": {"name": "faults"}}))["token"])
+        chats = [int((await created(session, f"{url}/applications/{token}/chats"))["number"]) for _ in range(3)]
     load = LoadClient(cluster.api_urls, token, chats)
     load.token = token  # type: ignore[attr-defined]
     await load.start()

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from chatd import keys, shutdown, tracing
 from chatd.backends.registry import make_backends, opened
+from chatd.deadlines import Deadlines
 from chatd.handlers import applications, chats, docs, events, headers, health, messages, page
 from chatd.handlers.middleware import error_middleware
 from chatd.handlers.protocol import add_routes
@@ -37,6 +38,7 @@ def create_app(
         client_max_size=settings.max_body_bytes, middlewares=[*tracing.middlewares(), error_middleware]
     )
     app[keys.SETTINGS] = settings
+    app[keys.DEADLINES] = Deadlines()
     # Server: chatd and the security headers on every response, streams included.
     app.on_response_prepare.append(headers.on_response_prepare)
     add_routes(app, health.routes)

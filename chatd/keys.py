@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
+from chatd.deadlines import Deadline, Deadlines
 from chatd.live.fanout import Fanout
 from chatd.live.hub import Hub
 from chatd.ports import Backends
@@ -23,4 +22,6 @@ FANOUT = web.AppKey[Fanout]("fanout")
 HUB = web.AppKey("hub", Hub)
 
 # The request's deadline (error_middleware), so that a handler opening a live stream can lift it.
-REQUEST_DEADLINE = web.RequestKey("request_deadline", asyncio.Timeout)
+# Every in-flight request's deadline, kept by one sweeping timer (chatd/deadlines.py).
+DEADLINES = web.AppKey("deadlines", Deadlines)
+REQUEST_DEADLINE = web.RequestKey("request_deadline", Deadline)

@@ -46,9 +46,9 @@ class BodyTimeout(asyncio.TimeoutError):
 
 def lift_deadline(request: web.Request) -> None:
     """No deadline for the rest of this request (a live stream, once it is open)."""
-    limit = request.get(keys.REQUEST_DEADLINE)
-    if limit is not None:
-        limit.reschedule(None)
+    deadline = request.get(keys.REQUEST_DEADLINE)
+    if deadline is not None:
+        request.app[keys.DEADLINES].lift(deadline)
 
 
 def _expire_body(payload: StreamReader) -> None:
@@ -65,15 +65,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     # A small body arrives with its headers and is complete here: only a body still on its way
     # (large, slow, or stalled) pays for a timer.
     settings = request.app[keys.SETTINGS]
-    deadline = None
+    body_timer = None
     budget = settings.request_deadline_seconds
     if not payload.is_eof():
-        deadline = asyncio.get_running_loop().call_later(settings.body_timeout_seconds, _expire_body, payload)
+        body_timer = asyncio.get_running_loop().call_later(settings.body_timeout_seconds, _expire_body, payload)
         budget += settings.body_timeout_seconds  # the deadline counts from the body's arrival
-    limit = request[keys.REQUEST_DEADLINE] = asyncio.timeout(budget)
+    deadlines = request.app[keys.DEADLINES]
+    deadline = request[keys.REQUEST_DEADLINE] = deadlines.start(budget)
+    expired = False
     try:
-        async with limit:
+        try:
             response = await handler(request)
+        finally:
+            expired = deadlines.end(deadline)
+    except asyncio.CancelledError:
+        if not expired:
+            raise  # the client went away, or the server is shutting down
+        logger.warning("request %s: no answer within the %g s deadline", request_id, budget)
+        response = error_response(
+            503,
+            "unavailable",
+            f"no answer within the request deadline ({budget:g} s); retry shortly",
+            {"Retry-After": "1"},
+        )
     except BodyTimeout:
         logger.info("request %s: the body did not arrive in time", request_id)
         response = error_response(408, "request_timeout", "the request body did not arrive in time")
@@ -95,18 +109,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except BackendUnavailable as exc:
         logger.warning("request %s: backend unavailable: %s", request_id, exc)
         response = error_response(503, "unavailable", "a backend is unavailable; retry shortly", {"Retry-After": "1"})
-    except TimeoutError:
-        if not limit.expired():
-            logger.exception("request %s: %s %s failed", request_id, request.method, _route(request))
-            response = error_response(500, "internal_error", f"internal error (request id {request_id})")
-        else:
-            logger.warning("request %s: no answer within the %g s deadline", request_id, budget)
-            response = error_response(
-                503,
-                "unavailable",
-                f"no answer within the request deadline ({budget:g} s); retry shortly",
-                {"Retry-After": "1"},
-            )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -116,8 +118,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         logger.exception("request %s: %s %s failed", request_id, request.method, _route(request))
         response = error_response(500, "internal_error", f"internal error (request id {request_id})")
     finally:
-        if deadline is not None:
-            deadline.cancel()
+        if body_timer is not None:
+            body_timer.cancel()
     response.headers["X-Request-Id"] = request_id
     route = _route(request)
     seconds = time.perf_counter() - started

@@ -19,7 +19,6 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from chatd import keys, metrics
-from chatd.errors import BadRequest
 from chatd.handlers import parsing
 from chatd.handlers.middleware import lift_deadline
 from chatd.live.events import APPLICATION_FEED, MESSAGE_UPDATED, LiveEvent
@@ -55,18 +54,15 @@ async def application_events(request: web.Request) -> web.StreamResponse:
 
 
 def resume_point(request: web.Request) -> int | None:
-    """The number to resume after: ``Last-Event-ID`` (as browsers send it), else ``?after=``."""
+    """The number to resume after: ``Last-Event-ID`` (as browsers send it), else ``?after=``.
+
+    Both are parsed as every other number is (``parsing.number_from``); an empty one is none.
+    """
     header = request.headers.get("Last-Event-ID")
-    if header is not None and header.strip():
-        if not header.strip().isdigit():
-            raise BadRequest("'Last-Event-ID' must be an event id (a number)", code="invalid_header")
-        return int(header.strip())
+    if header:
+        return parsing.number_from(header, "Last-Event-ID")
     raw = request.query.get("after")
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise BadRequest(f"'after' must be a number of at least 0, not {raw!r}", code="invalid_parameter")
-    return int(raw)
+    return parsing.number_from(raw, "after") if raw else None
 
 
 async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
@@ -78,14 +74,13 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     # A ping every ``heartbeat`` seconds without other traffic from the client; no pong within
     # half of it closes the connection, so a peer that vanished does not hold it until TCP gives up.
     websocket = web.WebSocketResponse(compress=False, max_msg_size=4096, heartbeat=heartbeat or None)
+    start = head if after is None else after
     if websocket.can_prepare(request).ok:
         await websocket.prepare(request)
-        writer: _Writer = _WebSocketWriter(websocket)
+        writer: _Writer = _WebSocketWriter(websocket, start)
     else:
-        writer = await _SseWriter.start(request)
-    feed, subscriber = hub.subscribe(
-        app.id, APPLICATION_FEED if chat is None else chat, head if after is None else after
-    )
+        writer = await _SseWriter.start(request, start)
+    feed, subscriber = hub.subscribe(app.id, APPLICATION_FEED if chat is None else chat, start)
     connections = metrics.LIVE_CONNECTIONS.labels("websocket" if isinstance(writer, _WebSocketWriter) else "sse")
     connections.inc()
     try:
@@ -140,12 +135,14 @@ class _Writer:
 
 
 class _SseWriter(_Writer):
-    def __init__(self, response: web.StreamResponse):
+    def __init__(self, response: web.StreamResponse, start: int):
         self.response = response
-        self.last_id = ""
+        # Never empty: by the SSE standard an empty id resets the browser's last event id, and
+        # its next reconnect would start from the head. The first event may be an edit.
+        self.last_id = str(start)
 
     @classmethod
-    async def start(cls, request: web.Request) -> _SseWriter:
+    async def start(cls, request: web.Request, start: int) -> _SseWriter:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -156,7 +153,7 @@ class _SseWriter(_Writer):
         )
         await response.prepare(request)
         await response.write(b"retry: %d\n: connected\n\n" % _RETRY_MS)
-        return cls(response)
+        return cls(response, start)
 
     async def send(self, batch: list[LiveEvent]) -> None:
         parts = []
@@ -179,10 +176,10 @@ class _SseWriter(_Writer):
 
 
 class _WebSocketWriter(_Writer):
-    def __init__(self, response: web.WebSocketResponse):
+    def __init__(self, response: web.WebSocketResponse, start: int):
         self.response = response
         self.websocket = response
-        self.last_id = ""
+        self.last_id = str(start)  # never empty, as for SSE
 
     async def send(self, batch: list[LiveEvent]) -> None:
         for event in batch:

@@ -82,8 +82,23 @@ class Cursor(NamedTuple):
     limit: int
 
 
-# Numbers in paths go up to 18 digits, so a cursor (the last number of a page) may too.
-_MAX_CURSOR_DIGITS = 18
+# Numbers in paths go up to 18 digits (every one fits the store's signed 64-bit columns), so a
+# cursor (the last number of a page) or a resume point (the last event id) may too.
+_MAX_NUMBER_DIGITS = 18
+
+
+def number_from(raw: str, name: str) -> int:
+    """``raw`` as a number of at least 0 that the store can hold, else 400 ``invalid_parameter``.
+
+    ASCII digits only: ``str.isdigit`` alone also accepts other scripts' digits (``١٢``, which
+    ``int`` reads as 12) and superscripts (``²``, which ``int`` refuses).
+    """
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_NUMBER_DIGITS:
+        raise BadRequest(
+            f"'{name}' must be a number of at least 0 (ASCII digits, at most {_MAX_NUMBER_DIGITS}), not {raw!r}",
+            code="invalid_parameter",
+        )
+    return int(raw)
 
 
 def _given(request: web.Request, names: tuple[str, ...]) -> bool:
@@ -100,13 +115,11 @@ def cursor(request: web.Request) -> Cursor | None:
         return None
     if _given(request, ("page", "per_page")):
         raise BadRequest("use either 'after'/'limit' or 'page'/'per_page', not both", code="invalid_parameter")
-    raw = request.query.get("after") or "0"
-    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_CURSOR_DIGITS:
-        raise BadRequest(f"'after' must be a number of at least 0, not {raw!r}", code="invalid_parameter")
+    after = number_from(request.query.get("after") or "0", "after")
     limit = _query_int(request, "limit", DEFAULT_PER_PAGE)
     if not 1 <= limit <= MAX_PER_PAGE:
         raise BadRequest(f"'limit' must be between 1 and {MAX_PER_PAGE}", code="invalid_parameter")
-    return Cursor(int(raw), limit)
+    return Cursor(after, limit)
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -15,7 +15,7 @@ async def test_live_answers_match_the_description(api: Api) -> None:
     await expect(api, "GET", "/applications/nope/events", 404, "application_not_found")
     await expect(api, "GET", f"/applications/{token}/chats/x/events", 400, "invalid_parameter")
     await expect(api, "GET", events + "?after=x", 400, "invalid_parameter")
-    await expect(api, "GET", events, 400, "invalid_header", headers={"Last-Event-ID": "-"})
+    await expect(api, "GET", events, 400, "invalid_parameter", headers={"Last-Event-ID": "-"})
     for path in (events, f"/applications/{token}/events"):
         response = await api.client.get(path)
         assert response.status == 200 and response.content_type == "text/event-stream"

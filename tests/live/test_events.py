@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
+from chatd import keys
 from tests.conftest import Api
+from tests.factories import eventually
 from tests.live.helpers import SseStream, WsStream, numbers
 
 
@@ -131,13 +134,23 @@ async def test_errors_come_before_the_stream_starts(api: Api) -> None:
         ("/applications/nope/events", {}, 404, "application_not_found"),
         (f"/applications/{token}/chats/0/events", {}, 400, "invalid_parameter"),
         (f"/applications/{token}/chats/{chat}/events?after=-1", {}, 400, "invalid_parameter"),
-        (f"/applications/{token}/chats/{chat}/events", {"Last-Event-ID": "x1"}, 400, "invalid_header"),
     ]
+    # Resume points are numbers as every other is: ASCII digits within the store's range. Not a
+    # superscript (int() refuses it: was a 500), not another script's digits (int() reads "١٢" as
+    # 12: was a stream), not 30 digits (was a stream whose feed failed for every subscriber).
+    for raw in ("x1", "\u00b2", "\u0661\u0662", "1" * 30, "-1", "1.5", "1e3", "0x10"):
+        # The header as UTF-8 bytes, and as one byte a character where Latin-1 has it ("²" is 0xB2).
+        for sent in {raw.encode().decode("latin-1"), raw.encode("latin-1", "replace").decode("latin-1")}:
+            cases.append(
+                (f"/applications/{token}/chats/{chat}/events", {"Last-Event-ID": sent}, 400, "invalid_parameter")
+            )
+        cases.append((f"/applications/{token}/chats/{chat}/events?after={quote(raw)}", {}, 400, "invalid_parameter"))
+        cases.append((f"/applications/{token}/events?after={quote(raw)}", {}, 400, "invalid_parameter"))
     for path, headers, status, code in cases:
         response = await api.client.get(path, headers=headers)
-        assert response.status == status, path
+        assert response.status == status, (path, headers)
         assert response.headers["Content-Type"].startswith("application/json")
-        assert (await response.json())["error"]["code"] == code, path
+        assert (await response.json())["error"]["code"] == code, (path, headers)
     refused = await api.client.get("/applications/nope/chats/1/events", headers={"Upgrade": "websocket"})
     assert refused.status == 404
 
@@ -151,3 +164,27 @@ async def test_keep_alive_comments(make_api) -> None:  # type: ignore[no-untyped
         while b": keep-alive\n" not in lines:
             lines.append(await response.content.readline())
     assert lines[:2] == [b"retry: 1000\n", b": connected\n"]
+
+
+async def test_an_event_id_is_never_empty_when_the_first_event_is_an_edit(api: Api) -> None:
+    # By the SSE standard an empty id resets the browser's last event id: its next reconnect
+    # would start from the head and skip everything in between.
+    token, chat = await _chat(api)
+    await _post(api, token, chat, 2)
+    await api.settle()
+    path = f"/applications/{token}/chats/{chat}/events"
+    sse = await api.client.get(path)
+    raw_lines: list[bytes] = []
+    websocket = WsStream(await api.client.ws_connect(path))
+    hub = api.app[keys.HUB]
+    await eventually(lambda: asyncio.sleep(0, hub.subscriber_count == 2))
+    edit = await api.client.put(f"{path.removesuffix('/events')}/messages/1", json={"content": "edited first"})
+    assert edit.status == 200
+    async with asyncio.timeout(30):
+        while b"event: message.updated\n" not in raw_lines:
+            raw_lines.append(await sse.content.readline())
+    # The stream started after the last number handed out (2): that is the id until a message comes.
+    assert raw_lines[-2] == b"id: 2\n", raw_lines
+    first = await websocket.next()
+    assert (first.event, first.id, first.data["content"]) == ("message.updated", "2", "edited first")
+    await websocket.websocket.close()

@@ -16,6 +16,7 @@ from chatd import keys, logs, reindexing, sdnotify, tracing
 from chatd.app import create_app
 from chatd.backends.registry import make_backends, opened
 from chatd.handlers.protocol import ChatdRunner
+from chatd.live.unix_fanout import UnsafeSocketDirectory
 from chatd.settings import ROLES, Settings
 
 
@@ -74,7 +75,11 @@ def serve(settings: Settings) -> int:
     tracing.configure(settings.role)  # before create_app: it instruments aiohttp's Application
     app = create_app(settings)
     _tune_garbage_collector()
-    asyncio.run(_serve(app, settings))
+    try:
+        asyncio.run(_serve(app, settings))
+    except UnsafeSocketDirectory as exc:  # a configuration to fix, not a crash: no traceback
+        print(f"chatd: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -91,7 +96,13 @@ async def _serve(app: web.Application, settings: Settings) -> None:
         app, access_log=None, keepalive_timeout=75.0, shutdown_timeout=settings.shutdown_timeout_seconds
     )
     notifier = sdnotify.Notifier.from_env()
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # A context that failed to start (a refused directory) leaves those before it open:
+        # close them in reverse, as a shutdown would, instead of at garbage collection.
+        await runner.cleanup()
+        raise
     # The watchdog pings on through the drain (a loop that stalls there is stuck too).
     watchdog = asyncio.create_task(sdnotify.watchdog(notifier))
     readiness: asyncio.Task[None] | None = None

@@ -89,6 +89,9 @@ class Settings:
     # A live WebSocket is pinged after this many seconds without traffic from its client, and
     # closed if no pong comes within half of it (0: no heartbeat).
     websocket_heartbeat_seconds: float = 30.0
+    # The embedded fan-out's socket directory (no Redis): it must be private to the serving
+    # user (mode 0700, its owner), or chatd refuses to start. Empty: beside the embedded file.
+    live_socket_directory: str = ""
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -6,7 +6,6 @@ on it; each engine's driver is imported only when chosen.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,17 +14,14 @@ from chatd.settings import Settings
 
 
 def socket_directory(embedded_file: str) -> str:
-    """Where the embedded fan-out's sockets live: beside the embedded file (``chatd.live/``).
+    """Where the embedded fan-out's sockets live by default: beside the embedded file (``chatd.live/``).
 
-    A Unix socket path is limited to 107 bytes; a directory too deep for that is replaced by
-    one in /tmp named after it, which every process of the same file finds as well.
+    Never a shared name in /tmp, which another local user could create first. However deep
+    it is, the sockets' paths stay within the 107 bytes a Unix socket path may have: they go
+    through the directory's descriptor (``chatd.live.unix_fanout``).
     """
     path = Path(os.path.realpath(embedded_file))  # one spelling of it for every process
-    directory = str(path.with_suffix("")) + ".live"
-    if len(directory) > 85:  # + "/<pid>-<8 hex>.sock" stays within 107
-        digest = hashlib.sha256(directory.encode()).hexdigest()[:16]
-        directory = f"/tmp/chatd-live-{digest}"
-    return directory
+    return str(path.with_suffix("")) + ".live"
 
 
 def make_fanout(settings: Settings) -> Fanout:
@@ -41,4 +37,4 @@ def make_fanout(settings: Settings) -> Fanout:
         return LocalFanout()
     from chatd.live.unix_fanout import UnixFanout
 
-    return UnixFanout(socket_directory(embedded))
+    return UnixFanout(settings.live_socket_directory or socket_directory(embedded))

@@ -25,11 +25,9 @@ def test_the_configuration_picks_the_fan_out(tmp_path: Path) -> None:
     assert isinstance(make_fanout(Settings(database_url="sqlite:///:memory:")), LocalFanout)
 
 
-def test_a_socket_directory_too_deep_for_a_socket_path_moves_to_tmp(tmp_path: Path) -> None:
+def test_a_socket_directory_too_deep_for_a_socket_path_stays_beside_the_store(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 80) / "chatd.db"
-    directory = socket_directory(str(deep))
-    assert directory.startswith("/tmp/chatd-live-") and directory == socket_directory(str(deep))
-    assert len(directory) + len("/4194304-0123abcd.sock") < 108
+    assert socket_directory(str(deep)) == f"{tmp_path}/{'d' * 80}/chatd.live"  # never a shared /tmp name
 
 
 async def test_local_fan_out_delivers_in_process() -> None:

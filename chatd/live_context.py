@@ -35,6 +35,7 @@ def live_context(*, serve: bool) -> Callable[[web.Application], AsyncIterator[No
                 buffer_events=settings.live_buffer_events,
                 keepalive_seconds=settings.live_keepalive_seconds,
                 hole_wait_seconds=settings.live_hole_wait_seconds,
+                settled_age_seconds=settings.live_late_seconds,
             )
             hub = app[keys.HUB] = Hub(app[keys.BACKENDS].store, options)
             tasks.append(_keep_running("live-listener", lambda: fanout.listen(hub.deliver, hub.resync)))

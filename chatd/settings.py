@@ -86,6 +86,14 @@ class Settings:
     live_buffer_events: int = 1000
     live_keepalive_seconds: float = 15.0
     live_hole_wait_seconds: float = 10.0
+    # A number still missing when the message above it was accepted this long ago is taken as
+    # burnt: until then a message stored after subscribers passed its number is sent late.
+    live_late_seconds: float = 300.0
+    # A write to a live connection that has not completed within this time (the client stopped
+    # reading) ends the connection, so a stalled client holds nothing past it.
+    live_write_deadline_seconds: float = 30.0
+    # A live stream ends after this long (the client resumes from its last id); 0: no limit.
+    live_stream_seconds: float = 0.0
     # A live WebSocket is pinged after this many seconds without traffic from its client, and
     # closed if no pong comes within half of it (0: no heartbeat).
     websocket_heartbeat_seconds: float = 30.0
@@ -121,6 +129,10 @@ class Settings:
             )
         if self.max_chats_per_application < 0:
             raise ValueError("CHATD_MAX_CHATS_PER_APPLICATION must be 0 (no limit) or more")
+        if self.live_write_deadline_seconds <= 0:
+            raise ValueError("CHATD_LIVE_WRITE_DEADLINE_SECONDS must be more than 0")
+        if self.live_stream_seconds < 0:
+            raise ValueError("CHATD_LIVE_STREAM_SECONDS must be 0 (no limit) or more")
         if self.websocket_heartbeat_seconds < 0:
             raise ValueError("CHATD_WEBSOCKET_HEARTBEAT_SECONDS must be 0 (no heartbeat) or more")
 

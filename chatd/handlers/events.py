@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -23,8 +24,8 @@ from chatd.handlers import parsing
 from chatd.handlers.middleware import lift_deadline
 from chatd.live.events import APPLICATION_FEED, MESSAGE_UPDATED, LiveEvent
 from chatd.live.feed import Feed
-from chatd.live.hub import Hub
-from chatd.live.subscriber import SHUTTING_DOWN, SLOW_CONSUMER, Subscriber
+from chatd.live.subscriber import SHUTTING_DOWN, SLOW_CONSUMER, STREAM_ENDED, Subscriber
+from chatd.live.write_deadline import WriteDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,10 @@ _RETRY_MS = 1000
 _CLOSE_MESSAGES = {
     SLOW_CONSUMER: "the client fell too far behind; resume from the last event id",
     SHUTTING_DOWN: "the server is shutting down; resume from the last event id",
+    STREAM_ENDED: "the stream reached its time limit; resume from the last event id",
 }
-# WebSocket close codes: 1001 going away; 4000-4999 are for applications.
-_WS_CLOSE_CODES = {SLOW_CONSUMER: 4008, SHUTTING_DOWN: 1001}
+# WebSocket close codes: 1000 normal, 1001 going away; 4000-4999 are for applications.
+_WS_CLOSE_CODES = {SLOW_CONSUMER: 4008, SHUTTING_DOWN: 1001, STREAM_ENDED: 1000}
 
 
 @routes.get("/applications/{token}/chats/{chat}/events")
@@ -70,7 +72,8 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     app, head = await request.app[keys.SERVICE].live_head(request.match_info["token"], chat)
     hub = request.app[keys.HUB]
     lift_deadline(request)  # the checks above were answered in time; a stream lasts
-    heartbeat = request.app[keys.SETTINGS].websocket_heartbeat_seconds
+    settings = request.app[keys.SETTINGS]
+    heartbeat = settings.websocket_heartbeat_seconds
     # A ping every ``heartbeat`` seconds without other traffic from the client; no pong within
     # half of it closes the connection, so a peer that vanished does not hold it until TCP gives up.
     websocket = web.WebSocketResponse(compress=False, max_msg_size=4096, heartbeat=heartbeat or None)
@@ -83,25 +86,51 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     feed, subscriber = hub.subscribe(app.id, APPLICATION_FEED if chat is None else chat, start)
     connections = metrics.LIVE_CONNECTIONS.labels("websocket" if isinstance(writer, _WebSocketWriter) else "sse")
     connections.inc()
+    # Aborting the transport fails the write that waits on it: the pump ends and releases all.
+    deadline = WriteDeadline(settings.live_write_deadline_seconds, _aborter(request), _unsent(request))
+    lifetime = None
+    if settings.live_stream_seconds:
+        lifetime = asyncio.get_running_loop().call_later(settings.live_stream_seconds, subscriber.close, STREAM_ENDED)
     try:
-        await _pump(hub, feed, subscriber, writer)
+        await _pump(feed, subscriber, writer, deadline)
     finally:
+        deadline.finish()
+        if lifetime is not None:
+            lifetime.cancel()
         connections.dec()
         hub.unsubscribe(feed, subscriber)
     return writer.response
 
 
-async def _pump(hub: Hub, feed: Feed, subscriber: Subscriber, writer: _Writer) -> None:
-    """Write the subscriber's events until it is closed or the client goes away."""
+def _aborter(request: web.Request) -> Callable[[], None]:
+    transport = request.transport
+
+    def abort() -> None:
+        logger.info("live client did not take a write within the deadline; connection closed")
+        if transport is not None:
+            transport.abort()
+
+    return abort
+
+
+def _unsent(request: web.Request) -> Callable[[], int]:
+    """Bytes written to the connection that its socket has not taken yet (the client is not reading)."""
+    transport = request.transport
+    return lambda: 0 if transport is None else transport.get_write_buffer_size()
+
+
+async def _pump(feed: Feed, subscriber: Subscriber, writer: _Writer, deadline: WriteDeadline) -> None:
+    """Write the subscriber's events until it is closed, the client goes away or a write misses ``deadline``."""
     reading = asyncio.create_task(writer.wait_closed())
     reading.add_done_callback(lambda _: subscriber.close("client_gone"))
     try:
         while True:
             await subscriber.wake.wait()
             subscriber.wake.clear()
+            deadline.writing()
             if subscriber.closed is not None:
                 if subscriber.closed != "client_gone":
-                    await writer.close(subscriber.closed)
+                    await writer.close(subscriber.closed)  # last words, within the deadline too
                 return
             was_full = subscriber.room == 0
             batch = subscriber.take(_EVENTS_PER_WRITE)
@@ -112,10 +141,11 @@ async def _pump(hub: Hub, feed: Feed, subscriber: Subscriber, writer: _Writer) -
             if subscriber.ping_due:
                 subscriber.ping_due = False
                 await writer.ping()
+            deadline.written()
             if was_full or subscriber.room >= subscriber.capacity // 2:
                 feed.has_room(subscriber)
     except (ConnectionError, RuntimeError):
-        return  # the client went away mid-write
+        return  # the client went away mid-write, or missed the write deadline
     finally:
         reading.cancel()
 
@@ -172,7 +202,11 @@ class _SseWriter(_Writer):
     async def close(self, reason: str) -> None:
         body = orjson.dumps({"error": {"code": reason, "message": _CLOSE_MESSAGES.get(reason, reason)}})
         with contextlib.suppress(ConnectionError, RuntimeError):
+            # The connection ends with the stream: a client told to go (too slow, shutting down)
+            # reconnects anyway, and one that stopped reading must not keep it idle, bytes unsent.
+            self.response.force_close()
             await self.response.write(b"event: close\ndata: %s\n\n" % body)
+            await self.response.write_eof()
 
 
 class _WebSocketWriter(_Writer):

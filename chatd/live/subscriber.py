@@ -9,6 +9,8 @@ from chatd.live.events import LiveEvent
 
 SLOW_CONSUMER = "slow_consumer"
 SHUTTING_DOWN = "shutting_down"
+# The stream lasted CHATD_LIVE_STREAM_SECONDS: the client resumes from its last id.
+STREAM_ENDED = "stream_ended"
 
 
 class Subscriber:

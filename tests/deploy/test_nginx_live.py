@@ -1,4 +1,5 @@
-"""deploy/nginx.conf passes live events: unbuffered SSE, WebSocket upgrades, idle streams kept open.
+"""deploy/nginx.conf passes live events: unbuffered SSE, WebSocket upgrades, idle streams kept open, a limit
+of streams per client address.
 
 Run through the real nginx binary in front of a real chatd app, on both backend sets.
 """
@@ -7,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import aiohttp
 
+from chatd import keys
 from tests.conftest import Api
-from tests.deploy.helpers import Directive, server_block
-from tests.deploy.test_nginx import local_nginx_conf, nginx_command, select_location
+from tests.deploy.helpers import Directive, Gateway, server_block
+from tests.deploy.test_nginx import select_location
+from tests.factories import eventually
 from tests.live.helpers import SseStream, WsStream
-from tests.servers import free_port
 
 EVENT_PATHS = ["/applications/tok/chats/7/events", "/applications/tok/events"]
 
@@ -42,31 +41,13 @@ def test_events_location_is_unbuffered_with_a_long_read_timeout(nginx: Directive
     assert select_location(server, "/applications/tok/chats/7/messages").args[1].endswith("chats(/|$)")
 
 
-def start_nginx(tmp_path: Path, listen: int, upstream: int) -> subprocess.Popen[bytes]:
-    conf = local_nginx_conf(tmp_path, listen, upstream)
-    log = open(tmp_path / "stderr.log", "wb")
-    process = subprocess.Popen([*nginx_command(conf), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=log)
-    log.close()
-    deadline = time.monotonic() + 10
-    while True:
-        assert process.poll() is None, (tmp_path / "stderr.log").read_text()
-        try:
-            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-            return process
-        except OSError:
-            assert time.monotonic() < deadline, "nginx did not start listening"
-            time.sleep(0.05)
-
-
 async def test_live_events_through_nginx(make_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     api: Api = await make_api(live_keepalive_seconds=0.2)
-    listen = free_port()
-    nginx = start_nginx(tmp_path, listen, api.client.server.port)
-    try:
+    with Gateway(tmp_path, api.client.server.port) as gateway:
         token = await api.create_application()
         chat = await api.create_chat(token)
         path = f"/applications/{token}/chats/{chat}/events"
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{listen}") as session:
+        async with aiohttp.ClientSession(gateway.url) as session:
             async with session.get(path) as response:
                 assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
                 stream = SseStream(response)
@@ -87,6 +68,45 @@ async def test_live_events_through_nginx(make_api, tmp_path: Path) -> None:  # t
             async with session.get("/applications/nope/chats/1/events") as missing:
                 assert missing.status == 404
                 assert (await missing.json())["error"]["code"] == "application_not_found"
-    finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
+
+
+# What the README promises: concurrent live streams per client address through the gateway.
+STREAMS_PER_ADDRESS = 20
+
+
+async def test_live_streams_per_client_address_are_limited(make_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    api: Api = await make_api(live_keepalive_seconds=3600.0)
+    token = await api.create_application()
+    chat = await api.create_chat(token)
+    await api.settle()
+    paths = [f"/applications/{token}/chats/{chat}/events", f"/applications/{token}/events"]
+    limit = STREAMS_PER_ADDRESS
+    hub = api.app[keys.HUB]
+    with Gateway(tmp_path, api.client.server.port) as gateway:
+        async with aiohttp.ClientSession(gateway.url, connector=aiohttp.TCPConnector(limit=0)) as session:
+            # Both events paths count against one limit per address.
+            streams = [await session.get(paths[i % 2]) for i in range(limit)]
+            assert [s.status for s in streams] == [200] * limit
+            await eventually(lambda: asyncio.sleep(0, hub.subscriber_count == limit))
+            for path in paths:
+                async with session.get(path) as refused:
+                    assert refused.status == 429, f"stream {limit + 1} from one address: {refused.status}"
+                    assert (await refused.json())["error"]["code"] == "rate_limited"
+                    assert refused.headers["Retry-After"] == "1"
+            # Other requests from the same address are not streams: not limited by it.
+            async with session.get(f"/applications/{token}/chats/{chat}") as chat_answer:
+                assert chat_answer.status == 200
+            assert hub.subscriber_count == limit  # the refused ones never reached chatd
+            streams.pop().close()  # one stream ends: its slot frees
+
+            async def another_opens() -> bool:
+                response = await session.get(paths[0])
+                if response.status == 200:
+                    streams.append(response)
+                    return True
+                response.close()
+                return False
+
+            await eventually(another_opens, timeout=15)
+            for stream in streams:
+                stream.close()

@@ -1,14 +1,19 @@
-"""A live client that stops reading is closed with a reason, and resumes from its last id."""
+"""A live client that stops reading is closed with a reason and resumes from its last id; one that never
+reads again is let go (subscriber and connection) within the write deadline."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import time
+from typing import Any
 
 import orjson
 
 from chatd import keys
 from chatd.live.subscriber import SLOW_CONSUMER
+from tests.conftest import Api
 from tests.factories import eventually
 from tests.live.helpers import SseStream, numbers
 
@@ -39,9 +44,8 @@ def parse(raw: bytes) -> list[tuple[str, str, bytes]]:
     return events
 
 
-async def test_a_stalled_live_client_is_closed_and_resumes(make_api) -> None:  # type: ignore[no-untyped-def]
-    # A short keep-alive: each one re-examines the stalled client (no new messages are needed for that).
-    api = await make_api(live_buffer_events=5, live_keepalive_seconds=0.2)
+async def stall(api: Api) -> tuple[str, str, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that takes three messages, then stops reading while many more come: (token, path, its socket)."""
     token = await api.create_application()
     chat = await api.create_chat(token)
     path = f"/applications/{token}/chats/{chat}/events"
@@ -49,12 +53,8 @@ async def test_a_stalled_live_client_is_closed_and_resumes(make_api) -> None:  #
     hub = api.app[keys.HUB]
     await eventually(lambda: asyncio.sleep(0, bool(hub.feeds)))
     # A slow link on the server's side too: otherwise its kernel buffers take megabytes first.
-    server = api.client.server.runner.server
-    assert server is not None
-    for handler in server.connections:
-        assert handler.transport is not None
-        handler.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    # Three messages reach the client's socket; then it stops reading, and many more come.
+    (stream,) = [h.transport for h in server_connections(api) if h.transport and is_peer(h.transport, writer)]
+    stream.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     for i in range(MESSAGES):
         await api.create_message(token, chat, f"{i} " + "x" * 9000)
         if i == 2:
@@ -63,6 +63,48 @@ async def test_a_stalled_live_client_is_closed_and_resumes(make_api) -> None:  #
                 lambda: asyncio.sleep(0, all(s.last == 3 for f in hub.feeds.values() for s in f.subscribers))
             )
     await api.settle()
+    return token, path, reader, writer
+
+
+def server_connections(api: Api) -> list[Any]:
+    server = api.client.server.runner.server
+    assert server is not None
+    return list(server.connections)
+
+
+def is_peer(transport: asyncio.BaseTransport, client: asyncio.StreamWriter) -> bool:
+    """Whether the server's ``transport`` is the connection of ``client``."""
+    return bool(transport.get_extra_info("peername") == client.get_extra_info("sockname"))
+
+
+async def test_a_client_that_stops_reading_is_disconnected_within_the_write_deadline(make_api) -> None:  # type: ignore[no-untyped-def]
+    api = await make_api(live_buffer_events=5, live_keepalive_seconds=0.2, live_write_deadline_seconds=1.0)
+    hub = api.app[keys.HUB]
+    _, _, reader, writer = await stall(api)
+    stalled_at = time.monotonic()
+
+    def held() -> bool:
+        return hub.subscriber_count > 0 or any(
+            h.transport and is_peer(h.transport, writer) for h in server_connections(api)
+        )
+
+    # The server lets go of everything: the subscriber (and its buffer), the feed, the connection.
+    await eventually(lambda: asyncio.sleep(0, not held() and not hub.feeds), timeout=15)
+    released_in = time.monotonic() - stalled_at
+    # What the client finds when it reads again: what fitted in the socket's buffers, then the end.
+    async with asyncio.timeout(30):
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+    writer.close()
+    assert released_in < 10, f"released {released_in:.1f} s after the last message, with a 1 s deadline"
+
+
+async def test_a_stalled_live_client_is_closed_and_resumes(make_api) -> None:  # type: ignore[no-untyped-def]
+    # A short keep-alive: each one re-examines the stalled client (no new messages are needed for that).
+    api = await make_api(live_buffer_events=5, live_keepalive_seconds=0.2)
+    hub = api.app[keys.HUB]
+    _, path, reader, writer = await stall(api)
 
     def closed_as_slow() -> bool:
         # Closed, and either still writing its last words to the full socket or gone.
@@ -80,5 +122,7 @@ async def test_a_stalled_live_client_is_closed_and_resumes(make_api) -> None:  #
     assert given[:3] == [1, 2, 3] and given == list(range(1, len(given) + 1)) and len(given) < MESSAGES
     (closing,) = [orjson.loads(data) for _, kind, data in events if kind == "close"]
     assert closing["error"]["code"] == SLOW_CONSUMER and "resume" in closing["error"]["message"]
+    # Its last words taken, the stream is over on the server too: nothing is held for it.
+    await eventually(lambda: asyncio.sleep(0, hub.subscriber_count == 0 and not hub.feeds))
     resumed = SseStream(await api.client.get(path, headers={"Last-Event-ID": str(given[-1])}))
     assert numbers(await resumed.take(MESSAGES - len(given))) == list(range(len(given) + 1, MESSAGES + 1))

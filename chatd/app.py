@@ -83,7 +83,10 @@ def _backends_context(backends: Backends, clock: Clock):  # type: ignore[no-unty
             )
             app[keys.BACKENDS] = backends
             app[keys.SERVICE] = service
-            app[keys.PIPELINE] = Pipeline(backends, settings, service.forget_applications)
+            # Relayed edits are announced too: the api's own announcement is lost if it dies first.
+            app[keys.PIPELINE] = Pipeline(
+                backends, settings, service.forget_applications, announce=app[keys.FANOUT].announce
+            )
             try:
                 yield
             finally:

@@ -128,6 +128,26 @@ class SearchDocument:
 
 
 @dataclass(frozen=True)
+class EditedMessage:
+    """A message as its last edit left it: what the search index and live subscribers are told."""
+
+    document: SearchDocument
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxEdits:
+    """Edits waiting in the store's outbox (``Store.edits_to_relay``).
+
+    ``ids`` are the outbox rows read, to forget once relayed; ``messages`` each message those
+    rows name, once, as it reads now (at least as new as any of its waiting edits).
+    """
+
+    ids: list[int]
+    messages: list[EditedMessage]
+
+
+@dataclass(frozen=True)
 class SearchHit:
     message_number: int
     content: str

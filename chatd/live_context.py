@@ -35,6 +35,8 @@ def live_context(*, serve: bool) -> Callable[[web.Application], AsyncIterator[No
                 buffer_events=settings.live_buffer_events,
                 keepalive_seconds=settings.live_keepalive_seconds,
                 hole_wait_seconds=settings.live_hole_wait_seconds,
+                edit_replay_seconds=settings.live_edit_replay_seconds,
+                edit_replay_events=settings.live_edit_replay_events,
                 settled_age_seconds=settings.live_late_seconds,
             )
             hub = app[keys.HUB] = Hub(app[keys.BACKENDS].store, options)

@@ -18,9 +18,11 @@ from chatd.domain import (
     Chat,
     ChatJob,
     CountsReconciled,
+    EditedMessage,
     Message,
     MessageJob,
     NumberScope,
+    OutboxEdits,
     Page,
     SearchDocument,
     SearchResult,
@@ -92,12 +94,33 @@ class Store(Backend, Protocol):
         """Up to ``limit`` stored messages of the chat numbered above ``after``, by number (a keyset page).
 
         Reads on the unique (chat, number) index; an unknown chat has none. No total is counted.
+        Each message carries its ``revision`` (the live replay compares it with edits in flight).
         """
 
     async def update_message(
         self, application_id: int, chat_number: int, number: int, content: str, updated_at: datetime
     ) -> SearchDocument | None:
-        """Change a stored message; the returned document carries the new revision."""
+        """Change a stored message; the returned document carries the new revision.
+
+        In the same transaction, the edit is written to the outbox (``edits_to_relay``) and the
+        message's last-edit time is recorded (``recent_edits``): an edit that commits is relayed
+        to the search index and the live subscribers whatever happens after the commit.
+        """
+
+    async def edits_to_relay(self, limit: int) -> OutboxEdits:
+        """The oldest ``limit`` edits of the outbox, with the messages they name as they read now."""
+
+    async def forget_relayed_edits(self, ids: Sequence[int]) -> None:
+        """Delete outbox rows once their index jobs are durably queued (ids already gone are ignored)."""
+
+    async def recent_edits(
+        self, application_id: int, chat_number: int, up_to: int, since: datetime, limit: int
+    ) -> list[EditedMessage]:
+        """Messages of the chat numbered ``up_to`` or less whose last edit is at ``since`` or later.
+
+        The ``limit`` most recently edited of them, by message number: what a live client
+        resuming after ``up_to`` may have missed. Reads an index of last-edit times per chat.
+        """
 
     async def identity(self) -> str:
         """A random id this store keeps for life, made the first time it is asked for.

@@ -203,8 +203,8 @@ class ChatService:
         if document is None:
             await self.message(token, chat_number, number)  # raises the precise 404
             raise NotFound(f"message {number} does not exist", code="message_not_found")
-        # The indexer keeps the highest revision, so this edit wins over any late re-delivery.
-        await self.queue.publish(jobs.INDEX, [jobs.encode_document(document)])
+        # Committed with its outbox row: the edit relay (chatd/workers/edit_relay.py) queues its
+        # index job, so a broker that is down delays the index instead of failing a stored edit.
         # What this edit wrote, not a read-back: a concurrent edit may have landed since.
         return Message(number, document.content, document.created_at, updated_at, document.revision)
 

@@ -97,6 +97,11 @@ class Settings:
     # A live WebSocket is pinged after this many seconds without traffic from its client, and
     # closed if no pong comes within half of it (0: no heartbeat).
     websocket_heartbeat_seconds: float = 30.0
+    # A client resuming a chat's stream (Last-Event-ID, ?after=) is sent message.updated for the
+    # messages up to its resume point edited within this many seconds, at most this many (the
+    # most recently edited): edits made while it was away.
+    live_edit_replay_seconds: float = 3600.0
+    live_edit_replay_events: int = 500
     # The embedded fan-out's socket directory (no Redis): it must be private to the serving
     # user (mode 0700, its owner), or chatd refuses to start. Empty: beside the embedded file.
     live_socket_directory: str = ""
@@ -133,6 +138,8 @@ class Settings:
             raise ValueError("CHATD_LIVE_WRITE_DEADLINE_SECONDS must be more than 0")
         if self.live_stream_seconds < 0:
             raise ValueError("CHATD_LIVE_STREAM_SECONDS must be 0 (no limit) or more")
+        if self.live_edit_replay_seconds < 0 or self.live_edit_replay_events < 0:
+            raise ValueError("CHATD_LIVE_EDIT_REPLAY_SECONDS and CHATD_LIVE_EDIT_REPLAY_EVENTS must be 0 (off) or more")
         if self.websocket_heartbeat_seconds < 0:
             raise ValueError("CHATD_WEBSOCKET_HEARTBEAT_SECONDS must be 0 (no heartbeat) or more")
 

@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
+from chatd.backends import sqlite_edits as edits
 from chatd.backends.sqlite_db import SqliteBacked, SqliteDatabase, path_from_url
 from chatd.backends.sqlite_lists import chunks
 from chatd.domain import (
@@ -15,9 +16,11 @@ from chatd.domain import (
     Chat,
     ChatJob,
     CountsReconciled,
+    EditedMessage,
     Message,
     MessageJob,
     NumberScope,
+    OutboxEdits,
     Page,
     SearchDocument,
 )
@@ -175,20 +178,22 @@ class SqliteStore(SqliteBacked):
     async def list_messages_after(self, application_id: int, chat_number: int, after: int, limit: int) -> list[Message]:
         rows = await self.db.read(
             lambda conn: conn.execute(
-                "SELECT m.number, m.content, m.created_at, m.updated_at"
+                "SELECT m.number, m.content, m.created_at, m.updated_at, m.revision"
                 " FROM chats c JOIN messages m ON m.chat_id = c.id"
                 " WHERE c.application_id = ? AND c.number = ? AND m.number > ? ORDER BY m.number LIMIT ?",
                 (application_id, chat_number, after, limit),
             ).fetchall()
         )
-        return [Message(r[0], r[1], parse_time(r[2]), parse_time(r[3])) for r in rows]
+        return [Message(r[0], r[1], parse_time(r[2]), parse_time(r[3]), r[4]) for r in rows]
 
     async def update_message(
         self, application_id: int, chat_number: int, number: int, content: str, updated_at: datetime
     ) -> SearchDocument | None:
+        stamp = format_time(updated_at)
+
         def update(conn: sqlite3.Connection) -> SearchDocument | None:
             row = conn.execute(
-                "SELECT m.id, m.created_at, m.revision FROM messages m JOIN chats c ON c.id = m.chat_id"
+                "SELECT m.id, m.created_at, m.revision, m.chat_id FROM messages m JOIN chats c ON c.id = m.chat_id"
                 " WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
                 (application_id, chat_number, number),
             ).fetchone()
@@ -196,11 +201,26 @@ class SqliteStore(SqliteBacked):
                 return None
             conn.execute(
                 "UPDATE messages SET content = ?, revision = revision + 1, updated_at = ? WHERE id = ?",
-                (content, format_time(updated_at), row[0]),
+                (content, stamp, row[0]),
             )
+            edits.record_edit(conn, row[0], row[3], number, row[2] + 1, stamp)
             return SearchDocument(application_id, chat_number, number, content, parse_time(row[1]), row[2] + 1)
 
         return await self.db.transaction(update)
+
+    async def edits_to_relay(self, limit: int) -> OutboxEdits:
+        return await self.db.read(lambda conn: edits.edits_to_relay(conn, limit))
+
+    async def forget_relayed_edits(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self.db.transaction(lambda conn: edits.forget_relayed(conn, ids))
+
+    async def recent_edits(
+        self, application_id: int, chat_number: int, up_to: int, since: datetime, limit: int
+    ) -> list[EditedMessage]:
+        return await self.db.read(
+            lambda conn: edits.recent_edits(conn, application_id, chat_number, up_to, since, limit)
+        )
 
     # Numbers and counts
 

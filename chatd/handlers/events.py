@@ -83,7 +83,8 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
         writer: _Writer = _WebSocketWriter(websocket, start)
     else:
         writer = await _SseWriter.start(request, start)
-    feed, subscriber = hub.subscribe(app.id, APPLICATION_FEED if chat is None else chat, start)
+    chat_feed = APPLICATION_FEED if chat is None else chat
+    feed, subscriber = hub.subscribe(app.id, chat_feed, start, resumed=after is not None)
     connections = metrics.LIVE_CONNECTIONS.labels("websocket" if isinstance(writer, _WebSocketWriter) else "sse")
     connections.inc()
     # Aborting the transport fails the write that waits on it: the pump ends and releases all.

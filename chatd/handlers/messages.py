@@ -37,7 +37,9 @@ async def list_messages(request: web.Request) -> web.Response:
     cursor = parsing.cursor(request)
     if cursor is not None:
         after = await request.app[keys.SERVICE].list_messages_after(token, chat, cursor.after, cursor.limit)
-        return render.json_response(render.cursor_page(after, render.message), headers=render.next_link(request, after))
+        return render.json_response(
+            render.cursor_page(after, render.listed_message), headers=render.next_link(request, after)
+        )
     page, per_page = parsing.paging(request)
     result = await request.app[keys.SERVICE].list_messages(token, chat, page, per_page)
     return render.json_response(render.page(result, render.message))

@@ -49,6 +49,16 @@ def message(record: Message) -> dict[str, Any]:
     return shown
 
 
+def listed_message(record: Message) -> dict[str, Any]:
+    """A message in a cursor page: as in a ``page=`` list, without the revision the store read."""
+    return {
+        "number": record.number,
+        "content": record.content,
+        "created_at": format_time(record.created_at),
+        "updated_at": format_time(record.updated_at),
+    }
+
+
 def page(result: Page[Any], render: Any) -> dict[str, Any]:
     return {
         "data": [render(item) for item in result.items],

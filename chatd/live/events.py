@@ -100,7 +100,7 @@ def stored_message(application_id: int, chat_number: int, message: Message) -> L
     """A ``message.created`` event read back from the store (a replay), with its current content."""
     return LiveEvent(
         MESSAGE_CREATED, application_id, chat_number, message.number, format_time(message.created_at),
-        _epoch(message.created_at), message.content,
+        _epoch(message.created_at), message.content, revision=message.revision,
     )  # fmt: skip
 
 

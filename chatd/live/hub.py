@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from chatd.live.cancelling import cancel_all
+from chatd.live.edit_replay import replay_edits
 from chatd.live.events import APPLICATION_FEED, LiveEvent, decode_announcement, stored_chat, stored_message
 from chatd.live.feed import Feed, ReadAfter
 from chatd.live.subscriber import Subscriber
@@ -26,6 +30,9 @@ class LiveOptions:
     keepalive_seconds: float = 15.0
     hole_wait_seconds: float = 10.0
     settled_age_seconds: float = 300.0
+    # A resuming subscriber is sent the edits of this window (seconds, and at most this many).
+    edit_replay_seconds: float = 3600.0
+    edit_replay_events: int = 500
 
 
 class Hub:
@@ -36,9 +43,11 @@ class Hub:
     restart, a full socket buffer) is delivered within an interval even if nothing follows it.
     """
 
-    def __init__(self, store: Store, options: LiveOptions | None = None):
+    def __init__(self, store: Store, options: LiveOptions | None = None, wall: Callable[[], float] = time.time):
         self.store = store
         self.options = options or LiveOptions()
+        self.wall = wall  # seconds since the epoch: where the edit replay's window starts
+        self._replays: dict[Subscriber, asyncio.Task[None]] = {}
         self.feeds: dict[FeedKey, Feed] = {}
         self._tasks: dict[FeedKey, asyncio.Task[None]] = {}
         self._keys: dict[int, FeedKey] = {}  # id(feed) -> its key
@@ -49,8 +58,14 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(feed.subscribers) for feed in self.feeds.values())
 
-    def subscribe(self, application_id: int, chat_number: int, after: int) -> tuple[Feed, Subscriber]:
-        """A subscriber to a chat's messages (or, with ``APPLICATION_FEED``, to the application's chats)."""
+    def subscribe(
+        self, application_id: int, chat_number: int, after: int, *, resumed: bool = False
+    ) -> tuple[Feed, Subscriber]:
+        """A subscriber to a chat's messages (or, with ``APPLICATION_FEED``, to the application's chats).
+
+        ``resumed``: the client came back after ``after`` (``Last-Event-ID``, ``?after=``), so it
+        is also sent the edits of messages up to ``after`` made within the replay window.
+        """
         key = (application_id, chat_number)
         feed = self.feeds.get(key)
         if feed is None:
@@ -64,10 +79,24 @@ class Hub:
             self._tasks[key] = asyncio.create_task(feed.run(), name=f"live-feed-{application_id}-{chat_number}")
         subscriber = Subscriber(after, self.options.buffer_events)
         feed.add(subscriber)
+        if resumed and chat_number != APPLICATION_FEED and after > 0 and self.options.edit_replay_events > 0:
+            self._start_edit_replay(application_id, chat_number, subscriber)
         return feed, subscriber
+
+    def _start_edit_replay(self, application_id: int, chat_number: int, subscriber: Subscriber) -> None:
+        since = datetime.fromtimestamp(self.wall() - self.options.edit_replay_seconds, UTC)
+        # At most half a buffer: edits may overfill a buffer by half before a client counts as slow.
+        limit = min(self.options.edit_replay_events, max(1, subscriber.capacity // 2))
+        replay = replay_edits(self.store, application_id, chat_number, subscriber, subscriber.last, since, limit)
+        task = asyncio.create_task(replay, name=f"live-edit-replay-{application_id}-{chat_number}")
+        self._replays[subscriber] = task
+        task.add_done_callback(lambda _: self._replays.pop(subscriber, None))
 
     def unsubscribe(self, feed: Feed, subscriber: Subscriber) -> None:
         feed.remove(subscriber)
+        replay = self._replays.pop(subscriber, None)
+        if replay is not None:
+            replay.cancel()
         key = self._keys.get(id(feed))
         if feed.subscribers or key is None:
             return
@@ -111,7 +140,8 @@ class Hub:
                 subscriber.close(reason)
 
     async def stop(self) -> None:
-        await cancel_all(self._tasks.values())
+        await cancel_all([*self._tasks.values(), *self._replays.values()])
+        self._replays.clear()
         self._tasks.clear()
         self.feeds.clear()
         self._keys.clear()

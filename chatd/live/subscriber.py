@@ -34,23 +34,46 @@ class Subscriber:
         self.wake = asyncio.Event()
         # Set by the feed: called when the buffer has room again after being filled.
         self.wants_room = False
+        # Message number -> the newest revision given, for edited messages only (revision 1 is
+        # older than every edit): an edit that arrives after a newer one is not sent. At most
+        # ``capacity`` messages, the least recently edited forgotten first.
+        self.revisions: dict[int, int] = {}
 
     @property
     def room(self) -> int:
-        return self.capacity - len(self.buffer)
+        # Never below 0: edits may overfill the buffer (give_update), and the feed gives while room != 0.
+        return max(0, self.capacity - len(self.buffer))
 
     def give(self, event: LiveEvent) -> None:
         """Queue an event in order (the feed has checked there is room)."""
         self.buffer.append(event)
+        self._remember(event)
         self.wake.set()
 
     def give_update(self, event: LiveEvent) -> None:
-        """Queue a ``message.updated``; an edit may exceed the buffer by half before the connection is closed."""
+        """Queue a ``message.updated`` newer than what this subscriber was given of that message.
+
+        An edit no newer (announced twice, or overtaken by a later one on the way from another
+        process) is dropped, so the client never ends on an older text. An edit may exceed the
+        buffer by half before the connection is closed.
+        """
+        if (event.revision or 1) <= self.revisions.get(event.number, 1):
+            return
         if len(self.buffer) >= self.capacity + self.capacity // 2:
             self.close(SLOW_CONSUMER)
             return
         self.buffer.append(event)
+        self._remember(event)
         self.wake.set()
+
+    def _remember(self, event: LiveEvent) -> None:
+        revision = event.revision or 1
+        if revision <= self.revisions.get(event.number, 1):
+            return  # nothing newer than what it was given already
+        self.revisions.pop(event.number, None)  # to the end: the most recently edited
+        self.revisions[event.number] = revision
+        if len(self.revisions) > self.capacity:
+            del self.revisions[next(iter(self.revisions))]
 
     def take(self, limit: int) -> list[LiveEvent]:
         """Up to ``limit`` buffered events, oldest first."""

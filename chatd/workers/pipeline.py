@@ -1,4 +1,4 @@
-"""The background side of a process: every consumer, the indexer and the reconciler."""
+"""The background side of a process: every consumer, the indexer, the edit relay and the reconciler."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from chatd.ports import Backends
 from chatd.settings import Settings
 from chatd.supervisor import Supervisor
 from chatd.workers.consumer import BatchConsumer
+from chatd.workers.edit_relay import Announce, EditRelay
 from chatd.workers.indexer import Indexer
 from chatd.workers.persist import ChatConsumer, MessageConsumer
 from chatd.workers.reconciler import Reconciler
@@ -33,7 +34,9 @@ class Pipeline:
         settings: Settings,
         forget_applications: Callable[[list[str]], Awaitable[None]],
         monotonic: Callable[[], float] = time.monotonic,
+        announce: Announce | None = None,
     ):
+        """``announce``: the live fan-out's, so that relayed edits are announced (None: not announced)."""
         self.backends = backends
         persist = {
             "batch_size": settings.worker_batch_size,
@@ -51,6 +54,10 @@ class Pipeline:
             batch_wait=settings.index_batch_wait_seconds,
             max_attempts=settings.max_delivery_attempts,
         )
+        # Polled as often as the indexer batches: an edit is searchable about as soon as a new message.
+        self.edit_relay = EditRelay(
+            backends.store, backends.queue, announce, interval=settings.index_batch_wait_seconds
+        )
         self.reconciler = Reconciler(
             backends.store, backends.lock, settings.reconcile_interval_seconds, forget_applications
         )
@@ -59,6 +66,7 @@ class Pipeline:
         supervisor.start("chat-consumer", self.chats.run)
         supervisor.start("message-consumer", self.messages.run)
         supervisor.start("indexer", self.indexer.run)
+        supervisor.start("edit-relay", self.edit_relay.run)
         supervisor.start("reconciler", self.reconciler.run)
 
     async def run_until_idle(self, timeout: float = 30.0, *, expect_dead_letters: bool = False) -> None:
@@ -73,7 +81,7 @@ class Pipeline:
         dead_before = [consumer.dead_lettered for consumer in consumers]
         deadline = time.monotonic() + timeout
         while True:
-            handled = 0
+            handled = await self.edit_relay.relay_once()
             for consumer in consumers:
                 handled += await consumer.run_once()
             if handled == 0 and all([await self.backends.queue.depth(topic) == 0 for topic in jobs.TOPICS]):

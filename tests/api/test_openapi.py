@@ -1,9 +1,10 @@
 """The OpenAPI description (chatd/openapi.yaml): valid, complete, true to real answers, and fuzzed.
 
 The fuzz test sends schemathesis' generated requests (valid and schema-violating, on generated
-and on real path parameters) to the app on each backend set, and checks that none gets a 5xx or a
-non-JSON error and that every answer matches the description. It is deterministic, so it never
-flakes; set ``CHATD_FUZZ_SEED`` to another number to explore other inputs.
+and on real path parameters; live streams included, ended after a short time) to the app on each
+backend set, and checks that none gets a 5xx or a non-JSON error and that every answer matches
+the description. It is deterministic, so it never flakes; set ``CHATD_FUZZ_SEED`` to another
+number to explore other inputs.
 """
 
 from __future__ import annotations
@@ -270,6 +271,11 @@ def _check(case: schemathesis.Case[Operation], response: schemathesis.Response) 
     if case.operation.path == "/metrics" and response.status_code == 200:
         assert media_type == "text/plain"
         return
+    if case.operation.path in EVENT_STREAMS and response.status_code == 200:
+        # A stream (ended by CHATD_LIVE_STREAM_SECONDS): events, then the close event.
+        assert media_type == "text/event-stream" and "event: close" in response.text, response.text[-300:]
+        case.validate_response(response, checks=CONFORMANCE)
+        return
     assert media_type == "application/json", f"not JSON: {media_type}"
     body = response.json()
     if response.status_code >= 400 and case.operation.path != "/readyz":
@@ -311,9 +317,11 @@ def _fuzz_operation(operation: Operation, base_url: str, real: dict[str, Any], s
     return None
 
 
-# Live event streams never end (a valid request would hold the fuzzer until its timeout) and the
-# page is HTML: tests/live checks their answers against the description instead.
-NOT_FUZZED = {"/applications/{token}/chats/{chat}/events", "/applications/{token}/events", "/", "/static/{name}"}
+# Live event streams are fuzzed with a stream time limit (FUZZ_STREAM_SECONDS), so a valid request
+# ends; the page is HTML: tests/live checks its answers against the description instead.
+EVENT_STREAMS = {"/applications/{token}/chats/{chat}/events", "/applications/{token}/events"}
+FUZZ_STREAM_SECONDS = 0.2
+NOT_FUZZED = {"/", "/static/{name}"}
 # /docs and its files are HTML, CSS and JavaScript too: tests/operating/test_docs.py checks them.
 NOT_FUZZED |= {"/docs", "/docs/assets/{name}"}
 
@@ -333,7 +341,7 @@ def _fuzz(base_url: str, real: dict[str, Any]) -> list[str]:
 
 async def test_bad_input_never_gets_a_server_error(make_api) -> None:  # type: ignore[no-untyped-def]
     # The development switch lets the listing's paging be fuzzed past its 401.
-    api = await make_api(open_listing=True)
+    api = await make_api(open_listing=True, live_stream_seconds=FUZZ_STREAM_SECONDS)
     token = await api.create_application()
     chat = await api.create_chat(token)
     for content in ("hello fuzz", "another message", "third one"):

@@ -190,7 +190,7 @@ class _SseWriter(_Writer):
         parts = []
         for event in batch:
             if event.kind != MESSAGE_UPDATED:
-                self.last_id = str(event.number)
+                self.last_id = str(event.number if event.resume_id is None else event.resume_id)
             # An edit keeps the id: the resume point is the last record given, not the edit.
             parts.append(
                 b"id: %s\nevent: %s\ndata: %s\n\n" % (self.last_id.encode(), event.kind.encode(), event.data())
@@ -219,7 +219,7 @@ class _WebSocketWriter(_Writer):
     async def send(self, batch: list[LiveEvent]) -> None:
         for event in batch:
             if event.kind != MESSAGE_UPDATED:
-                self.last_id = str(event.number)
+                self.last_id = str(event.number if event.resume_id is None else event.resume_id)
             frame = b'{"id":"%s","event":"%s","data":%s}' % (self.last_id.encode(), event.kind.encode(), event.data())
             await self.websocket.send_frame(frame, WSMsgType.TEXT)
 

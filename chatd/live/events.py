@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,11 @@ class LiveEvent:
     content: str | None = None
     updated_at: str | None = None
     revision: int | None = None
+    # Stored after the subscriber passed its number (a skipped hole): sent out of order, marked.
+    late: bool = False
+    # The event id to send with it, when it is not its own number (a subscriber still awaiting a
+    # late number below: ``Feed``); one subscriber's copy, never cached in a feed.
+    resume_id: int | None = None
     _data: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -56,15 +61,27 @@ class LiveEvent:
 
     def client_view(self) -> dict[str, Any]:
         if self.kind == CHAT_CREATED:
-            return {"number": self.number, "created_at": self.created_at}
-        if self.kind == MESSAGE_CREATED:
-            return {"number": self.number, "content": self.content, "created_at": self.created_at}
-        return {
-            "number": self.number,
-            "content": self.content,
-            "updated_at": self.updated_at,
-            "revision": self.revision,
-        }
+            view: dict[str, Any] = {"number": self.number, "created_at": self.created_at}
+        elif self.kind == MESSAGE_CREATED:
+            view = {"number": self.number, "content": self.content, "created_at": self.created_at}
+        else:
+            return {
+                "number": self.number,
+                "content": self.content,
+                "updated_at": self.updated_at,
+                "revision": self.revision,
+            }
+        if self.late:
+            view["late"] = True
+        return view
+
+    def as_late(self) -> LiveEvent:
+        """This record, sent after the numbers above it (its JSON says ``"late": true``)."""
+        return replace(self, late=True, resume_id=None, _data=[])
+
+    def resumed_at(self, resume_id: int) -> LiveEvent:
+        """This event with ``resume_id`` as its event id (the same JSON, encoded once)."""
+        return replace(self, resume_id=resume_id, _data=self._data)
 
     def with_update(self, update: LiveEvent) -> LiveEvent:
         """This ``message.created`` event as it reads after ``update`` (for those yet to receive it)."""

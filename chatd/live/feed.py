@@ -11,6 +11,13 @@ failed after it was taken). The feed waits until ``hole_wait`` seconds after it 
 stored number above the hole, re-reading the store, then skips it; so holes in a row share one
 wait rather than adding up. A hole whose next stored message was accepted more than
 ``settled_age`` seconds ago is skipped at once (it was not filled in all that time).
+
+A skipped hole is not given up: until the message above it is ``settled_age`` old, a record
+stored in it (a worker that was stopped, a job redelivered after its lease) is sent *late* to
+every subscriber that passed it, marked ``"late": true``. While a subscriber awaits such a
+number its event ids stay just below it (``Subscriber.resume_id``), so a client that resumes
+from its last id is replayed the late record too, at the price of repeating those above it.
+Late records are found by their announcement, or by a store read at every ``poll``.
 """
 
 from __future__ import annotations
@@ -63,6 +70,10 @@ class Feed:
         self.floor = 0
         # First number of a hole -> (first seen, last read), monotonic seconds.
         self.holes: dict[int, tuple[float, float]] = {}
+        # Skipped holes that may still be stored -> when the message above was accepted (wall
+        # clock): awaited late until that is ``settled_age`` ago.
+        self.skipped: dict[int, float] = {}
+        self._read_skipped = False
         self._needs_read: set[Subscriber] = set()
         # Who the next pump looks at: everyone after new events, else only those that changed
         # (a join or a drained buffer), so that joining a busy chat costs O(1), not O(subscribers).
@@ -91,6 +102,8 @@ class Feed:
         for event in events:
             if event.kind == MESSAGE_UPDATED:
                 self._update(event)
+            elif event.number in self.skipped:
+                self._late(event)
             elif event.number > self.floor and self.cache.get(event.number) is None:
                 self._cache(event)
         self._everyone = True
@@ -99,6 +112,7 @@ class Feed:
     def poll(self) -> None:
         """Read the store for every subscriber once: repairs announcements that were lost."""
         self._needs_read.update(self.subscribers)
+        self._read_skipped = bool(self.skipped)
         self._everyone = True
         self._wake.set()
 
@@ -141,6 +155,9 @@ class Feed:
 
     async def pump(self) -> None:
         """Give every subscriber what is known, reading the store where it is behind."""
+        if self._read_skipped:
+            self._read_skipped = False
+            await self._read_late()
         read: set[int] = set()
         everyone, dirty = self._everyone, self._dirty
         self._everyone, self._dirty = False, set()
@@ -184,6 +201,8 @@ class Feed:
                 return
             event = self.cache[following]
             if event is SKIPPED:
+                if following in self.skipped:
+                    subscriber.pending.add(following)
                 subscriber.last = following
                 continue
             if subscriber.room == 0:
@@ -192,7 +211,7 @@ class Feed:
                 if not subscriber.catching_up and self.max_known - subscriber.last > subscriber.capacity:
                     subscriber.close(SLOW_CONSUMER)
                 return
-            subscriber.give(event)
+            subscriber.give(event if not subscriber.pending else event.resumed_at(subscriber.resume_id))
             subscriber.last = following
 
     def _update(self, event: LiveEvent) -> None:
@@ -211,7 +230,9 @@ class Feed:
     def _learn(self, items: list[LiveEvent]) -> None:
         # No floor here: a subscriber that joined behind everyone else asked for these.
         for event in items:
-            if self.cache.get(event.number) is None:
+            if event.number in self.skipped:
+                self._late(event)
+            elif self.cache.get(event.number) is None:
                 self._cache(event)
 
     def _cache(self, event: LiveEvent) -> None:
@@ -243,15 +264,46 @@ class Feed:
         now = self.monotonic()
         first_seen = min(self.holes.get(last + 1, (now, now))[0], self.learned.get(following, now))
         accepted_at = self.cache[following].at  # type: ignore[union-attr]
-        if now - first_seen >= self.hole_wait or self.wall() - accepted_at >= self.settled_age:
+        settled = self.wall() - accepted_at >= self.settled_age
+        if now - first_seen >= self.hole_wait or settled:
             logger.info("live feed skips numbers %d to %d: not stored", last + 1, following - 1)
             for number in range(last + 1, following):
                 self.cache[number] = SKIPPED
+                if not settled:
+                    self.skipped[number] = accepted_at
             self.holes.pop(last + 1, None)
             return True
         self.holes[last + 1] = (first_seen, now)
         self._schedule(self.recheck)
         return False
+
+    def _late(self, event: LiveEvent) -> None:
+        """A skipped number was stored after all: to those who passed it late, in order to the rest."""
+        del self.skipped[event.number]
+        if event.number in self.cache:
+            self.cache[event.number] = event
+        late = event.as_late()
+        for subscriber in self.subscribers:
+            if event.number in subscriber.pending:
+                subscriber.give_late(late)
+
+    async def _read_late(self) -> None:
+        """Look for skipped numbers in the store (their announcements may be lost); forget settled ones."""
+        wall = self.wall()
+        settled = [number for number, at in self.skipped.items() if wall - at >= self.settled_age]
+        for number in settled:
+            del self.skipped[number]
+        if settled:
+            gone = set(settled)
+            for subscriber in self.subscribers:
+                subscriber.pending -= gone
+        if not self.skipped:
+            return
+        lowest, highest = min(self.skipped), max(self.skipped)
+        items = await self.read_after(lowest - 1, min(self.page_size, highest - lowest + 1))
+        for event in items:
+            if event.number in self.skipped:
+                self._late(event)
 
     def _schedule(self, delay: float) -> None:
         at = self.monotonic() + max(0.0, delay)

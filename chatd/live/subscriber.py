@@ -38,6 +38,30 @@ class Subscriber:
         # older than every edit): an edit that arrives after a newer one is not sent. At most
         # ``capacity`` messages, the least recently edited forgotten first.
         self.revisions: dict[int, int] = {}
+        # Numbers this subscriber passed as holes that may still be stored (``Feed.skipped``):
+        # each comes late if it is; until then the event id stays below the lowest (resume_id).
+        self.pending: set[int] = set()
+
+    @property
+    def resume_id(self) -> int:
+        """Where a client that received everything given so far resumes without losing a record.
+
+        ``last``, unless a number below it may still come late: then just below the lowest such,
+        so a resume replays it (and repeats the records above it this client already has).
+        """
+        return min(self.pending) - 1 if self.pending else self.last
+
+    def give_late(self, event: LiveEvent) -> None:
+        """Queue a record stored after this subscriber passed its number (it was in ``pending``).
+
+        Like an edit, it may exceed the buffer by half before the connection is closed.
+        """
+        self.pending.discard(event.number)
+        if len(self.buffer) >= self.capacity + self.capacity // 2:
+            self.close(SLOW_CONSUMER)
+            return
+        self.buffer.append(event.resumed_at(self.resume_id))
+        self.wake.set()
 
     @property
     def room(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from chatd.domain import Message
 from chatd.live.events import (
     LiveEvent,
@@ -104,8 +106,67 @@ async def test_a_hole_never_filled_is_skipped_after_the_wait() -> None:
     assert received(subscriber) == []
     await timer_fires(feed, clock, after=1.5)
     assert received(subscriber) == [3, 4]
-    # A late store of the skipped number does not come out of order.
+
+
+async def test_a_message_stored_after_its_hole_was_skipped_is_sent_late() -> None:
+    # A worker stopped longer than the hole wait: its message comes after the ones above it.
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock, hole_wait=10, recheck=0.25)
+    subscriber = Subscriber(after=0, capacity=100)
+    feed.add(subscriber)
+    feed.offer(store.store(1, 3, 4))
+    await feed.pump()
+    await timer_fires(feed, clock, after=10.5)
+    given = subscriber.take(100)
+    # While 2 may still come, the ids stay at 1: a client resuming from them is replayed 2.
+    assert [(e.number, e.late, e.resume_id) for e in given] == [(1, False, None), (3, False, 1), (4, False, 1)]
     feed.offer(store.store(2))
+    (late,) = subscriber.take(100)
+    assert (late.number, late.late, late.resume_id) == (2, True, 4)
+    assert orjson.loads(late.data()) == {"number": 2, "content": "m2", "created_at": late.created_at, "late": True}
+    feed.offer(store.store(5))
+    await feed.pump()
+    assert [(e.number, e.late, e.resume_id) for e in subscriber.take(100)] == [(5, False, None)]
+    # A newcomer from before the hole gets it in order, not late.
+    newcomer = Subscriber(after=0, capacity=100)
+    feed.add(newcomer)
+    await feed.pump()
+    assert [(e.number, e.late) for e in newcomer.take(100)] == [(n, False) for n in range(1, 6)]
+
+
+async def test_a_late_message_whose_announcement_was_lost_is_read_at_the_next_poll() -> None:
+    store, clock = FakeStore(), Clock()
+    feed = make_feed(store, clock, hole_wait=10, recheck=0.25)
+    subscriber = Subscriber(after=0, capacity=100)
+    feed.add(subscriber)
+    feed.offer(store.store(1, 3))
+    await feed.pump()
+    await timer_fires(feed, clock, after=10.5)
+    assert received(subscriber) == [1, 3]
+    store.store(2)  # announcement lost
+    feed.poll()
+    await feed.pump()
+    (late,) = subscriber.take(100)
+    assert late.number == 2 and late.late and subscriber.resume_id == 3 and not feed.skipped
+
+
+async def test_a_hole_is_awaited_late_only_until_it_is_settled() -> None:
+    # A number a failed request burnt is never stored: once the message above it is settled_age
+    # old, it is given up, and the ids move on to the last number given.
+    store, clock = FakeStore(), Clock()
+    wall = [NOW + 1]
+    feed = Feed(store.read_after, hole_wait=10, settled_age=300, monotonic=clock, wall=lambda: wall[0])  # type: ignore[arg-type]
+    subscriber = Subscriber(after=0, capacity=100)
+    feed.add(subscriber)
+    feed.offer(store.store(1, 3))
+    await feed.pump()
+    await timer_fires(feed, clock, after=10.5)
+    assert received(subscriber) == [1, 3] and subscriber.resume_id == 1
+    wall[0] = NOW + 301
+    feed.poll()
+    await feed.pump()
+    assert subscriber.resume_id == 3 and not feed.skipped and not subscriber.pending
+    feed.offer(store.store(2))  # stored after all, past the window: not sent
     await feed.pump()
     assert received(subscriber) == []
 

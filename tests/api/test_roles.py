@@ -17,7 +17,14 @@ async def test_api_and_worker_roles_work_together(namespace: Namespace, aiohttp_
         del backends
     api = await aiohttp_client(api_app)
     worker = await aiohttp_client(worker_app)
-    assert keys.SUPERVISOR not in api_app and len(worker_app[keys.SUPERVISOR].names) == 4
+    assert keys.SUPERVISOR not in api_app
+    assert sorted(worker_app[keys.SUPERVISOR].names) == [
+        "chat-consumer",
+        "edit-relay",
+        "indexer",
+        "message-consumer",
+        "reconciler",
+    ]
     # The worker role serves health endpoints only.
     assert (await worker.get("/healthz")).status == 200
     assert (await worker.post("/applications", json={"application": {"name": "x"}})).status == 404
@@ -38,6 +45,16 @@ async def test_api_and_worker_roles_work_together(namespace: Namespace, aiohttp_
 
     await eventually(searchable)
     await eventually(counted)
+
+    # An edit in the api process is relayed to the index by the worker process's edit relay.
+    edit = await api.put(f"/applications/{token}/chats/{chat}/messages/2", json={"content": "goodbye split roles"})
+    assert edit.status == 200
+
+    async def edit_searchable() -> bool:
+        found = await (await api.get(f"/applications/{token}/chats/{chat}/messages/search?query=goodbye")).json()
+        return [hit["message_number"] for hit in found.get("messages", [])] == [2]
+
+    await eventually(edit_searchable)
 
 
 async def test_health_endpoints(api) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from aiohttp import web
 from chatd import keys, shutdown, tracing
 from chatd.backends.registry import make_backends, opened
 from chatd.deadlines import Deadlines
-from chatd.handlers import applications, chats, docs, events, headers, health, messages, page
+from chatd.handlers import applications, chats, docs, events, health, messages, page
 from chatd.handlers.middleware import error_middleware
 from chatd.handlers.protocol import add_routes
 from chatd.live.announcing import announcing
@@ -39,8 +39,6 @@ def create_app(
     )
     app[keys.SETTINGS] = settings
     app[keys.DEADLINES] = Deadlines()
-    # Server: chatd and the security headers on every response, streams included.
-    app.on_response_prepare.append(headers.on_response_prepare)
     add_routes(app, health.routes)
     if settings.role in ("all", "api"):
         # The hot path first: aiohttp tries the resources under one prefix in order.

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from chatd import keys, metrics
-from chatd.handlers import parsing
+from chatd.handlers import headers, parsing
 from chatd.handlers.middleware import lift_deadline
 from chatd.live.events import APPLICATION_FEED, MESSAGE_UPDATED, LiveEvent
 from chatd.live.feed import Feed
@@ -79,6 +79,7 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     websocket = web.WebSocketResponse(compress=False, max_msg_size=4096, heartbeat=heartbeat or None)
     start = head if after is None else after
     if websocket.can_prepare(request).ok:
+        headers.apply(websocket.headers)  # a stream's headers go out before the middleware sees it
         await websocket.prepare(request)
         writer: _Writer = _WebSocketWriter(websocket, start)
     else:
@@ -182,6 +183,7 @@ class _SseWriter(_Writer):
                 "X-Accel-Buffering": "no",
             }
         )
+        headers.apply(response.headers)  # a stream's headers go out before the middleware sees it
         await response.prepare(request)
         await response.write(b"retry: %d\n: connected\n\n" % _RETRY_MS)
         return cls(response, start)

@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 
 from chatd import keys, logs, metrics
 from chatd.errors import BackendUnavailable, ChatdError
+from chatd.handlers import headers
 from chatd.handlers.render import error_response
 
 logger = logging.getLogger(__name__)
@@ -112,15 +113,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
-        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason, headers)
+        kept = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason, kept)
     except Exception:
         logger.exception("request %s: %s %s failed", request_id, request.method, _route(request))
         response = error_response(500, "internal_error", f"internal error (request id {request_id})")
     finally:
         if body_timer is not None:
             body_timer.cancel()
-    response.headers["X-Request-Id"] = request_id
+    headers.applied(response).headers["X-Request-Id"] = request_id
     route = _route(request)
     seconds = time.perf_counter() - started
     metrics.REQUEST_METRICS.observe(request.method, route, response.status, seconds)

@@ -9,7 +9,7 @@ fixed message (never the path, which holds the application token), logged at INF
 The runner installs this protocol; ``Expect`` is handled per route (``expect_handler``). The
 answers made here carry chatd's headers (``chatd.handlers.headers``: ``Server: chatd``, never
 aiohttp's Python and aiohttp versions): a request the parser refused never reaches the
-application, whose ``on_response_prepare`` signal sets them on every other response.
+application, whose error middleware sets them on every other response.
 """
 
 from __future__ import annotations
@@ -84,18 +84,21 @@ class ChatdRequestHandler(RequestHandler):
             logger.info("refused a malformed request from %s: %s (%s)", request.remote, code, type(exc).__name__)
             response = error_response(status, code, text)
         response.force_close()
-        headers.apply(response.headers)  # the application's signal does not run for these
+        headers.apply(response.headers)  # these never reach the application's middleware
         return response
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        # JSON for an HTTPException raised before the middleware (Expect stage). Its headers
-        # come from the application's signal, which runs as the response is prepared.
-        if isinstance(resp, web.HTTPException) and resp.status >= 400:
-            code = "expectation_failed" if resp.status == 417 else "bad_request"
-            resp = error_response(resp.status, code, resp.reason)
-            resp.force_close()
+        # JSON for an HTTPException raised before the middleware (Expect stage), and chatd's
+        # headers on any such exception: the middleware, which sets them on every other
+        # response, did not see it.
+        if isinstance(resp, web.HTTPException):
+            if resp.status >= 400:
+                code = "expectation_failed" if resp.status == 417 else "bad_request"
+                resp = error_response(resp.status, code, resp.reason)
+                resp.force_close()
+            headers.applied(resp)
         return await super().finish_response(request, resp, start_time)
 
 
@@ -124,14 +127,14 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
         response = error_response(417, "expectation_failed", "only 'Expect: 100-continue' is supported")
         response.force_close()
-        return response
+        return headers.applied(response)  # answered before the middleware
     length = request.content_length
     if length is not None and length > request.app[keys.SETTINGS].max_body_bytes:
         response = error_response(
             413, "body_too_large", f"the body is over {request.app[keys.SETTINGS].max_body_bytes} bytes"
         )
         response.force_close()  # the body was not invited, so the connection cannot be reused
-        return response
+        return headers.applied(response)  # answered before the middleware
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the 100 is not the response: an error may still follow
     return None

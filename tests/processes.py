@@ -95,7 +95,13 @@ class ChatdProcess:
             [sys.executable, "-m", "chatd", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        await await_ready(self.process, self.url, self.log_path, f"chatd {self.role}", timeout)
+        try:
+            await await_ready(self.process, self.url, self.log_path, f"chatd {self.role}", timeout)
+        except BaseException:
+            # Not ready is of no use to anyone, and nobody else would stop it: a process left
+            # serving (a start that timed out) outlives the test run and loads the machine.
+            self.stop_quietly()
+            raise
         return self
 
     async def terminate(self, timeout: float = 30.0) -> int:

@@ -196,28 +196,6 @@ def _fuzzy_terms(conn: sqlite3.Connection, application_id: int, query_word: str,
     return sorted(term for term in candidates if word_matches(query_word, edits, term))
 
 
-def _in_chat(conn: sqlite3.Connection, chat: tuple[int, int], term: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM search_terms WHERE application_id = ? AND chat_number = ? AND term = ? LIMIT 1", (*chat, term)
-    ).fetchone()
-    return row is not None
-
-
-def _matching_terms(conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int) -> set[str]:
-    """The chat's words that ``query_word`` matches (``word_matches``), by index lookups only.
-
-    The definition the lookup tests check; a search reads the same ranges and candidates
-    straight into its postings query (``_matching_select``).
-    """
-    condition, bounds = _prefix_range(query_word)
-    prefixed = conn.execute(
-        f"SELECT DISTINCT term FROM search_terms WHERE application_id = ? AND chat_number = ? AND {condition}",
-        (*chat, *bounds),
-    )
-    fuzzy = {term for term in _fuzzy_terms(conn, chat[0], query_word, edits) if _in_chat(conn, chat, term)}
-    return {row[0] for row in prefixed} | fuzzy
-
-
 def _matching_select(
     conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int
 ) -> tuple[str, tuple[object, ...]]:

@@ -1,9 +1,10 @@
 """The embedded index finds a query word's terms without reading the chat's vocabulary (issue 8, item 2).
 
 Exact and prefix terms come from a range of the term index, fuzzy ones from a table of
-deletion variants (``chatd.backends.sqlite_search``). These tests check that the lookup
-finds exactly the terms the old full scan found (``word_matches`` over every term of the
-chat), and that a search's work does not grow with the vocabulary.
+deletion variants (``chatd.backends.sqlite_search``). These tests run the statements a search
+runs (``_matching_select`` for each query word, ``_search`` for a whole query) and check that
+they find exactly the messages a plain scan finds (``word_matches`` against every word of
+every message of the chat), and that a search's work does not grow with the vocabulary.
 """
 
 from __future__ import annotations
@@ -54,8 +55,28 @@ def _mutate(word: str, rng: random.Random, times: int) -> str:
     return word
 
 
-def _old_scan(vocabulary: set[str], query_word: str, edits: int) -> set[str]:
-    return {term for term in vocabulary if word_matches(query_word, edits, term)}
+def _scan(texts: dict[int, str], query_word: str, edits: int) -> set[int]:
+    """The reference: the numbers of the messages with a word ``query_word`` matches, by reading every word."""
+    return {number for number, text in texts.items() if any(word_matches(query_word, edits, w) for w in words(text))}
+
+
+def _matching(conn: sqlite3.Connection, chat: tuple[int, int], query_word: str, edits: int) -> set[int]:
+    """The numbers the SELECT a search builds for ``query_word`` (``_matching_select``) returns."""
+    sql, params = sqlite_search._matching_select(conn, chat, query_word, edits)
+    return {number for (number,) in conn.execute(sql, params)}
+
+
+def _searched(conn: sqlite3.Connection, query: str, per_page: int = 3) -> tuple[list[int], list[int]]:
+    """Chat (1, 1) searched for ``query`` as a request does (``_search``), page after page: (totals, numbers)."""
+    wanted = query_terms(query)
+    totals, found, page = [], [], 1
+    while True:
+        result = sqlite_search._search(conn, 1, 1, wanted, page, per_page)
+        totals.append(result.total)
+        found += [hit.message_number for hit in result.hits]
+        if len(result.hits) < per_page:
+            return totals, found
+        page += 1
 
 
 @settings(max_examples=400, deadline=None)
@@ -65,16 +86,19 @@ def _old_scan(vocabulary: set[str], query_word: str, edits: int) -> set[str]:
     seed=st.integers(0, 2**32),
     fuzzy=st.booleans(),
 )
-def test_the_lookup_finds_what_the_full_scan_found(
-    texts: list[str], lengths: list[int], seed: int, fuzzy: bool
-) -> None:
+def test_a_search_finds_what_a_plain_scan_finds(texts: list[str], lengths: list[int], seed: int, fuzzy: bool) -> None:
     rng = random.Random(seed)
     # Words at the length boundaries of the definition (10/11/12, 32/33/34 characters) too.
     texts = texts + ["".join(rng.choice(ALPHABET) for _ in range(n)) for n in lengths]
     conn = _connection()
-    for number, text in enumerate(texts, start=1):
+    chat_texts = dict(enumerate(texts, start=1))
+    for number, text in chat_texts.items():
         sqlite_search._index_one(conn, document(1, 1, number, text))
-    sqlite_search._index_one(conn, document(1, 2, 1, " ".join(texts[::-1])))  # another chat's terms
+    # Another chat's and another application's words, near this chat's: never found here.
+    others = [_mutate(text, rng, 1) for text in texts]
+    for number, text in enumerate(others, start=len(texts) + 1):
+        sqlite_search._index_one(conn, document(1, 2, number, text))
+        sqlite_search._index_one(conn, document(2, 1, number, text))
     vocabulary = {word for text in texts for word in words(text)}
     # Query words near the vocabulary (typos, prefixes), and random ones.
     queries = [_mutate(term, rng, rng.randrange(4)) for term in sorted(vocabulary)]
@@ -83,8 +107,17 @@ def test_the_lookup_finds_what_the_full_scan_found(
     for query in queries:
         for query_word in words(query):
             edits = allowed_edits(query_word) if fuzzy else 0
-            found = sqlite_search._matching_terms(conn, (1, 1), query_word, edits)
-            assert found == _old_scan(vocabulary, query_word, edits), (query_word, edits)
+            expected = _scan(chat_texts, query_word, edits)
+            assert _matching(conn, (1, 1), query_word, edits) == expected, (query_word, edits)
+    # Whole queries of one to three words: every word must match (an intersection), in number order.
+    for start in range(0, len(queries), 3):
+        query = " ".join(queries[start : start + rng.randrange(1, 4)])
+        wanted = query_terms(query)
+        if not wanted:
+            continue
+        expected = sorted(set.intersection(*(_scan(chat_texts, word, edits) for word, edits in wanted)))
+        totals, found = _searched(conn, query)
+        assert found == expected and set(totals) == {len(expected)}, query
 
 
 def test_every_typo_at_the_length_boundaries_is_found() -> None:
@@ -96,15 +129,17 @@ def test_every_typo_at_the_length_boundaries_is_found() -> None:
         for length_ in (length, MAX_FUZZY_CHARS - 1, MAX_FUZZY_CHARS, MAX_FUZZY_CHARS + 1, MAX_FUZZY_CHARS + 2):
             term = "".join(rng.choice("abcdefgh") for _ in range(length_))
             vocabulary.add(term)
-    for number, term in enumerate(sorted(vocabulary), start=1):
+    chat_texts = dict(enumerate(sorted(vocabulary), start=1))
+    for number, term in chat_texts.items():
         sqlite_search._index_one(conn, document(1, 1, number, term))
     for term in sorted(vocabulary):
         for _ in range(30):
             query_word = _mutate(term, rng, rng.randrange(1, 3)) or "a"
             edits = allowed_edits(query_word)
-            assert sqlite_search._matching_terms(conn, (1, 1), query_word, edits) == _old_scan(
-                vocabulary, query_word, edits
-            ), (query_word, term)
+            assert _matching(conn, (1, 1), query_word, edits) == _scan(chat_texts, query_word, edits), (
+                query_word,
+                term,
+            )
 
 
 async def _search_steps(path: Path, distinct_words: int) -> tuple[int, list[int]]:
@@ -180,9 +215,9 @@ def test_a_word_gets_its_variants_once_per_application_however_many_chats_use_it
     # Each chat still finds only its own words: a typo of a word another chat uses finds nothing here.
     sqlite_search._index_one(conn, document(1, 99, 1, "lunch"))
     sqlite_search._index_one(conn, document(9, 9, 1, "lunch"))
-    assert sqlite_search._matching_terms(conn, (1, 99), "meetign", 2) == set()
-    assert sqlite_search._matching_terms(conn, (9, 9), "meetign", 2) == set()
-    assert sqlite_search._matching_terms(conn, (1, 1), "meetign", 2) == {"meeting"}
+    assert _matching(conn, (1, 99), "meetign", 2) == set()
+    assert _matching(conn, (9, 9), "meetign", 2) == set()
+    assert _matching(conn, (1, 1), "meetign", 2) == {1}
 
 
 async def test_one_tenants_searches_leave_readers_for_the_others(

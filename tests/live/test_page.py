@@ -2,6 +2,7 @@
 
 Two pages on one chat: one sends, the other shows the message live; an edit travels back; a
 search finds it. Screenshots of both pages are saved under ``test-artifacts/`` (git-ignored).
+The layout test checks, at a phone's and a desktop's width, that no control leaves its panel.
 """
 
 from __future__ import annotations
@@ -113,3 +114,76 @@ async def test_the_watch_sees_what_the_page_policy_blocks(aiohttp_client, browse
     await csp.wait_for("style-src-attr")
     await csp.wait_for("script-src-elem")
     assert await page.evaluate("window.ran") is None  # blocked, not merely reported
+
+
+# A phone held upright and a laptop screen: the widths the page is laid out for.
+VIEWPORTS = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 900}}
+
+# Every visible control and list item of every visible panel, measured against the panel's
+# inner edges (its border box less the border), and the document against the viewport.
+_OVERFLOWS = """
+() => {
+  const found = [];
+  const name = (element) => element.id ? `#${element.id}` : element.tagName.toLowerCase() +
+    (element.className ? `.${element.className.split(" ").join(".")}` : "");
+  const viewport = document.documentElement.clientWidth;
+  if (document.documentElement.scrollWidth > viewport) {
+    found.push(`document scrolls sideways: ${document.documentElement.scrollWidth} > ${viewport}`);
+  }
+  for (const panel of document.querySelectorAll("main > section")) {
+    const box = panel.getBoundingClientRect();
+    if (box.width === 0) continue;  // hidden
+    const style = getComputedStyle(panel);
+    const left = box.left + parseFloat(style.borderLeftWidth);
+    const right = box.right - parseFloat(style.borderRightWidth);
+    if (box.left < 0 || box.right > viewport) {
+      found.push(`${name(panel)} [${box.left}, ${box.right}] leaves the viewport (${viewport})`);
+    }
+    for (const element of panel.querySelectorAll("button, input, label, form, li, h2, p")) {
+      const inner = element.getBoundingClientRect();
+      if (inner.width === 0) continue;
+      if (inner.right > right + 0.5 || inner.left < left - 0.5) {
+        found.push(`${name(element)} [${inner.left}, ${inner.right}] outside ${name(panel)} [${left}, ${right}]`);
+      }
+    }
+  }
+  return found;
+}
+"""
+
+
+async def assert_laid_out(page: Page, shot: Path) -> None:
+    await page.screenshot(path=str(shot), full_page=True)
+    overflows = await page.evaluate(_OVERFLOWS)
+    assert not overflows, f"{overflows} (screenshot: {shot})"
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_no_control_leaves_its_panel(aiohttp_client, browser: Browser, tmp_path: Path, viewport: str) -> None:  # type: ignore[no-untyped-def]
+    """Before an application is opened, with one open, and in a chat with a long unbroken message."""
+    client = await aiohttp_client(create_app(embedded_settings(tmp_path)))
+    page = await browser.new_page(viewport=VIEWPORTS[viewport])
+    csp = CspWatch()
+    await csp.watch(page)
+    await page.goto(str(client.make_url("/")))
+    await expect(page.locator("#status")).to_have_text("not connected")
+    await assert_laid_out(page, tmp_path / f"{viewport}-start.png")
+    # Nothing to show before an application is open: the chat panels stay hidden.
+    await expect(page.locator("#chats-panel")).to_be_hidden()
+    await expect(page.locator("#chat-panel")).to_be_hidden()
+
+    await page.fill("#app-name", "An application with a rather long name, to see where it wraps")
+    await page.click("#create-app")
+    await expect(page.locator("#chats-panel")).to_be_visible()
+    await assert_laid_out(page, tmp_path / f"{viewport}-application.png")
+
+    await page.click("#new-chat")
+    await expect(page.locator("#status")).to_have_text("live: chat 1")
+    await page.fill("#message-input", "x" * 300)
+    await page.click("#send")
+    await expect(page.locator('#messages li[data-number="1"] .edit')).to_be_visible()
+    await page.fill("#search-input", "xxxx")
+    await page.click("#search-button")
+    await expect(page.locator("#search-results")).to_be_visible()
+    await assert_laid_out(page, tmp_path / f"{viewport}-chat.png")
+    assert not csp.violations, csp.violations

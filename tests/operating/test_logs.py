@@ -3,8 +3,10 @@ settings at start with their secrets masked."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -32,10 +34,21 @@ def _lines(stream: io.BytesIO) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in stream.getvalue().splitlines()]
 
 
-async def test_one_json_line_per_request_names_the_application_never_the_token(api, access_lines) -> None:  # type: ignore[no-untyped-def]
+async def test_one_json_line_per_request_names_the_application_never_the_token(api, access_lines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     token = await api.create_application()
     app = await api.get_json(f"/applications/{token}")
+    # Creating the chat takes a known 0.2 s more: its line's duration must count it, in milliseconds.
+    accept = api.service.acceptor.accept
+
+    async def slow_accept(*args, **kwargs):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.2)
+        return await accept(*args, **kwargs)
+
+    monkeypatch.setattr(api.service.acceptor, "accept", slow_accept)
+    started = time.perf_counter()
     response = await api.client.post(f"/applications/{token}/chats", headers={"X-Request-Id": "req-42"})
+    client_ms = (time.perf_counter() - started) * 1000
+    monkeypatch.undo()
     assert response.status == 201
     missing = await api.client.get("/applications/no-such-token/chats/1")
     assert missing.status == 404
@@ -49,7 +62,8 @@ async def test_one_json_line_per_request_names_the_application_never_the_token(a
     assert create_chat["status"] == 201
     assert create_chat["request_id"] == "req-42"
     assert create_chat["application_id"] == app["id"]
-    assert isinstance(create_chat["duration_ms"], float) and create_chat["duration_ms"] >= 0
+    # At least the 0.2 s (less a timer's resolution), at most what the client waited.
+    assert 190 <= create_chat["duration_ms"] <= client_ms
     assert create_chat["level"] == "INFO" and create_chat["message"] == "request"
     assert lines[0]["application_id"] is None  # POST /applications: no application yet
     assert lines[3]["status"] == 404 and lines[3]["application_id"] is None
@@ -57,19 +71,29 @@ async def test_one_json_line_per_request_names_the_application_never_the_token(a
     assert lines[3]["request_id"] == missing.headers["X-Request-Id"]
 
 
-async def test_a_line_per_worker_batch(api, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_a_line_per_worker_batch(api, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     token = await api.create_application()
     chat = await api.create_chat(token)
     for index in range(3):
         await api.create_message(token, chat, f"message {index}")
+    # Storing the messages takes a known 0.2 s more: the batch's duration must count it.
+    handle = api.pipeline.messages.handle
+
+    async def slow_handle(batch):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.2)
+        return await handle(batch)
+
+    monkeypatch.setattr(api.pipeline.messages, "handle", slow_handle)
+    started = time.perf_counter()
     with caplog.at_level(logging.INFO, logger="chatd.workers.consumer"):
         await api.settle()
+    settle_ms = (time.perf_counter() - started) * 1000
     batches = [record for record in caplog.records if record.getMessage() == "batch"]
     by_topic = {record.topic: record for record in batches}  # type: ignore[attr-defined]
     assert set(by_topic) == {"chats", "messages", "index"}
     messages = by_topic["messages"]
     assert (messages.size, messages.outcome, messages.done, messages.retried, messages.dead) == (3, "done", 3, 0, 0)  # type: ignore[attr-defined]
-    assert messages.duration_ms >= 0  # type: ignore[attr-defined]
+    assert 190 <= messages.duration_ms <= settle_ms  # type: ignore[attr-defined]
 
 
 def test_the_log_level_comes_from_chatd_log_level() -> None:

@@ -107,14 +107,20 @@ async def test_a_stalled_live_client_is_closed_and_resumes(make_api) -> None:  #
     _, path, reader, writer = await stall(api)
 
     def closed_as_slow() -> bool:
-        # Closed, and either still writing its last words to the full socket or gone.
+        # Closed, and either still writing its last words to the full socket or gone: the
+        # client reads only from here on, so the last words can still be waiting for it.
         return not hub.feeds or any(s.closed == SLOW_CONSUMER for feed in hub.feeds.values() for s in feed.subscribers)
 
     await eventually(lambda: asyncio.sleep(0, closed_as_slow()))
     async with asyncio.timeout(30):
         raw = b""
-        while not raw.endswith(b"\r\n0\r\n\r\n"):  # up to the last chunk: the stream's end
-            raw += await reader.read(65536)
+        while chunk := await reader.read(65536):  # up to the server closing the connection
+            raw += chunk
+    assert raw.endswith(b"\r\n0\r\n\r\n")  # the last chunk: the stream ended, then the connection
+    # The server let go of the connection itself, not only of the subscriber: no idle keep-alive.
+    await eventually(
+        lambda: asyncio.sleep(0, not any(h.transport and is_peer(h.transport, writer) for h in server_connections(api)))
+    )
     writer.close()
     body = b"".join(line for line in raw.split(b"\r\n") if not all(c in b"0123456789abcdef" for c in line) or not line)
     events = parse(body.replace(b"\r\n", b""))

@@ -179,3 +179,21 @@ async def test_a_request_that_stopped_waiting_takes_no_number(backends: Backends
     assert await first == 1
     assert await acceptor.accept(scope, "messages", job_maker("next")) == 2
     assert queue.labels() == ["first", "next"]
+
+
+async def test_one_key_sent_to_two_api_processes_at_once_takes_one_number(backends: Backends) -> None:
+    """Two acceptors on one store (two api processes), each in a group of its own: the key's number is one."""
+    first, _, first_queue = make_acceptor(backends)
+    second, _, second_queue = make_acceptor(backends)
+    scope = NumberScope(1, 1)
+    answers = await asyncio.gather(
+        first.accept(scope, "messages", job_maker("via first"), "shared", "f"),
+        second.accept(scope, "messages", job_maker("via second"), "shared", "f"),
+    )
+    assert answers == [1, 1]
+    # Each published its job under that number (the message is stored once, by its number).
+    published = [orjson.loads(body)["number"] for q in (first_queue, second_queue) for _, b in q.calls for body in b]
+    assert published == [1, 1]
+    assert await second.accept(scope, "messages", job_maker("next")) == 2  # nothing burnt
+    with pytest.raises(Unprocessable):  # the key is the store's: another body is refused by either process
+        await first.accept(scope, "messages", job_maker("other"), "shared", "another body")

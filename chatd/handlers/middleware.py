@@ -121,7 +121,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     finally:
         if body_timer is not None:
             body_timer.cancel()
-    headers.applied(response).headers["X-Request-Id"] = request_id
+    headers.applied(response)  # a stream's went out with it; this sets them on every other answer
+    response.headers["X-Request-Id"] = request_id
     route = _route(request)
     seconds = time.perf_counter() - started
     metrics.REQUEST_METRICS.observe(request.method, route, response.status, seconds)

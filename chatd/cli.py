@@ -1,4 +1,4 @@
-"""The ``chatd`` command: serve, migrate, reconcile, reindex, check."""
+"""The ``chatd`` command: serve, migrate, reconcile, reindex, check, backup, restore."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -33,7 +34,34 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "reindex", help="rebuild the search index from the stored messages (after it lost data, or to rebuild it)"
     )
+    backup = commands.add_parser(
+        "backup", help="write a consistent backup of the store into DIR while chatd serves (chatd-backup-<time>/)"
+    )
+    backup.add_argument("dir", type=Path, help="the folder that keeps the backups")
+    backup.add_argument("--keep", type=_positive, help="then delete all but the newest KEEP backups in DIR")
+    backup.add_argument(
+        "--metrics-file", type=Path, help="write the last success's time, duration and size here (node_exporter)"
+    )
+    restore = commands.add_parser(
+        "restore",
+        help="make a backup the store again (every chatd process stopped); numbers handed out since are never reused",
+    )
+    restore.add_argument("path", type=Path, help="a backup folder, or a folder of backups (the newest is restored)")
+    restore.add_argument("--force", action="store_true", help="replace a store that holds data (kept aside)")
+    restore.add_argument(
+        "--min-skip",
+        type=_positive,
+        default=None,
+        help="numbers every sequence skips past the highest it knows, at least (default 1000)",
+    )
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.log_settings(settings, args.command)
     if args.command == "serve":
         return serve(settings)
+    if args.command in ("backup", "restore"):
+        return asyncio.run(backups_command(args, settings))
     return asyncio.run(_admin(args.command, settings))
 
 
@@ -123,6 +153,40 @@ async def _serve(app: web.Application, settings: Settings) -> None:
         watchdog.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
         notifier.close()
+
+
+async def backups_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``chatd backup`` and ``chatd restore``: 0 done, 2 refused (nothing changed), 1 failed."""
+    from chatd.backups import fence, restoring, taking
+    from chatd.backups.manifest import BackupRefused
+
+    try:
+        if args.command == "backup":
+            report = await taking.take_backup(settings, args.dir, args.keep, args.metrics_file)
+            counts = report.manifest.counts
+            print(
+                f"backup {report.folder}: {counts['applications']:,} applications, {counts['chats']:,} chats,"
+                f" {counts['messages']:,} messages; {report.size:,} bytes in {report.seconds:.1f} s"
+                + (f"; pruned {len(report.pruned)}" if report.pruned else "")
+            )
+            return 0
+        min_skip = args.min_skip if args.min_skip is not None else fence.MIN_SKIP
+        done = await restoring.restore(settings, args.path, force=args.force, min_skip=min_skip)
+    except BackupRefused as exc:
+        print(f"chatd {args.command}: refused: {exc}", file=sys.stderr)
+        return 2
+    found, counts = done.survivors, done.manifest.counts
+    print(
+        f"restored {done.folder} (taken {done.manifest.taken_at:%Y-%m-%d %H:%M:%S} UTC):"
+        f" {counts['applications']:,} applications, {counts['chats']:,} chats, {counts['messages']:,} messages;"
+        f" replayed {found.jobs:,} queued jobs ({found.replayed:,} messages the backup lacked);"
+        f" recovered {found.recovered:,} messages from the search index;"
+        f" {found.orphaned:,} messages of applications the backup lacks left out;"
+        f" every sequence moved {done.skips[0]:,} to {done.skips[1]:,} past the highest number known;"
+        f" reindexed {done.reindexed:,} messages in {sum(done.seconds.values()):.1f} s"
+        + (f"; the replaced store is kept as {done.replaced}" if done.replaced else "")
+    )
+    return 0
 
 
 def _tune_garbage_collector() -> None:

@@ -131,3 +131,34 @@ class NumberingPlan:
             if last is not None and last > ceiling:
                 back[scope] = max(last - self.counts.get(scope, 0), ceiling)
         return back
+
+
+# The sequence of application ids, beside the number scopes' keys in ``Store.sequences``.
+APPLICATION_IDS = "applications"
+
+
+class SequenceState(NamedTuple):
+    """Where a sequence stands: the last value it handed out, and the highest value stored.
+
+    ``reserved`` is the counter (for application ids, the engine's AUTOINCREMENT); ``stored`` the
+    highest number among the rows. A number is taken before its row is stored, so ``stored`` is
+    at most ``reserved`` unless rows were loaded around the counters (in bulk, or by hand).
+    """
+
+    reserved: int
+    stored: int
+
+    @property
+    def highest(self) -> int:
+        return max(self.reserved, self.stored)
+
+
+def merge_sequences(found: list[tuple[str, str, int | None]]) -> dict[str, SequenceState]:
+    """``(which, key, value)`` rows, ``which`` being "reserved" or "stored", into each key's state."""
+    reserved: dict[str, int] = {}
+    stored: dict[str, int] = {}
+    for which, key, value in found:
+        into = reserved if which == "reserved" else stored
+        if value is not None and int(value) > into.get(key, 0):
+            into[key] = int(value)
+    return {key: SequenceState(reserved.get(key, 0), stored.get(key, 0)) for key in sorted({*reserved, *stored})}

@@ -7,7 +7,7 @@ Elasticsearch); the embedded backends implement the same contract, which
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +27,7 @@ from chatd.domain import (
     SearchDocument,
     SearchResult,
 )
-from chatd.numbering import NumberRequest, Taken
+from chatd.numbering import NumberRequest, SequenceState, Taken
 
 
 class Backend(Protocol):
@@ -167,6 +167,24 @@ class Store(Backend, Protocol):
     async def count_messages(self) -> int:
         """How many messages are stored (a rebuild's progress; counts the table, not for hot paths)."""
 
+    async def sequences(self) -> dict[str, SequenceState]:
+        """Where every sequence stands: each scope's key, and ``APPLICATION_IDS`` for the ids.
+
+        What a backup records and a restore moves forward from; reads every chat (not for hot paths).
+        """
+
+    async def sequences_taken_since(self, since: datetime) -> dict[str, int]:
+        """How many values each sequence handed out to rows created at ``since`` or later.
+
+        A backup's measure of how fast each scope moves (reads every message; not for hot paths).
+        """
+
+    async def raise_sequences(self, floors: Mapping[str, int]) -> None:
+        """Move sequences forward: each one's next value is above its floor (never moved back).
+
+        For a restore, with every chatd process stopped (the ids' move is DDL on MySQL).
+        """
+
 
 class Cache(Backend, Protocol):
     async def get(self, key: str) -> bytes | None: ...
@@ -174,6 +192,9 @@ class Cache(Backend, Protocol):
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def clear(self) -> None:
+        """Forget every value (a restore: nothing cached may outlive the store it came from)."""
 
 
 class Lock(Backend, Protocol):
@@ -257,6 +278,14 @@ class SearchIndex(Backend, Protocol):
 
     async def refresh(self) -> None:
         """Make everything indexed so far visible to search (tests and tools)."""
+
+    async def documents_after(self, after: tuple[int, int, int] | None, limit: int) -> list[SearchDocument]:
+        """Up to ``limit`` indexed documents past ``after``, in (application, chat, message) order.
+
+        ``after``: the last document's ``(application_id, chat_number, message_number)``, or None
+        to start. Walks the whole index: what a restore recovers from an index that outlived its
+        store (the messages it holds that the backup does not).
+        """
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ _RETRYABLE = frozenset({408, 429})
 # A write block (flood-stage disk watermark, an operator's maintenance block) is lifted in time.
 _RETRYABLE_ITEM_ERRORS = frozenset({"cluster_block_exception"})
 _HIT_FIELDS = ["message_number", "content", "created_at"]
+_DOCUMENT_FIELDS = ["application_id", "chat_number", "message_number", "content", "created_at", "revision"]
 
 
 def _retryable(status: int) -> bool:
@@ -251,6 +252,32 @@ class ElasticsearchIndex(Lifecycle):
     async def refresh(self) -> None:
         with _outage("refresh"):
             await self.client.indices.refresh(index=self.index_name)
+
+    async def documents_after(self, after: tuple[int, int, int] | None, limit: int) -> list[SearchDocument]:
+        keyset: dict[str, Any] = {} if after is None else {"search_after": list(after)}
+        with _outage("scan"):
+            response = await self.client.options(ignore_status=404).search(
+                index=self.index_name,
+                query={"match_all": {}},
+                sort=[{"application_id": "asc"}, {"chat_number": "asc"}, {"message_number": "asc"}],
+                size=limit,
+                **keyset,
+                source_includes=_DOCUMENT_FIELDS,
+                allow_partial_search_results=False,
+            )
+        if "hits" not in response:  # no index (404): nothing survived
+            return []
+        return [
+            SearchDocument(
+                source["application_id"],
+                source["chat_number"],
+                source["message_number"],
+                source["content"],
+                parse_time(source["created_at"]),
+                source["revision"],
+            )
+            for source in (hit["_source"] for hit in response["hits"]["hits"])
+        ]
 
     async def index(self, documents: Sequence[SearchDocument]) -> list[SearchDocument]:
         """Bulk-write ``documents``; a stored revision is only ever replaced by one at least as new.

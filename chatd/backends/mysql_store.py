@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ import pymysql
 
 from chatd.backends import mysql_edits as edits
 from chatd.backends import mysql_numbers as numbers
+from chatd.backends import mysql_sequences as sequences
 from chatd.backends import mysql_writes as writes
 from chatd.backends.lifecycle import Lifecycle
 from chatd.backends.mysql_db import MysqlDatabase, MysqlTarget, from_db, to_db, token_text
@@ -42,7 +43,7 @@ from chatd.domain import (
 )
 from chatd.errors import BackendUnavailable
 from chatd.migrations import migration_files, split_statements
-from chatd.numbering import NumberRequest, Taken
+from chatd.numbering import NumberRequest, SequenceState, Taken
 
 logger = logging.getLogger(__name__)
 
@@ -368,6 +369,15 @@ class MysqlStore(Lifecycle):
 
     async def recount_all(self) -> None:
         await self.db.run(writes.recount, commit=True, seconds=600.0)
+
+    async def sequences(self) -> dict[str, SequenceState]:
+        return await self.db.run(sequences.sequences, commit=False, seconds=600.0)
+
+    async def sequences_taken_since(self, since: datetime) -> dict[str, int]:
+        return await self.db.run(lambda cursor: sequences.taken_since(cursor, since), commit=False, seconds=600.0)
+
+    async def raise_sequences(self, floors: Mapping[str, int]) -> None:
+        await self.db.run(lambda cursor: sequences.raise_sequences(cursor, floors), commit=True, seconds=600.0)
 
 
 async def _chat_id(cursor: aiomysql.Cursor, application_id: int, chat_number: int) -> int | None:

@@ -247,6 +247,9 @@ class RedisCache(_RedisPort):
     async def delete(self, key: str) -> None:
         await self.connection.run(self.connection.client.delete(self._key(key)))
 
+    async def clear(self) -> None:
+        await self.destroy()
+
 
 # Take a free lease, or extend one this owner already holds; in one script, so a retried
 # acquire by the same owner still succeeds.

@@ -73,3 +73,6 @@ class SqliteCache(SqliteBacked):
 
     async def delete(self, key: str) -> None:
         await self.db.transaction(lambda conn: conn.execute("DELETE FROM embedded_cache WHERE key = ?", (key,)))
+
+    async def clear(self) -> None:
+        await self.db.transaction(lambda conn: conn.execute("DELETE FROM embedded_cache"))

@@ -75,6 +75,18 @@ class SqliteSearchIndex(SqliteBacked):
     async def refresh(self) -> None:
         """Writes are visible once committed: nothing to do."""
 
+    async def documents_after(self, after: tuple[int, int, int] | None, limit: int) -> list[SearchDocument]:
+        start = after if after is not None else (0, 0, 0)
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT application_id, chat_number, message_number, content, created_at, revision"
+                " FROM search_documents WHERE (application_id, chat_number, message_number) > (?, ?, ?)"
+                " ORDER BY application_id, chat_number, message_number LIMIT ?",
+                (*start, limit),
+            ).fetchall()
+        )
+        return [SearchDocument(r[0], r[1], r[2], r[3], parse_time(r[4]), r[5]) for r in rows]
+
     async def index(self, documents: Sequence[SearchDocument]) -> list[SearchDocument]:
         def write(conn: sqlite3.Connection) -> None:
             for doc in documents:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from chatd.backends import sqlite_edits as edits
+from chatd.backends import sqlite_sequences as sequences
 from chatd.backends.sqlite_db import SqliteBacked, SqliteDatabase, path_from_url
 from chatd.backends.sqlite_lists import chunks
 from chatd.domain import (
@@ -26,7 +27,7 @@ from chatd.domain import (
 )
 from chatd.jobs import format_time, parse_time
 from chatd.migrations import migration_files, split_statements
-from chatd.numbering import NumberingPlan, NumberRequest, Record, Taken
+from chatd.numbering import NumberingPlan, NumberRequest, Record, SequenceState, Taken
 
 # The store's identity (Store.identity): one row, a random id written the first time it is asked for.
 IDENTITY_TABLE = "chatd_store_identity"
@@ -310,6 +311,15 @@ class SqliteStore(SqliteBacked):
     async def count_messages(self) -> int:
         row = await self.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM messages").fetchone())
         return int(row[0])
+
+    async def sequences(self) -> dict[str, SequenceState]:
+        return await self.db.read(sequences.sequences)
+
+    async def sequences_taken_since(self, since: datetime) -> dict[str, int]:
+        return await self.db.read(lambda conn: sequences.taken_since(conn, since))
+
+    async def raise_sequences(self, floors: Mapping[str, int]) -> None:
+        await self.db.transaction(lambda conn: sequences.raise_sequences(conn, floors))
 
     async def recount_all(self) -> None:
         def recount(conn: sqlite3.Connection) -> None:

@@ -7,10 +7,15 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import embedded_settings
+from tests.processes import settings_env
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
@@ -18,6 +23,9 @@ RULE_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "chatd-dashboard.json"
 # Series Prometheus itself makes, not chatd.
 PROMETHEUS_OWN = {"up"}
+# Series no chatd process serves on /metrics: `chatd backup --metrics-file` writes them for
+# node_exporter's textfile collector (checked against the file the command writes).
+BACKUP_TEXTFILE = re.compile(r"chatd_backup_[a-z0-9_]+")
 _METRIC = re.compile(r"\b(chatd_[a-z0-9_]+|up)\b")
 
 
@@ -76,6 +84,7 @@ async def test_rules_and_dashboard_use_only_metrics_chatd_exposes(api) -> None: 
     exposed = _exposed(await response.text()) | PROMETHEUS_OWN
     for source, expressions in (("alerts.yml", _rule_expressions()), ("dashboard", _dashboard_expressions())):
         used = {name for expression in expressions for name in _METRIC.findall(expression)}
+        used = {name for name in used if not BACKUP_TEXTFILE.fullmatch(name)}
         assert len(used) >= 8, (source, used)  # the pattern found the metrics, not nothing
         assert used <= exposed, f"{source} uses metrics chatd does not expose: {sorted(used - exposed)}"
 
@@ -84,3 +93,24 @@ def test_every_dashboard_panel_has_a_query_and_a_unique_id() -> None:
     panels = json.loads(DASHBOARD.read_text())["panels"]
     assert len({panel["id"] for panel in panels}) == len(panels)
     assert all(panel["targets"] and all(t["expr"].strip() for t in panel["targets"]) for panel in panels)
+
+
+def _chatd(*args: str, env: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "chatd", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"chatd {' '.join(args)}: {done.stderr[-2000:]}"
+
+
+def test_backup_alerts_use_the_metrics_chatd_backup_writes(tmp_path: Path) -> None:
+    """The ChatdBackup* rules read gauges of the file `chatd backup --metrics-file` writes (embedded set)."""
+    env = settings_env(embedded_settings(tmp_path / "data"))
+    _chatd("migrate", env=env)
+    textfile = tmp_path / "node-exporter" / "chatd_backup.prom"
+    began = time.time()
+    _chatd("backup", str(tmp_path / "backups"), "--keep", "7", "--metrics-file", str(textfile), env=env)
+    families = {family.name: family for family in text_string_to_metric_families(textfile.read_text())}
+    used = {name for expression in _rule_expressions() for name in BACKUP_TEXTFILE.findall(expression)}
+    assert "chatd_backup_last_success_timestamp_seconds" in used, used
+    assert used <= set(families), f"alerts.yml uses gauges the backup does not write: {sorted(used - set(families))}"
+    assert all(families[name].type == "gauge" for name in used)
+    (sample,) = families["chatd_backup_last_success_timestamp_seconds"].samples
+    assert began - 1 <= sample.value <= time.time(), "the unix time of this backup's snapshot"

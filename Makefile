@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | md5sum | cut
 TOXIPROXY := $(BIN)/toxiproxy-server
 TOXIPROXY_MODULE := github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0
 
-.PHONY: install run run-real test test-embedded test-faults toxiproxy soak services services-stop lint bench bench-quick bench-live bench-scale bench-tools ops-tools browser-tools clean
+.PHONY: install run run-real test test-embedded test-faults toxiproxy soak services services-stop lint bench bench-quick bench-live bench-scale bench-backup bench-tools ops-tools browser-tools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -90,6 +90,13 @@ bench: install services bench-tools
 bench-scale: install services bench-tools
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.scale $(BENCH_ARGS)
+
+# `chatd backup` and `chatd restore` (with the reindex) at a million messages on both sets:
+# bench/backup-results.md and the README's Backups table (about 15 minutes; not in `make test`).
+# BENCH_ARGS="--size 100000" for a shorter run.
+bench-backup: install services
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.backup $(BENCH_ARGS)
 
 # Short rounds, to check the benchmark runs (bench/results-quick.md, not for the README).
 bench-quick: install services bench-tools

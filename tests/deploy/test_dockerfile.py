@@ -106,3 +106,38 @@ def test_dockerignore_keeps_the_package_and_drops_the_rest() -> None:
         "chatd.egg-info/PKG-INFO",
     ]:
         assert docker_ignores(path), f"{path} would be sent to the image build"
+
+
+def shell_commands(arguments: str) -> list[list[str]]:
+    """A RUN's ``a && b && c`` as argv's, leading ``VAR=value`` assignments dropped."""
+    commands = []
+    for part in arguments.split("&&"):
+        words = shlex.split(part)
+        while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+            words.pop(0)
+        commands.append(words)
+    return commands
+
+
+def test_dockerfile_installs_the_mariadb_client_for_backup_and_restore() -> None:
+    """`chatd backup` runs mariadb-dump and `chatd restore` mariadb on the real set, in this image."""
+    stage = dockerfile_stages()[-1]
+    user_at = next(index for index, (name, _) in enumerate(stage) if name == "USER")
+    runs = [(index, shell_commands(a)) for index, (name, a) in enumerate(stage) if name == "RUN"]
+    found = [
+        (index, commands, position)
+        for index, commands in runs
+        for position, argv in enumerate(commands)
+        if argv[:2] == ["apt-get", "install"] and "mariadb-client" in argv
+    ]
+    assert len(found) == 1, "the runtime stage installs Debian's mariadb-client once"
+    ((index, commands, position),) = found
+    assert index < user_at, "apt-get runs as root, before USER"
+    install = commands[position]
+    assert "--no-install-recommends" in install and ("-y" in install or "--yes" in install), install
+    assert [c for c in commands[:position] if c[:2] == ["apt-get", "update"]], "install from fresh lists"
+    assert ["rm", "-rf", "/var/lib/apt/lists/*"] in commands[position + 1 :], "the apt lists stay in the layer"
+    # Every apt-get install of the image cleans up in its own layer.
+    for _, run in runs:
+        if any(c[:2] == ["apt-get", "install"] for c in run):
+            assert ["rm", "-rf", "/var/lib/apt/lists/*"] in run

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import shlex
 import string
 from collections import Counter
 from typing import Any
@@ -36,6 +37,7 @@ from tests.deploy.helpers import (
     dockerfile_env,
     dockerfile_exposed,
     dockerfile_instructions,
+    dockerfile_stages,
     duration_seconds,
     effective_settings,
     environment,
@@ -84,6 +86,8 @@ def test_chatd_services_run_real_commands(compose: dict[str, Any]) -> None:
             role = effective_settings(environment(service), command(service)).role
             assert role in ROLES
             assert name not in ROLES or role == name, f"service {name} runs role {role}"
+        elif args.command == "backup":
+            assert service.get("profiles"), f"{name}: `docker compose up` would take a backup every time"
         else:
             assert args.command == "migrate", f"{name}: a long-running chatd service must `serve`"
 
@@ -296,3 +300,59 @@ def test_no_secret_looking_literals_are_committed() -> None:
         # "=" only as base64's padding: a Key=value line (IOSchedulingPriority=7) is no token.
         for token in re.findall(r"[A-Za-z0-9+/_-]{20,}={0,2}", text):
             assert not looks_random(token), f"{path.name}: {token!r} looks like a secret"
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """``{target: source}`` for each entry of ``volumes``, short or long syntax."""
+    found = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            found[str(volume["target"])] = str(volume.get("source", ""))
+        else:
+            source, target = str(volume).split(":")[:2]
+            found[target] = source
+    return found
+
+
+def image_directory_owner(path: str) -> tuple[str, str]:
+    """Who the runtime image's ``install -d -o OWNER ... path`` makes ``path`` belong to, and its mode."""
+    for name, arguments in dockerfile_stages()[-1]:
+        if name != "RUN":
+            continue
+        for part in arguments.split("&&"):
+            argv = shlex.split(part)
+            if argv[:2] == ["install", "-d"] and argv[-1] == path:
+                options = dict(zip(argv[2:-1:2], argv[3:-1:2], strict=True))
+                return options["-o"], options.get("-m", "")
+    pytest.fail(f"deploy/Dockerfile does not make {path} (a new volume starts as the image's directory)")
+
+
+def test_compose_can_take_a_backup_into_a_volume(raw_compose: dict[str, Any], compose: dict[str, Any]) -> None:
+    services = chatd_services(compose)
+    backups = {name: s for name, s in services.items() if parse_chatd(command(s)).command == "backup"}
+    assert len(backups) == 1, "one service runs `chatd backup` (docker compose run --rm backup)"
+    ((name, service),) = backups.items()
+    argv = command(service)
+    args = parse_chatd(argv)
+    assert args.keep and args.keep >= 2, f"{name}: --keep, so old backups do not fill the disk"
+    # A one-shot, out of `docker compose up`, under the one configuration every chatd service has.
+    assert service.get("profiles") and str(service.get("restart", "no")) == "no"
+    assert (service.get("healthcheck") or {}).get("disable"), "the image's /healthz check on a one-shot"
+    migrate = next(s for s in services.values() if parse_chatd(command(s)).command == "migrate")
+    assert environment(service) == environment(migrate)
+    assert raw_compose["services"][name]["environment"] is raw_compose["services"]["migrate"]["environment"]
+    # The backups outlive the container: a named volume at the directory chatd writes to.
+    directory = str(args.dir)
+    source = mounts(service).get(directory)
+    assert source in (compose.get("volumes") or {}), f"{name}: {directory} is not on a named volume"
+    # A new named volume takes the owner of the image's directory: the image's user must own it.
+    (user,) = [arguments for n, arguments in dockerfile_stages()[-1] if n == "USER"]
+    uid = user.split(":")[0]
+    names = {uid}
+    for _, arguments in [(n, a) for n, a in dockerfile_stages()[-1] if n == "RUN"]:
+        created = re.search(rf"useradd\b[^&]*--uid {uid}\b[^&]*\s(\S+)\s*(?:&&|$)", arguments)
+        if created:
+            names.add(created.group(1))
+    owner, mode = image_directory_owner(directory)
+    assert owner in names, f"{directory} belongs to {owner}, chatd runs as {names}"
+    assert mode == "0700", "backups hold every application's token"

@@ -208,6 +208,9 @@ async def _load(dump: Path, target: MysqlTarget, database: str) -> None:
         assert process.stdin is not None and process.stderr is not None
         errors = asyncio.create_task(process.stderr.read())
         tail = b""
+        # Whether the whole dump was read: then one without its last line is truncated, whatever
+        # the client made of the statement it stops in.
+        read_whole = False
         with gzip.open(dump, "rb") as source:
             while True:
                 try:
@@ -217,6 +220,7 @@ async def _load(dump: Path, target: MysqlTarget, database: str) -> None:
                     await process.wait()
                     raise BackupRefused(f"the backup's dump cannot be read: {exc}") from exc
                 if not chunk:
+                    read_whole = True
                     break
                 tail = (tail + chunk)[-256:]
                 try:
@@ -229,6 +233,8 @@ async def _load(dump: Path, target: MysqlTarget, database: str) -> None:
             await process.stdin.wait_closed()
         code = await process.wait()
         message = (await errors).decode(errors="replace").strip()
+    if read_whole and _COMPLETED not in tail:
+        raise BackupRefused("the backup's dump stops before its end: it is truncated")
     if code != 0:
         raise ClientFailed(f"loading the dump failed (mariadb exit {code}): {message}")
     if _COMPLETED not in tail:

@@ -17,6 +17,7 @@ import gzip
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -32,10 +33,15 @@ DATA = "store.db.gz"
 # zlib level 3: most of level 6's ratio on chat text, at about twice its speed.
 COMPRESSION = 3
 _SIDE_FILES = ("-wal", "-shm")
+# The tables a restore requires in the backup's store before it moves anything (as mysql_engine).
+_REQUIRED = {"applications", "chats", "messages", "number_counters", "schema_migrations"}
 
 
-def back_up(store_path: str, folder: Path, started: datetime, now: datetime) -> Manifest:
-    """Snapshot the store at ``store_path`` into ``folder`` and describe it; ``started``: the snapshot's time."""
+def back_up(store_path: str, folder: Path, started: datetime, now: Callable[[], datetime]) -> Manifest:
+    """Snapshot the store at ``store_path`` into ``folder`` and describe it; ``started``: the snapshot's time.
+
+    ``now()`` is read once the data is written: the manifest's ``finished_at``.
+    """
     if not Path(store_path).is_file():
         raise BackupRefused(f"there is no store at {store_path}")
     snapshot = folder / "store.db"
@@ -48,7 +54,7 @@ def back_up(store_path: str, folder: Path, started: datetime, now: datetime) -> 
             chatd_version=__version__,
             schema=[row[0] for row in conn.execute("SELECT name FROM schema_migrations ORDER BY name")],
             taken_at=started,
-            finished_at=now,
+            finished_at=started,  # set below, once the data is written
             counts={
                 table: int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
                 for table in ("applications", "chats", "messages")
@@ -61,7 +67,7 @@ def back_up(store_path: str, folder: Path, started: datetime, now: datetime) -> 
     with snapshot.open("rb") as source, gzip.open(folder / DATA, "wb", compresslevel=COMPRESSION) as out:
         shutil.copyfileobj(source, out, 1 << 20)
     snapshot.unlink()
-    return replace(manifest, files=describe(folder, [DATA]))
+    return replace(manifest, files=describe(folder, [DATA]), finished_at=now())
 
 
 def _identity(conn: sqlite3.Connection) -> str:
@@ -75,7 +81,8 @@ def applications_in(store_path: str) -> int:
     """How many applications the store at ``store_path`` holds (0 for no file, or no tables yet)."""
     if not Path(store_path).is_file():
         return 0
-    with closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as conn:
+    # A URI built by pathlib: "file:" + the path breaks on "//abs" (what sqlite:////abs names) and on "?#%".
+    with closing(sqlite3.connect(Path(store_path).absolute().as_uri() + "?mode=ro", uri=True)) as conn:
         try:
             return int(conn.execute("SELECT COUNT(*) FROM applications").fetchone()[0])
         except sqlite3.OperationalError:  # no such table: a file never migrated
@@ -98,8 +105,11 @@ def put_back(folder: Path, store_path: str, stamp: str) -> Path | None:
             os.fsync(out.fileno())
         with closing(sqlite3.connect(staging)) as conn:
             verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if verdict != "ok":
             raise BackupRefused(f"the backup's store fails SQLite's integrity check: {verdict}")
+        if not _REQUIRED <= tables:
+            raise BackupRefused(f"the backup's store lacks chatd's tables: {', '.join(sorted(_REQUIRED - tables))}")
     except (OSError, EOFError, sqlite3.DatabaseError) as exc:
         staging.unlink(missing_ok=True)
         raise BackupRefused(f"the backup's store cannot be read: {exc}") from exc

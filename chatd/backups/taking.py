@@ -59,7 +59,7 @@ async def take_backup(
             manifest = await _mysql(settings, partial, started, clock)
         else:
             store_path = path_from_url(settings.database_url)
-            manifest = await asyncio.to_thread(sqlite_engine.back_up, store_path, partial, started, clock())
+            manifest = await asyncio.to_thread(sqlite_engine.back_up, store_path, partial, started, clock)
         manifest.write(partial)
         _sync(partial)
         folder = into / name

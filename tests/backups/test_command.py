@@ -208,14 +208,6 @@ async def test_restore_into_an_empty_store(namespace: Namespace, make_api, tmp_p
 async def test_restore_into_a_store_with_data_needs_force(  # type: ignore[no-untyped-def]
     namespace: Namespace, make_api, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    request.applymarker(
-        pytest.mark.xfail(
-            strict=True,
-            raises=AssertionError,
-            reason="chatd bug: sqlite_engine.applications_in opens file:{path} for an absolute sqlite:////path"
-            " store: 'invalid uri authority' (exit 1, not 2)",
-        )
-    )
     settings = await namespace.settings()
     written = await _write(await make_api())
     await _backup(settings, tmp_path / "backups")
@@ -285,15 +277,6 @@ async def test_the_manifest_records_what_the_backup_holds(namespace: Namespace, 
 async def test_the_manifest_is_finished_once_the_data_is_written(  # type: ignore[no-untyped-def]
     namespace: Namespace, make_api, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    if namespace.backend_set == "embedded":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="chatd bug: taking.take_backup passes clock() to sqlite_engine.back_up, read before the"
-                " snapshot, as the manifest's finished_at",
-            )
-        )
     settings = await namespace.settings()
     await _write(await make_api())
     backups = tmp_path / "backups"

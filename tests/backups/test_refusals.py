@@ -22,7 +22,6 @@ from chatd.backends.mysql_store import MysqlStore
 from chatd.backends.sqlite_store import SqliteStore
 from chatd.backups import restoring, taking
 from chatd.backups.manifest import FORMAT, BackupRefused, read_verified
-from chatd.backups.mysql_engine import ClientFailed
 from chatd.settings import Settings
 from tests.backups.conftest import (
     Seeded,
@@ -136,15 +135,6 @@ async def test_what_is_not_a_whole_backup_is_refused(namespace: Namespace, make_
 async def test_a_store_with_an_application_is_replaced_only_with_force(  # type: ignore[no-untyped-def]
     namespace: Namespace, make_api, tmp_path: Path, drop_afterwards: list[str], request: pytest.FixtureRequest
 ) -> None:
-    if namespace.backend_set == "embedded":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=sqlite3.OperationalError,
-                reason="chatd bug: sqlite_engine.applications_in opens file:{path} for an absolute sqlite:////path"
-                " store: 'invalid uri authority'",
-            )
-        )
     settings, api, kept, folder = await _seeded_backup(namespace, make_api, tmp_path)
     later = await seed(api, "later", 2)  # created after the backup: only the current store has it
 
@@ -256,12 +246,6 @@ async def test_a_store_file_that_is_not_a_sound_database_is_refused(  # type: ig
 
 
 @pytest.mark.parametrize("backend_set", ["embedded"])
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.OperationalError,
-    reason="chatd bug: sqlite_engine.applications_in opens file:{path} for an absolute sqlite:////path store:"
-    " 'invalid uri authority'",
-)
 async def test_a_store_file_that_is_not_a_sound_database_leaves_the_store_as_it_was(  # type: ignore[no-untyped-def]
     namespace: Namespace, make_api, tmp_path: Path
 ) -> None:
@@ -274,12 +258,6 @@ async def test_a_store_file_that_is_not_a_sound_database_leaves_the_store_as_it_
 
 
 @pytest.mark.parametrize("backend_set", [REAL])
-@pytest.mark.xfail(
-    strict=True,
-    raises=ClientFailed,
-    reason="chatd bug: mysql_engine._load raises ClientFailed on the client's syntax error before it checks"
-    " that the dump is complete: a dump cut mid-statement fails (exit 1) instead of being refused as truncated",
-)
 async def test_a_dump_cut_mid_statement_is_refused_as_truncated(namespace: Namespace, make_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings, _, kept, folder = await _seeded_backup(namespace, make_api, tmp_path)
     sql = gzip.decompress(data_file(folder).read_bytes())
@@ -292,12 +270,6 @@ async def test_a_dump_cut_mid_statement_is_refused_as_truncated(namespace: Names
 
 
 @pytest.mark.parametrize("backend_set", ["embedded"])
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="chatd bug: sqlite_engine.put_back checks SQLite's integrity, not chatd's tables (mysql_engine does):"
-    " a sound SQLite file of something else replaces the store and migrates into an empty one",
-)
 async def test_a_sound_sqlite_file_that_is_not_a_chatd_store_is_refused(  # type: ignore[no-untyped-def]
     namespace: Namespace, make_api, tmp_path: Path
 ) -> None:

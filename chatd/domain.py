@@ -12,10 +12,24 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Application:
     id: int
+    # The token the application was found by: its current one, or its previous one (rotated
+    # away, still working until ``token_expires_at``; None for the current token).
     token: str
     name: str
     chats_count: int
     created_at: datetime
+    token_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """A rotation's outcome: the application under its new token, and the tokens that changed."""
+
+    application: Application
+    # The token rotated away (now the previous one, or revoked at once), and the previous token
+    # it replaced, if any (revoked by this rotation): their cached lookups must go.
+    superseded: str
+    revoked: str | None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from aiohttp import web
 from chatd.deadlines import Deadline, Deadlines
 from chatd.live.fanout import Fanout
 from chatd.live.hub import Hub
+from chatd.live.token_watch import TokenWatch
 from chatd.ports import Backends
 from chatd.service import ChatService
 from chatd.settings import Settings
@@ -20,6 +21,7 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 FANOUT = web.AppKey[Fanout]("fanout")
 HUB = web.AppKey("hub", Hub)
+TOKEN_WATCH = web.AppKey("token_watch", TokenWatch)
 
 # The request's deadline (error_middleware), so that a handler opening a live stream can lift it.
 # Every in-flight request's deadline, kept by one sweeping timer (chatd/deadlines.py).

@@ -17,6 +17,7 @@ from chatd import keys
 from chatd.live.cancelling import cancel_all, cancel_requested
 from chatd.live.hub import Hub, LiveOptions
 from chatd.live.subscriber import SHUTTING_DOWN
+from chatd.live.token_watch import TokenWatch
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ def live_context(*, serve: bool) -> Callable[[web.Application], AsyncIterator[No
                 settled_age_seconds=settings.live_late_seconds,
             )
             hub = app[keys.HUB] = Hub(app[keys.BACKENDS].store, options)
+            watch = app[keys.TOKEN_WATCH] = TokenWatch(app[keys.SERVICE].token_works)
             tasks.append(_keep_running("live-listener", lambda: fanout.listen(hub.deliver, hub.resync)))
             tasks.append(_keep_running("live-keepalive", hub.keep_alive))
+            tasks.append(_keep_running("live-token-watch", watch.run))
         try:
             yield
         finally:

@@ -74,6 +74,12 @@ NUMBERS_BURNT = Counter(
 CREATIONS_SHED = Counter(
     "chatd_creations_shed_total", "Creations refused at once (503 overloaded) because too many were waiting"
 )
+TOKEN_CHANGES = Counter(
+    "chatd_token_changes_total",
+    "Application tokens rotated (kind=rotated: the old one kept for a grace period; rotated_and_revoked:"
+    " not kept) or previous tokens revoked (kind=revoked)",
+    ["kind"],
+)
 JOBS_DEAD = Counter("chatd_jobs_dead_lettered_total", "Queued jobs moved to the dead-letter queue", ["topic"])
 
 

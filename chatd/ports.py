@@ -24,6 +24,7 @@ from chatd.domain import (
     NumberScope,
     OutboxEdits,
     Page,
+    Rotated,
     SearchDocument,
     SearchResult,
 )
@@ -58,11 +59,30 @@ class Store(Backend, Protocol):
 
     async def create_application(self, token: str, name: str, created_at: datetime) -> Application: ...
 
-    async def get_application(self, token: str) -> Application | None: ...
+    async def get_application(self, token: str) -> Application | None:
+        """The application whose current or previous token is ``token``.
+
+        Found by its previous token, it carries that token and its expiry (``token_expires_at``),
+        expired or not: the caller compares it with its clock.
+        """
 
     async def list_applications(self, page: int, per_page: int) -> Page[Application]: ...
 
-    async def rename_application(self, token: str, name: str) -> Application | None: ...
+    async def rename_application(self, application_id: int, name: str) -> Application | None: ...
+
+    async def rotate_token(self, token: str, new_token: str, previous_expires_at: datetime | None) -> Rotated | None:
+        """Give the application whose current token is ``token`` the token ``new_token``.
+
+        ``token`` becomes its previous token until ``previous_expires_at`` (None: revoked at once);
+        a previous token it had is revoked. None if no application has ``token`` as its current one.
+        """
+
+    async def revoke_previous_token(self, token: str) -> tuple[int, str | None] | None:
+        """Revoke the previous token of the application whose current token is ``token``.
+
+        Returns its id and the token revoked (None if it had none); None if no application has
+        ``token`` as its current one.
+        """
 
     async def save_chats(self, jobs: Sequence[ChatJob]) -> None:
         """Store chats idempotently: a job seen before changes nothing."""

@@ -6,15 +6,16 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
 
-from chatd import jobs, logs, tracing
+from chatd import jobs, logs, metrics, tracing
 from chatd.accepting import Acceptor, CeilingReached
 from chatd.caching import OptionalCache
 from chatd.domain import (
@@ -26,10 +27,11 @@ from chatd.domain import (
     MessageJob,
     NumberScope,
     Page,
+    Rotated,
     SearchHit,
     SearchResult,
 )
-from chatd.errors import Forbidden, NotFound, Pending
+from chatd.errors import BackendUnavailable, Forbidden, NotFound, Pending
 from chatd.ports import Backends
 
 T = TypeVar("T")
@@ -37,6 +39,9 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+# How long a process uses a token's id from its own memo before it looks the token up again:
+# the bound on how late another process's rotation or revocation reaches this one's writes.
+REF_RECHECK_SECONDS = 1.0
 
 
 def utc_now() -> datetime:
@@ -63,6 +68,7 @@ class ChatService:
         numbering_timeout: float = 5.0,
         max_chats_per_application: int = 0,
         clock: Clock = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.backends = backends
         self.store = backends.store
@@ -71,6 +77,7 @@ class ChatService:
         self.search_index = backends.search
         self.cache_ttl = cache_ttl
         self.clock = clock
+        self.monotonic = monotonic
         # 0: no limit. Enforced where the number is taken (``NumberRequest.ceiling``).
         self.max_chats_per_application = max_chats_per_application
         self.acceptor = Acceptor(
@@ -90,30 +97,98 @@ class ChatService:
         return await self.store.create_application(secrets.token_urlsafe(24), name, self.clock())
 
     async def application(self, token: str) -> Application:
+        """The application ``token`` names: its current token, or its previous one until it expires.
+
+        Looked up in the cache that every process shares, which a rotation or a revocation
+        empties of the tokens it changed; an expiry is checked on every lookup.
+        """
         _require_canonical(token)
         key = f"app:{token}"
         cached = await self.cache.get(key)
-        if cached is not None:
-            known = _application_from_cache(cached)
-            logs.application_id.set(known.id)  # for the access log
-            return known
-        app = await self.store.get_application(token)
-        if app is None:
+        app = _application_from_cache(cached) if cached is not None else await self.store.get_application(token)
+        if app is None or (app.token_expires_at is not None and app.token_expires_at <= self.clock()):
             raise NotFound("no application has this token", code="application_not_found")
-        logs.application_id.set(app.id)
-        await self.cache.set(key, _application_to_cache(app), self.cache_ttl)
+        logs.application_id.set(app.id)  # for the access log
+        if cached is None:
+            ttl = self.cache_ttl
+            if app.token_expires_at is not None:
+                ttl = min(ttl, (app.token_expires_at - self.clock()).total_seconds())
+            await self.cache.set(key, _application_to_cache(app), ttl)
         return app
+
+    async def token_works(self, token: str) -> bool:
+        """Whether ``token`` still names an application (a store that cannot answer: assumed so)."""
+        try:
+            await self.application(token)
+        except NotFound:
+            return False
+        except BackendUnavailable:
+            return True
+        return True
+
+    async def rotate_token(self, token: str, grace_seconds: float) -> tuple[Rotated, datetime]:
+        """Give the application a new token; ``token`` keeps working ``grace_seconds`` more (0: revoked now).
+
+        Only the current token rotates: its previous one, still working, would otherwise hand
+        whoever holds it the new one. Returns the rotation and when the old token stops.
+        """
+        _require_canonical(token)
+        now = self.clock()
+        expires_at = now + timedelta(seconds=grace_seconds)
+        rotated = await self.store.rotate_token(
+            token, secrets.token_urlsafe(24), expires_at if grace_seconds > 0 else None
+        )
+        if rotated is None:
+            await self._refuse_previous(token, "rotate")
+            raise NotFound("no application has this token", code="application_not_found")
+        await self._forget_tokens([rotated.superseded, rotated.revoked])
+        kind = "rotated" if grace_seconds > 0 else "rotated_and_revoked"
+        metrics.TOKEN_CHANGES.labels(kind).inc()
+        logger.info(
+            "application token %s", kind.replace("_", " "),
+            extra={"application_id": rotated.application.id, "grace_seconds": grace_seconds},
+        )  # fmt: skip
+        return rotated, expires_at
+
+    async def revoke_previous_token(self, token: str) -> None:
+        """The application's previous token stops working now, on every process within a second."""
+        _require_canonical(token)
+        revoked = await self.store.revoke_previous_token(token)
+        if revoked is None:
+            await self._refuse_previous(token, "revoke")
+            raise NotFound("no application has this token", code="application_not_found")
+        application_id, previous = revoked
+        await self._forget_tokens([previous])
+        if previous is not None:
+            metrics.TOKEN_CHANGES.labels("revoked").inc()
+            logger.info("application token revoked", extra={"application_id": application_id})
+
+    async def _refuse_previous(self, token: str, what: str) -> None:
+        app = await self.store.get_application(token)
+        if app is not None and app.token_expires_at is not None and app.token_expires_at > self.clock():
+            raise Forbidden(
+                f"this token was rotated away: {what} with the application's current token",
+                code="token_superseded",
+            )
+
+    async def _forget_tokens(self, tokens: list[str | None]) -> None:
+        """Drop what every process cached of ``tokens``: the shared cache now, the memos within a second."""
+        gone = [token for token in tokens if token is not None]
+        for token in gone:
+            self._refs.pop(token, None)
+        await self.forget_applications(gone)
 
     async def list_applications(self, page: int, per_page: int) -> Page[Application]:
         return await self.store.list_applications(page, per_page)
 
     async def rename_application(self, token: str, name: str) -> Application:
-        _require_canonical(token)
-        app = await self.store.rename_application(token, name)
+        known = await self.application(token)
+        app = await self.store.rename_application(known.id, name)
         if app is None:
             raise NotFound("no application has this token", code="application_not_found")
-        await self.forget_applications([token])
-        return app
+        await self.forget_applications([app.token, token])
+        # Answered with the token it was asked with: a previous token never shows the current one.
+        return replace(app, token=token, token_expires_at=known.token_expires_at)
 
     async def forget_applications(self, tokens: list[str]) -> None:
         for token in tokens:
@@ -254,11 +329,21 @@ class ChatService:
         trim_memo(self._chats_seen)
 
     async def _application_ref(self, token: str) -> ApplicationRef:
-        """The application's id for the write paths: ids never change, so the process keeps them."""
+        """The application's id for the write paths, kept by the process for up to a second.
+
+        Ids never change, but tokens do (a rotation, a revocation in another process): a token
+        is looked up again (in the shared cache) once its entry is a second old, and an entry
+        whose token expires is not used past that.
+        """
         ref = self._refs.get(token)
-        if ref is None:
+        now = self.monotonic()
+        if (
+            ref is None
+            or now - ref.checked > REF_RECHECK_SECONDS
+            or (ref.expires_at is not None and ref.expires_at <= self.clock())
+        ):
             app = await self.application(token)
-            ref = self._refs[token] = ApplicationRef(app.id)
+            ref = self._refs[token] = ApplicationRef(app.id, now, app.token_expires_at)
             trim_memo(self._refs)
         logs.application_id.set(ref.id)  # for the access log
         return ref
@@ -269,6 +354,9 @@ class ApplicationRef:
     """What the write paths need of an application: its id, which never changes."""
 
     id: int
+    # When the token was last looked up (time.monotonic), and when it stops working (None: current).
+    checked: float = 0.0
+    expires_at: datetime | None = None
 
 
 # Tokens are made by secrets.token_urlsafe: anything else names no application. Refusing it
@@ -290,14 +378,21 @@ def _application_to_cache(app: Application) -> bytes:
             "name": app.name,
             "chats_count": app.chats_count,
             "created_at": app.created_at.isoformat(),
+            "token_expires_at": None if app.token_expires_at is None else app.token_expires_at.isoformat(),
         }
     )
 
 
 def _application_from_cache(raw: bytes) -> Application:
     data = orjson.loads(raw)
+    expires = data.get("token_expires_at")
     return Application(
-        data["id"], data["token"], data["name"], data["chats_count"], datetime.fromisoformat(data["created_at"])
+        data["id"],
+        data["token"],
+        data["name"],
+        data["chats_count"],
+        datetime.fromisoformat(data["created_at"]),
+        None if expires is None else datetime.fromisoformat(expires),
     )
 
 

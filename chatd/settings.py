@@ -40,6 +40,9 @@ class Settings:
     admin_creates_applications: bool = False
     # Chats an application may have (0: no limit); past it a creation answers 403 chat_limit_reached.
     max_chats_per_application: int = 100_000
+    # The longest a rotated-away token may keep working (POST /applications/{token}/tokens's
+    # grace_seconds, default a day): a week.
+    max_token_grace_seconds: int = 7 * 86400
     host: str = "127.0.0.1"
     port: int = 8080
     role: str = "all"
@@ -134,6 +137,8 @@ class Settings:
             )
         if self.max_chats_per_application < 0:
             raise ValueError("CHATD_MAX_CHATS_PER_APPLICATION must be 0 (no limit) or more")
+        if self.max_token_grace_seconds < 0:
+            raise ValueError("CHATD_MAX_TOKEN_GRACE_SECONDS must be 0 or more")
         if self.live_write_deadline_seconds <= 0:
             raise ValueError("CHATD_LIVE_WRITE_DEADLINE_SECONDS must be more than 0")
         if self.live_stream_seconds < 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ from chatd.domain import (
     NumberScope,
     OutboxEdits,
     Page,
+    Rotated,
     SearchDocument,
 )
 from chatd.errors import BackendUnavailable
@@ -128,8 +130,15 @@ class MysqlStore(Lifecycle):
         return await self.db.run(insert, commit=True)
 
     async def get_application(self, token: str) -> Application | None:
-        row = await self.db.fetchone(f"SELECT {_APP_COLUMNS} FROM applications WHERE token = %s", (token,))
-        return None if row is None else _application(row)
+        row = await self.db.fetchone(
+            f"SELECT {_APP_COLUMNS}, NULL FROM applications WHERE token = %s"
+            " UNION ALL SELECT id, previous_token, name, chats_count, created_at, previous_token_expires_at"
+            " FROM applications WHERE previous_token = %s",
+            (token, token),
+        )
+        if row is None:
+            return None
+        return replace(_application(row), token_expires_at=None if row[5] is None else from_db(row[5]))
 
     async def list_applications(self, page: int, per_page: int) -> Page[Application]:
         async def query(cursor: aiomysql.Cursor) -> Page[Application]:
@@ -143,17 +152,52 @@ class MysqlStore(Lifecycle):
 
         return await self.db.run(query, commit=False)
 
-    async def rename_application(self, token: str, name: str) -> Application | None:
+    async def rename_application(self, application_id: int, name: str) -> Application | None:
         async def update(cursor: aiomysql.Cursor) -> Application | None:
             await cursor.execute(
-                "UPDATE applications SET name = %s, updated_at = %s WHERE token = %s",
-                (name, to_db(datetime.now(UTC)), token),
+                "UPDATE applications SET name = %s, updated_at = %s WHERE id = %s",
+                (name, to_db(datetime.now(UTC)), application_id),
             )
-            await cursor.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE token = %s", (token,))
+            await cursor.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE id = %s", (application_id,))
             row = await cursor.fetchone()
             return None if row is None else _application(row)
 
         return await self.db.run(update, commit=True)
+
+    async def rotate_token(self, token: str, new_token: str, previous_expires_at: datetime | None) -> Rotated | None:
+        async def rotate(cursor: aiomysql.Cursor) -> Rotated | None:
+            await cursor.execute("SELECT id, previous_token FROM applications WHERE token = %s FOR UPDATE", (token,))
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            await cursor.execute(
+                "UPDATE applications SET token = %s, previous_token = %s, previous_token_expires_at = %s WHERE id = %s",
+                (
+                    new_token,
+                    None if previous_expires_at is None else token,
+                    None if previous_expires_at is None else to_db(previous_expires_at),
+                    row[0],
+                ),
+            )
+            await cursor.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE id = %s", (row[0],))
+            revoked = None if row[1] is None else token_text(row[1])
+            return Rotated(_application(await cursor.fetchone()), token, revoked)
+
+        return await self.db.run(rotate, commit=True)
+
+    async def revoke_previous_token(self, token: str) -> tuple[int, str | None] | None:
+        async def revoke(cursor: aiomysql.Cursor) -> tuple[int, str | None] | None:
+            await cursor.execute("SELECT id, previous_token FROM applications WHERE token = %s FOR UPDATE", (token,))
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            await cursor.execute(
+                "UPDATE applications SET previous_token = NULL, previous_token_expires_at = NULL WHERE id = %s",
+                (row[0],),
+            )
+            return int(row[0]), None if row[1] is None else token_text(row[1])
+
+        return await self.db.run(revoke, commit=True)
 
     # Chats
 

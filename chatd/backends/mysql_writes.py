@@ -230,8 +230,11 @@ async def fold_deltas(cursor: aiomysql.Cursor, limit: int) -> CountsReconciled:
     await cursor.execute(f"DELETE FROM count_deltas WHERE id IN ({_marks(len(ids))})", ids)
     tokens: list[str] = []
     if per_app:
-        await cursor.execute(f"SELECT token FROM applications WHERE id IN ({_marks(len(per_app))})", list(per_app))
-        tokens = [token_text(row[0]) for row in await cursor.fetchall()]
+        # The previous token's cached lookup carries the count too.
+        await cursor.execute(
+            f"SELECT token, previous_token FROM applications WHERE id IN ({_marks(len(per_app))})", list(per_app)
+        )
+        tokens = [token_text(token) for row in await cursor.fetchall() for token in row if token is not None]
     return CountsReconciled(len(rows), tokens)
 
 

@@ -6,6 +6,7 @@ import sqlite3
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from chatd.backends import sqlite_edits as edits
@@ -23,6 +24,7 @@ from chatd.domain import (
     NumberScope,
     OutboxEdits,
     Page,
+    Rotated,
     SearchDocument,
 )
 from chatd.jobs import format_time, parse_time
@@ -80,9 +82,16 @@ class SqliteStore(SqliteBacked):
 
     async def get_application(self, token: str) -> Application | None:
         row = await self.db.read(
-            lambda conn: conn.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE token = ?", (token,)).fetchone()
+            lambda conn: conn.execute(
+                f"SELECT {_APP_COLUMNS}, NULL FROM applications WHERE token = ?"
+                " UNION ALL SELECT id, previous_token, name, chats_count, created_at, previous_token_expires_at"
+                " FROM applications WHERE previous_token = ?",
+                (token, token),
+            ).fetchone()
         )
-        return None if row is None else _application(row)
+        if row is None:
+            return None
+        return replace(_application(row), token_expires_at=None if row[5] is None else parse_time(row[5]))
 
     async def list_applications(self, page: int, per_page: int) -> Page[Application]:
         def query(conn: sqlite3.Connection) -> Page[Application]:
@@ -95,15 +104,43 @@ class SqliteStore(SqliteBacked):
 
         return await self.db.read(query)
 
-    async def rename_application(self, token: str, name: str) -> Application | None:
+    async def rename_application(self, application_id: int, name: str) -> Application | None:
         def update(conn: sqlite3.Connection) -> Application | None:
             conn.execute(
-                "UPDATE applications SET name = ?, updated_at = datetime('now') WHERE token = ?", (name, token)
+                "UPDATE applications SET name = ?, updated_at = datetime('now') WHERE id = ?", (name, application_id)
             )
-            row = conn.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE token = ?", (token,)).fetchone()
+            row = conn.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE id = ?", (application_id,)).fetchone()
             return None if row is None else _application(row)
 
         return await self.db.transaction(update)
+
+    async def rotate_token(self, token: str, new_token: str, previous_expires_at: datetime | None) -> Rotated | None:
+        def rotate(conn: sqlite3.Connection) -> Rotated | None:
+            row = conn.execute("SELECT id, previous_token FROM applications WHERE token = ?", (token,)).fetchone()
+            if row is None:
+                return None
+            keep = None if previous_expires_at is None else token
+            conn.execute(
+                "UPDATE applications SET token = ?, previous_token = ?, previous_token_expires_at = ? WHERE id = ?",
+                (new_token, keep, None if previous_expires_at is None else format_time(previous_expires_at), row[0]),
+            )
+            app = conn.execute(f"SELECT {_APP_COLUMNS} FROM applications WHERE id = ?", (row[0],)).fetchone()
+            return Rotated(_application(app), token, row[1])
+
+        return await self.db.transaction(rotate)
+
+    async def revoke_previous_token(self, token: str) -> tuple[int, str | None] | None:
+        def revoke(conn: sqlite3.Connection) -> tuple[int, str | None] | None:
+            row = conn.execute("SELECT id, previous_token FROM applications WHERE token = ?", (token,)).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE applications SET previous_token = NULL, previous_token_expires_at = NULL WHERE id = ?",
+                (row[0],),
+            )
+            return int(row[0]), row[1]
+
+        return await self.db.transaction(revoke)
 
     # Chats
 
@@ -419,5 +456,11 @@ def _fold_deltas(conn: sqlite3.Connection, limit: int) -> CountsReconciled:
     )
     conn.executemany("DELETE FROM count_deltas WHERE id = ?", [(row[0],) for row in rows])
     marks = ",".join("?" * len(touched))
-    tokens = [row[0] for row in conn.execute(f"SELECT token FROM applications WHERE id IN ({marks})", list(touched))]
+    # The previous token's cached lookup carries the count too.
+    tokens = [
+        token
+        for row in conn.execute(f"SELECT token, previous_token FROM applications WHERE id IN ({marks})", list(touched))
+        for token in row
+        if token is not None
+    ]
     return CountsReconciled(len(rows), tokens)

@@ -1,4 +1,4 @@
-"""/applications: create, list, show and rename tenants.
+"""/applications: create, list, show and rename tenants; rotate and revoke their tokens.
 
 Who may do what without a tenant's token:
 
@@ -8,6 +8,10 @@ Who may do what without a tenant's token:
   asks: behind a gateway on the same host every client arrives from 127.0.0.1.
 - create (``POST /applications``): anyone, or only the admin with
   ``CHATD_ADMIN_CREATES_APPLICATIONS=1`` (which needs an admin token).
+- rotate a token (``POST /applications/{token}/tokens``) and revoke the previous one
+  (``DELETE /applications/{token}/tokens/previous``): whoever holds the current token, or the
+  admin with it. The previous token, still working in its grace period, cannot: it would hand
+  its holder the new one.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from aiohttp import web
 from chatd import keys
 from chatd.errors import Unauthorized
 from chatd.handlers import parsing, render
+from chatd.jobs import format_time
 from chatd.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+# How long a rotated-away token keeps working unless the rotation says otherwise: a day.
+DEFAULT_GRACE_SECONDS = 86_400
 
 _HOW_TO_OPEN = (
     "set CHATD_ADMIN_TOKEN and send 'Authorization: Bearer <admin token>'"
@@ -63,6 +71,39 @@ async def rename_application(request: web.Request) -> web.Response:
     name = await parsing.application_name(request)
     app = await request.app[keys.SERVICE].rename_application(request.match_info["token"], name)
     return render.json_response(render.application(app))
+
+
+@routes.post("/applications/{token}/tokens")
+async def rotate_token(request: web.Request) -> web.Response:
+    """A new token; the one in the path keeps working ``grace_seconds`` more (0: revoked now)."""
+    admin_if_asked(request, "rotating a token")
+    settings = request.app[keys.SETTINGS]
+    grace = await parsing.grace_seconds(request, DEFAULT_GRACE_SECONDS, settings.max_token_grace_seconds)
+    rotated, expires_at = await request.app[keys.SERVICE].rotate_token(request.match_info["token"], grace)
+    new = rotated.application.token
+    return render.json_response(
+        {"token": new, "previous_token_expires_at": format_time(expires_at)},
+        status=201,
+        headers={"Location": f"/applications/{new}"},
+    )
+
+
+@routes.delete("/applications/{token}/tokens/previous")
+async def revoke_previous_token(request: web.Request) -> web.Response:
+    """The previous token stops working now (204, also when there is none)."""
+    admin_if_asked(request, "revoking a token")
+    await request.app[keys.SERVICE].revoke_previous_token(request.match_info["token"])
+    return web.Response(status=204)
+
+
+def admin_if_asked(request: web.Request, what: str) -> None:
+    """A request that sends an ``Authorization`` header must send the admin token in it.
+
+    The current token in the path is the tenant's own credential; the admin may act with it too
+    (a tenant who lost control of it asks the operator), and a wrong admin token is refused.
+    """
+    if "Authorization" in request.headers:
+        require_admin(request, what)
 
 
 def require_admin(request: web.Request, what: str) -> None:

@@ -24,7 +24,7 @@ from chatd.handlers import headers, parsing
 from chatd.handlers.middleware import lift_deadline
 from chatd.live.events import APPLICATION_FEED, MESSAGE_UPDATED, LiveEvent
 from chatd.live.feed import Feed
-from chatd.live.subscriber import SHUTTING_DOWN, SLOW_CONSUMER, STREAM_ENDED, Subscriber
+from chatd.live.subscriber import SHUTTING_DOWN, SLOW_CONSUMER, STREAM_ENDED, TOKEN_REVOKED, Subscriber
 from chatd.live.write_deadline import WriteDeadline
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,11 @@ _CLOSE_MESSAGES = {
     SLOW_CONSUMER: "the client fell too far behind; resume from the last event id",
     SHUTTING_DOWN: "the server is shutting down; resume from the last event id",
     STREAM_ENDED: "the stream reached its time limit; resume from the last event id",
+    TOKEN_REVOKED: "the token this stream was opened with no longer works; resume with the current token",
 }
-# WebSocket close codes: 1000 normal, 1001 going away; 4000-4999 are for applications.
-_WS_CLOSE_CODES = {SLOW_CONSUMER: 4008, SHUTTING_DOWN: 1001, STREAM_ENDED: 1000}
+# WebSocket close codes: 1000 normal, 1001 going away; 4000-4999 are for applications (4001:
+# as HTTP's 401, the credential stopped working).
+_WS_CLOSE_CODES = {SLOW_CONSUMER: 4008, SHUTTING_DOWN: 1001, STREAM_ENDED: 1000, TOKEN_REVOKED: 4001}
 
 
 @routes.get("/applications/{token}/chats/{chat}/events")
@@ -86,6 +88,9 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
         writer = await _SseWriter.start(request, start)
     chat_feed = APPLICATION_FEED if chat is None else chat
     feed, subscriber = hub.subscribe(app.id, chat_feed, start, resumed=after is not None)
+    token = request.match_info["token"]
+    watch = request.app[keys.TOKEN_WATCH]
+    watch.watch(token, subscriber)
     connections = metrics.LIVE_CONNECTIONS.labels("websocket" if isinstance(writer, _WebSocketWriter) else "sse")
     connections.inc()
     # Aborting the transport fails the write that waits on it: the pump ends and releases all.
@@ -100,6 +105,7 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
         if lifetime is not None:
             lifetime.cancel()
         connections.dec()
+        watch.forget(token, subscriber)
         hub.unsubscribe(feed, subscriber)
     return writer.response
 

@@ -49,6 +49,20 @@ async def application_name(request: web.Request) -> str:
     return text_field(inner, "name", MAX_NAME_CHARS, "application")
 
 
+async def grace_seconds(request: web.Request, default: int, maximum: int) -> int:
+    """A rotation's ``{"grace_seconds": N}``: 0 to ``maximum``; no body (or no field): ``default``."""
+    if not (await request.read()).strip():
+        return min(default, maximum)
+    data = await json_object(request)
+    value = data.get("grace_seconds", min(default, maximum))
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise Unprocessable(
+            f"'grace_seconds' must be a whole number of seconds from 0 (revoke the old token now) to {maximum}",
+            code="invalid_field",
+        )
+    return value
+
+
 def path_number(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) < 1:

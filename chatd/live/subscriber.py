@@ -11,6 +11,8 @@ SLOW_CONSUMER = "slow_consumer"
 SHUTTING_DOWN = "shutting_down"
 # The stream lasted CHATD_LIVE_STREAM_SECONDS: the client resumes from its last id.
 STREAM_ENDED = "stream_ended"
+# The token the stream was opened with stopped working (its grace period ended, or it was revoked).
+TOKEN_REVOKED = "token_revoked"
 
 
 class Subscriber:

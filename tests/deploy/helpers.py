@@ -2,24 +2,34 @@
 
 docker-compose.yml, deploy/Dockerfile, deploy/nginx.conf and deploy/systemd/*.service are read
 as data here so the test modules can compare them with what chatd really accepts: its Settings
-fields, its command line, its backend URL schemes, its port and body limit.
+fields, its command line, its backend URL schemes, its port and body limit. The real nginx runs
+deploy/nginx.conf on local ports with a throwaway CA's certificate (``Gateway``, ``LocalTls``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import ipaddress
 import re
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from chatd.cli import _parser
 from chatd.settings import Settings
@@ -302,9 +312,35 @@ def http_block(nginx: Directive) -> Directive:
     return http
 
 
+def listen_port(listen: Directive) -> int:
+    """``listen 8443 ssl http2;`` -> 8443 (an address before the port is allowed)."""
+    return int(listen.args[0].rsplit(":", 1)[-1])
+
+
+def serves_tls(server: Directive) -> bool:
+    return any("ssl" in listen.args[1:] for listen in server.find("listen"))
+
+
 def server_block(nginx: Directive) -> Directive:
-    (server,) = http_block(nginx).find("server")
+    """The server that serves chatd: the HTTPS one."""
+    (server,) = [s for s in http_block(nginx).find("server") if serves_tls(s)]
     return server
+
+
+def plain_server_block(nginx: Directive) -> Directive:
+    """The plain-HTTP server: the health check, and a redirect to HTTPS for everything else."""
+    (server,) = [s for s in http_block(nginx).find("server") if not serves_tls(s)]
+    return server
+
+
+def gateway_listens(nginx: Directive | None = None) -> dict[int, bool]:
+    """``{port: serves TLS}`` for each port deploy/nginx.conf listens on."""
+    nginx = nginx or nginx_parse(NGINX_CONF.read_text())
+    return {
+        listen_port(listen): serves_tls(server)
+        for server in http_block(nginx).find("server")
+        for listen in server.find("listen")
+    }
 
 
 def nginx_binary() -> str:
@@ -314,15 +350,41 @@ def nginx_binary() -> str:
     return binary
 
 
-def local_nginx_conf(tmp_path: Path, listen: int, upstream: int, edits: dict[str, str] | None = None) -> Path:
+# Where deploy/nginx.conf reads the deployment's certificate (fullchain.pem) and key (privkey.pem).
+TLS_DIR = "/etc/nginx/tls"
+# The Strict-Transport-Security value on every HTTPS answer (no includeSubDomains: see nginx.conf).
+HSTS = "max-age=63072000"
+
+
+def local_ports() -> dict[int, int]:
+    """A free local port for each port deploy/nginx.conf listens on: ``{8080: ..., 8443: ...}``."""
+    return {port: free_port() for port in gateway_listens()}
+
+
+def local_nginx_conf(tmp_path: Path, ports: dict[int, int], upstream: int, edits: dict[str, str] | None = None) -> Path:
     """deploy/nginx.conf with the compose host names and ports made local, and temp paths writable.
 
-    ``edits`` replace text that must occur in the file (a shorter timeout for a test, say).
+    ``ports`` maps each port the file listens on to a local one (``local_ports()``); the
+    redirect to HTTPS names the local HTTPS port. The certificate and key are read from
+    ``tmp_path/tls`` instead of /etc/nginx/tls: a throwaway CA's (``LocalTls``), made there
+    unless the directory exists already (a test's own files). ``edits`` replace text that must
+    occur in the file (a shorter timeout for a test, say).
     """
     text = NGINX_CONF.read_text()
     text, upstreams = re.subn(r"(\bserver\s+)api:\d+", rf"\g<1>127.0.0.1:{upstream}", text)
-    text, listens = re.subn(r"\blisten\s+\d+;", f"listen 127.0.0.1:{listen};", text)
-    assert upstreams == 1 and listens == 1
+
+    def local_listen(match: re.Match[str]) -> str:
+        assert int(match.group(1)) in ports, f"no local port for listen {match.group(1)}"
+        return f"listen 127.0.0.1:{ports[int(match.group(1))]}"
+
+    text, listens = re.subn(r"\blisten\s+(\d+)\b", local_listen, text)
+    text, redirects = re.subn(
+        r"(https://\$host:)(\d+)", lambda match: f"{match.group(1)}{ports[int(match.group(2))]}", text
+    )
+    text, tls_files = re.subn(re.escape(TLS_DIR) + r"/(fullchain|privkey)\.pem\b", rf"{tmp_path}/tls/\1.pem", text)
+    assert upstreams == 1 and listens == len(ports) and redirects == 1 and tls_files == 2
+    if not (tmp_path / "tls").exists():
+        LocalTls.create(tmp_path / "tls")
     for old, new in (edits or {}).items():
         assert old in text, f"nginx.conf has no {old!r} to edit"
         text = text.replace(old, new)
@@ -349,9 +411,82 @@ def nginx_command(conf: Path) -> list[str]:
     ]
 
 
+class LocalTls:
+    """A throwaway CA and a server certificate it signed for 127.0.0.1 and localhost, in ``folder``.
+
+    ``ca.pem`` is what clients trust; ``fullchain.pem`` and ``privkey.pem`` are what nginx
+    serves (the names deploy/nginx.conf reads in /etc/nginx/tls). P-256 keys: made in
+    milliseconds.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.ca = folder / "ca.pem"
+        self.fullchain = folder / "fullchain.pem"
+        self.privkey = folder / "privkey.pem"
+
+    @classmethod
+    def create(cls, folder: Path) -> LocalTls:
+        tls = cls(folder)
+        folder.mkdir(mode=0o700, parents=True)
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chatd test CA")])
+
+        def issued(subject: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+            return (
+                x509.CertificateBuilder()
+                .subject_name(subject)
+                .issuer_name(ca_name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            )
+
+        def usage(**allowed: bool) -> x509.KeyUsage:
+            names = ["digital_signature", "content_commitment", "key_encipherment", "data_encipherment"]
+            names += ["key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"]
+            return x509.KeyUsage(**{name: allowed.get(name, False) for name in names})
+
+        ca = (
+            issued(ca_name, ca_key)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        server = (
+            issued(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), key)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage(digital_signature=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        tls.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        tls.fullchain.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+        tls.privkey.touch(mode=0o600)
+        tls.privkey.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return tls
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client's defaults (certificate and host name verified), trusting this CA only."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
 class Gateway:
     """The real nginx running deploy/nginx.conf in front of ``upstream`` (a local port).
 
+    It serves HTTPS on ``port`` (``url``) with a throwaway CA's certificate (``tls``; clients
+    verify it with ``ssl``, or ``session()``) and plain HTTP on ``http_port`` (``http_url``).
     What it writes is kept: its standard output (the access log), its standard error (the
     error log the configuration names) and the start-up error log (``-e``). ``with Gateway(...)
     as gateway:`` starts it and waits until it listens; leaving stops it, so every line is out.
@@ -359,8 +494,13 @@ class Gateway:
 
     def __init__(self, folder: Path, upstream: int, edits: dict[str, str] | None = None):
         self.folder = folder
-        self.port = free_port()
-        self.conf = local_nginx_conf(folder, self.port, upstream, edits)
+        self.ports = local_ports()
+        listens = gateway_listens()
+        (https,) = [port for port, tls in listens.items() if tls]
+        (plain,) = [port for port, tls in listens.items() if not tls]
+        self.port, self.http_port = self.ports[https], self.ports[plain]
+        self.conf = local_nginx_conf(folder, self.ports, upstream, edits)
+        self.tls = LocalTls(folder / "tls")
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Gateway:
@@ -370,7 +510,8 @@ class Gateway:
         while True:
             assert self.process.poll() is None, self.error_log()
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                for port in self.ports.values():
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return self
             except OSError:
                 assert time.monotonic() < deadline, "nginx did not start listening"
@@ -386,7 +527,19 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @cached_property
+    def ssl(self) -> ssl.SSLContext:
+        return self.tls.client_context()
+
+    def session(self, **connector: Any) -> aiohttp.ClientSession:
+        """A client of ``url`` that verifies the gateway's certificate; ``connector``: TCPConnector's options."""
+        return aiohttp.ClientSession(self.url, connector=aiohttp.TCPConnector(ssl=self.ssl, **connector))
 
     def access_log(self) -> list[str]:
         return (self.folder / "stdout.log").read_text().splitlines()

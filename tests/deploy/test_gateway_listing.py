@@ -21,13 +21,20 @@ FORGED = {"X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9"}
 
 
 @asynccontextmanager
-async def chatd_behind_nginx(tmp_path: Path, **settings: object) -> AsyncIterator[tuple[str, str]]:
-    """An api process on 127.0.0.1 (as chatd-api.service runs it) behind nginx: (gateway URL, chatd URL)."""
+async def chatd_behind_nginx(
+    tmp_path: Path, **settings: object
+) -> AsyncIterator[tuple[str, str, aiohttp.ClientSession]]:
+    """An api process on 127.0.0.1 (as chatd-api.service runs it) behind nginx.
+
+    (gateway URL, chatd URL, a session for both that verifies the gateway's certificate).
+    """
     folder = tmp_path / "chatd"
     folder.mkdir()
     async with ChatdProcess(embedded_settings(folder, **settings), "api", tmp_path) as process:
         with Gateway(tmp_path, process.port) as gateway:
-            yield gateway.url, process.url
+            connector = aiohttp.TCPConnector(ssl=gateway.ssl)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                yield gateway.url, process.url, session
 
 
 async def create_application(session: aiohttp.ClientSession, url: str, name: str) -> str:
@@ -38,7 +45,7 @@ async def create_application(session: aiohttp.ClientSession, url: str, name: str
 
 
 async def test_without_an_admin_token_nobody_lists_through_the_gateway(tmp_path: Path) -> None:
-    async with chatd_behind_nginx(tmp_path) as (url, chatd), aiohttp.ClientSession() as session:
+    async with chatd_behind_nginx(tmp_path) as (url, chatd, session):
         tokens = [await create_application(session, chatd, name) for name in ("Tenant one", "Tenant two")]
         for headers in ({}, FORGED, {**FORGED, "Authorization": "Bearer "}):
             async with session.get(f"{url}/applications", headers=headers) as answer:
@@ -49,10 +56,7 @@ async def test_without_an_admin_token_nobody_lists_through_the_gateway(tmp_path:
 
 
 async def test_the_admin_token_lists_through_the_gateway_and_nothing_else_does(tmp_path: Path) -> None:
-    async with (
-        chatd_behind_nginx(tmp_path, admin_token="gateway-admin") as (url, chatd),
-        aiohttp.ClientSession() as session,
-    ):
+    async with chatd_behind_nginx(tmp_path, admin_token="gateway-admin") as (url, chatd, session):
         token = await create_application(session, chatd, "Tenant")
         for headers in (FORGED, {"Authorization": "Bearer wrong"}):
             async with session.get(f"{url}/applications", headers=headers) as answer:

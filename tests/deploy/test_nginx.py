@@ -23,13 +23,18 @@ import pytest
 
 from chatd.handlers.middleware import _HTTP_CODES
 from tests.deploy.helpers import (
+    HSTS,
+    TLS_DIR,
     Directive,
     Gateway,
     depends_on,
     gateway,
+    gateway_listens,
     http_block,
     local_nginx_conf,
+    local_ports,
     nginx_command,
+    plain_server_block,
     published_ports,
     serve_settings,
     server_block,
@@ -164,22 +169,49 @@ def test_nginx_passes_the_request_id(nginx: Directive) -> None:
         assert not location.find("proxy_set_header"), f"location {location.args} drops the X-Request-Id"
 
 
+def read_only_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """``{target: source}`` of the service's read-only mounts, short or long syntax."""
+    found = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            if volume.get("read_only"):
+                found[str(volume["target"])] = str(volume["source"])
+        elif str(volume).count(":") == 2 and str(volume).endswith(":ro"):
+            source, target, _ = str(volume).split(":")
+            found[target] = source
+    return found
+
+
 def test_nginx_is_wired_into_compose(nginx: Directive, compose: dict[str, Any]) -> None:
     _, service = gateway(compose)
-    mounts = [str(v).split(":") for v in service.get("volumes") or []]
-    assert ["./deploy/nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
-    listens = {int(d.args[0].rsplit(":", 1)[-1]) for d in server_block(nginx).find("listen")}
-    assert {target for _, _, target in published_ports(service)} <= listens
+    mounts = read_only_mounts(service)
+    assert mounts.get("/etc/nginx/nginx.conf") == "./deploy/nginx.conf"
+    # The certificate directory comes from the deployment, read-only, where the file reads it.
+    assert TLS_DIR in mounts, f"nothing mounted on {TLS_DIR}"
+    files = [d.args[0] for d in server_block(nginx).walk() if d.name in ("ssl_certificate", "ssl_certificate_key")]
+    assert len(files) == 2 and all(Path(f).parent == Path(TLS_DIR) for f in files), files
+    # Both ports are published: HTTPS, and the plain one that redirects to it.
+    listens = gateway_listens(nginx)
+    assert {target for _, _, target in published_ports(service)} == set(listens)
+    # The healthcheck asks the plain server, which answers the health check itself.
+    probe = " ".join(service["healthcheck"]["test"])
+    (url,) = re.findall(r"https?://\S+", probe)
+    assert url == f"http://127.0.0.1:{listen_port_of(plain_server_block(nginx))}/gateway/healthz", url
     assert depends_on(service) and all(
         serve_settings(compose)[name].role in ("api", "all") for name in depends_on(service)
     )
+
+
+def listen_port_of(server: Directive) -> int:
+    (listen,) = server.find("listen")
+    return int(listen.args[0].rsplit(":", 1)[-1])
 
 
 # --- nginx itself: syntax and behaviour --------------------------------------------------------
 
 
 def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
-    conf = local_nginx_conf(tmp_path, free_port(), free_port())
+    conf = local_nginx_conf(tmp_path, local_ports(), free_port())
     result = subprocess.run([*nginx_command(conf), "-t"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
 
@@ -231,24 +263,29 @@ class EchoUpstream:
 
 
 @pytest.fixture
-def gateway_port(tmp_path: Path) -> Iterator[tuple[int, EchoUpstream]]:
+def gateway_and_upstream(tmp_path: Path) -> Iterator[tuple[Gateway, EchoUpstream]]:
     upstream = EchoUpstream()
     try:
         with Gateway(tmp_path, upstream.start()) as gateway:
-            yield gateway.port, upstream
+            yield gateway, upstream
     finally:
         upstream.stop()
 
 
+def https_connection(gateway: Gateway) -> http.client.HTTPSConnection:
+    """HTTPS to the gateway, its certificate verified."""
+    return http.client.HTTPSConnection("127.0.0.1", gateway.port, timeout=10, context=gateway.ssl)
+
+
 def request(
-    port: int,
+    gateway: Gateway,
     method: str,
     path: str,
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     connection: http.client.HTTPConnection | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = connection or https_connection(gateway)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -258,16 +295,19 @@ def request(
             conn.close()
 
 
-def test_gateway_behaviour(gateway_port: tuple[int, EchoUpstream]) -> None:
-    port, upstream = gateway_port
+def test_gateway_behaviour(gateway_and_upstream: tuple[Gateway, EchoUpstream]) -> None:
+    """Over HTTPS, certificate verified; every answer, proxied or nginx's own, carries HSTS."""
+    gateway, upstream = gateway_and_upstream
     # The client's request id reaches the api; without one, nginx makes one up.
-    status, _, body = request(port, "GET", "/applications", headers={"X-Request-Id": "req-42"})
+    status, headers, body = request(gateway, "GET", "/applications", headers={"X-Request-Id": "req-42"})
     assert status == 200 and json.loads(body)["headers"]["x-request-id"] == "req-42"
-    status, _, body = request(port, "GET", "/applications")
+    assert json.loads(body)["headers"]["x-forwarded-proto"] == "https"
+    assert headers["strict-transport-security"] == HSTS
+    status, _, body = request(gateway, "GET", "/applications")
     assert status == 200 and re.fullmatch(r"[0-9a-f]{32}", json.loads(body)["headers"]["x-request-id"])
     # Bodies over chatd's limit stop at the gateway, in chatd's error shape.
     status, headers, body = request(
-        port,
+        gateway,
         "POST",
         "/applications",
         body=b"x" * (64 * 1024 + 1),
@@ -275,18 +315,20 @@ def test_gateway_behaviour(gateway_port: tuple[int, EchoUpstream]) -> None:
     )
     assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large"
     assert headers["content-type"].startswith("application/json") and headers["x-request-id"] == "big"
-    status, _, body = request(port, "GET", "/metrics")
+    assert headers["strict-transport-security"] == HSTS
+    status, headers, body = request(gateway, "GET", "/metrics")
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+    assert headers["strict-transport-security"] == HSTS
     # 150 requests fit the general limit (100 r/s, burst 200) however fast they come; 400 to the
     # chat endpoints run into their 50 r/s (burst 100) unless they took over 6 s.
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    general = Counter(request(port, "GET", "/applications", connection=connection)[0] for _ in range(150))
+    connection = https_connection(gateway)
+    general = Counter(request(gateway, "GET", "/applications", connection=connection)[0] for _ in range(150))
     assert general == {200: 150}, general
     chats: Counter[int] = Counter()
     limited: tuple[dict[str, str], bytes] | None = None
     started = time.monotonic()
     for _ in range(400):
-        status, headers, body = request(port, "GET", "/applications/tok/chats", connection=connection)
+        status, headers, body = request(gateway, "GET", "/applications/tok/chats", connection=connection)
         chats[status] += 1
         limited = (headers, body) if status == 429 else limited
     elapsed = time.monotonic() - started
@@ -296,8 +338,9 @@ def test_gateway_behaviour(gateway_port: tuple[int, EchoUpstream]) -> None:
     headers, body = limited
     assert json.loads(body)["error"]["code"] == "rate_limited"
     assert headers["content-type"].startswith("application/json") and headers["retry-after"] == "1"
+    assert headers["strict-transport-security"] == HSTS
     # No replica answering is a JSON 502 too.
     upstream.stop()
-    status, headers, body = request(port, "GET", "/applications", headers={"X-Request-Id": "down"})
+    status, headers, body = request(gateway, "GET", "/applications", headers={"X-Request-Id": "down"})
     assert status == 502 and json.loads(body)["error"]["code"] == "bad_gateway"
-    assert headers["x-request-id"] == "down"
+    assert headers["x-request-id"] == "down" and headers["strict-transport-security"] == HSTS

@@ -1,8 +1,9 @@
 """The gateway keeps tenants' tokens out of its logs and its public surface small.
 
 Through the real nginx running deploy/nginx.conf in front of a real chatd app (both backend
-sets): every line nginx writes (access log, error log, start-up log) is searched for the token;
-/readyz is not public; creating applications is rate-limited per address.
+sets), over HTTPS: every line nginx writes (access log, error log, start-up log) is searched for
+the token, a plain-HTTP request's (redirected) too; /readyz is not public; creating applications
+is rate-limited per address.
 """
 
 from __future__ import annotations
@@ -99,8 +100,12 @@ def assert_no_token(gateway: Gateway, token: str) -> list[dict[str, object]]:
 async def test_no_token_in_the_gateway_logs(make_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     api: Api = await make_api(live_keepalive_seconds=0.2)
     with Gateway(tmp_path, api.client.server.port) as gateway:
-        async with aiohttp.ClientSession(gateway.url) as session:
+        async with gateway.session() as session:
             token = await drive_tenant_traffic(api, session)
+            # Sent in clear by a misconfigured client: redirected, and logged masked as well.
+            plain = f"{gateway.http_url}/applications/{token}/chats/1/messages/search?query=hello"
+            async with session.get(plain, allow_redirects=False) as redirected:
+                assert redirected.status == 308
         events = "/applications/{token}/chats/1/events"
         await logged(gateway, (events, 200), (events, 101))
     records = assert_no_token(gateway, token)
@@ -113,6 +118,7 @@ async def test_no_token_in_the_gateway_logs(make_api, tmp_path: Path) -> None:  
         ("GET", "/applications/{token}/chats/1/events", 200),
         ("GET", "/applications/{token}/chats/1/events", 101),
         ("GET", "/applications/{token}/chats/1/messages/search", 200),
+        ("GET", "/applications/{token}/chats/1/messages/search", 308),
         ("GET", "/applications/{token}/no/such/path", 404),
         ("GET", "/applications/{token}", 404),
         ("GET", "/applications/{token}/chats", 429),
@@ -128,7 +134,7 @@ async def test_no_token_in_the_gateway_logs_when_the_api_fails(tmp_path: Path) -
         socket.create_server(("127.0.0.1", free_port()), backlog=16) as silent,
         Gateway(tmp_path, silent.getsockname()[1], edits) as gateway,
     ):
-        async with aiohttp.ClientSession(gateway.url) as session:
+        async with gateway.session() as session:
             async with session.get(f"/applications/{token}/chats/1/messages") as timed_out:
                 assert timed_out.status == 504
                 assert (await timed_out.json())["error"]["code"] == "gateway_timeout"
@@ -157,7 +163,7 @@ async def test_readyz_is_not_public(make_api, tmp_path: Path) -> None:  # type: 
     api: Api = await make_api()
     assert (await api.client.get("/readyz")).status == 200  # chatd answers it on the internal network
     with Gateway(tmp_path, api.client.server.port) as gateway:
-        async with aiohttp.ClientSession(gateway.url) as session:
+        async with gateway.session() as session:
             async with session.get("/readyz") as readyz:
                 assert readyz.status == 404
                 body = await readyz.json()
@@ -170,7 +176,7 @@ async def test_readyz_is_not_public(make_api, tmp_path: Path) -> None:  # type: 
 async def test_creating_applications_is_rate_limited_per_address(make_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     api: Api = await make_api()
     with Gateway(tmp_path, api.client.server.port) as gateway:
-        async with aiohttp.ClientSession(gateway.url) as session:
+        async with gateway.session() as session:
             started = time.monotonic()
             answers = []
             for index in range(10):
@@ -190,7 +196,6 @@ async def test_creating_applications_is_rate_limited_per_address(make_api, tmp_p
             async with session.post(f"/applications/{token}/chats") as chat:
                 assert chat.status == 201, await chat.text()
         # Another address has an allowance of its own.
-        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-        async with aiohttp.ClientSession(gateway.url, connector=connector) as other:
+        async with gateway.session(local_addr=("127.0.0.2", 0)) as other:
             async with other.post("/applications", json={"application": {"name": "elsewhere"}}) as response:
                 assert response.status == 201, await response.text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 
@@ -26,9 +27,39 @@ async def test_applications_round_trip(backends: Backends) -> None:
     assert (created.token, created.name, created.chats_count, created.created_at) == ("tok-1", "First", 0, WHEN)
     assert await store.get_application("tok-1") == created
     assert await store.get_application("missing") is None
-    renamed = await store.rename_application("tok-1", "Renamed")
+    renamed = await store.rename_application(created.id, "Renamed")
     assert renamed is not None and renamed.name == "Renamed" and renamed.id == created.id
-    assert await store.rename_application("missing", "x") is None
+    assert await store.rename_application(created.id + 1000, "x") is None
+
+
+async def test_rotating_and_revoking_tokens(backends: Backends) -> None:
+    store = backends.store
+    created = await store.create_application("tok-a", "Rotating", WHEN)
+    later = WHEN + timedelta(days=1)
+    rotated = await store.rotate_token("tok-a", "tok-b", later)
+    assert rotated is not None
+    assert (rotated.application.id, rotated.application.token, rotated.superseded, rotated.revoked) == (
+        created.id, "tok-b", "tok-a", None,
+    )  # fmt: skip
+    # Found by either token, each answered with itself; the previous one with its expiry.
+    current = await store.get_application("tok-b")
+    previous = await store.get_application("tok-a")
+    assert current is not None and (current.id, current.token, current.token_expires_at) == (created.id, "tok-b", None)
+    assert previous is not None and (previous.id, previous.token, previous.token_expires_at) == (
+        created.id, "tok-a", later,
+    )  # fmt: skip
+    assert [app.token for app in (await store.list_applications(1, 10)).items] == ["tok-b"]
+    # Only the current token rotates; a second rotation revokes the first previous token.
+    assert await store.rotate_token("tok-a", "tok-x", later) is None
+    again = await store.rotate_token("tok-b", "tok-c", None)  # no grace: revoked at once
+    assert again is not None and (again.superseded, again.revoked) == ("tok-b", "tok-a")
+    assert await store.get_application("tok-a") is None and await store.get_application("tok-b") is None
+    third = await store.rotate_token("tok-c", "tok-d", later)
+    assert third is not None and third.revoked is None
+    assert await store.revoke_previous_token("tok-c") is None  # not the current token
+    assert await store.revoke_previous_token("tok-d") == (created.id, "tok-c")
+    assert await store.get_application("tok-c") is None
+    assert await store.revoke_previous_token("tok-d") == (created.id, None)
 
 
 async def test_applications_page(backends: Backends) -> None:

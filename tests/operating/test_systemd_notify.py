@@ -32,7 +32,9 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
         copy = tmp_path / unit.name
         copy.write_text(unit.read_text().replace("/opt/chatd/bin/chatd", chatd))
         units.append(str(copy))
-    assert len(units) == 3
+    assert sorted(Path(unit).name for unit in units) == [
+        "chatd-api.service", "chatd-backup.service", "chatd-migrate.service", "chatd-worker.service",
+    ]  # fmt: skip
     result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
     # verify exits 0 on unknown keys and bad values too, reporting them: any output is a finding.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr

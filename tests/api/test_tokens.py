@@ -112,3 +112,31 @@ async def test_rotation_bodies(make_api) -> None:  # type: ignore[no-untyped-def
     assert (await _rotate(api, "unknown-token-" + "x" * 20, status=404))["error"]["code"] == "application_not_found"
     rotated = await _rotate(api, token, {"grace_seconds": 600})
     assert rotated["token"] != token
+
+
+async def test_rotation_and_revocation_are_logged_by_id_and_counted(make_api, caplog) -> None:  # type: ignore[no-untyped-def]
+    from chatd import metrics
+
+    def counted(kind: str) -> float:
+        return metrics.TOKEN_CHANGES.labels(kind)._value.get()  # type: ignore[attr-defined,no-any-return]
+
+    api: Api = await make_api()
+    old = await api.create_application()
+    app_id = (await api.service.application(old)).id
+    before = {kind: counted(kind) for kind in ("rotated", "rotated_and_revoked", "revoked")}
+    with caplog.at_level("INFO", logger="chatd.service"):
+        new = (await _rotate(api, old))["token"]
+        assert (await api.client.delete(f"/applications/{new}/tokens/previous")).status == 204
+        newest = (await _rotate(api, new, {"grace_seconds": 0}))["token"]
+    records = [r for r in caplog.records if r.name == "chatd.service" and "token" in r.getMessage()]
+    assert [r.getMessage() for r in records] == [
+        "application token rotated",
+        "application token revoked",
+        "application token rotated and revoked",
+    ]
+    assert all(getattr(r, "application_id", None) == app_id for r in records)
+    logged = " ".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert old not in logged and new not in logged and newest not in logged
+    assert {kind: counted(kind) - before[kind] for kind in before} == {
+        "rotated": 1, "rotated_and_revoked": 1, "revoked": 1,
+    }  # fmt: skip

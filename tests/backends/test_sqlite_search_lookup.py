@@ -92,13 +92,19 @@ def test_a_search_finds_what_a_plain_scan_finds(texts: list[str], lengths: list[
     texts = texts + ["".join(rng.choice(ALPHABET) for _ in range(n)) for n in lengths]
     conn = _connection()
     chat_texts = dict(enumerate(texts, start=1))
-    for number, text in chat_texts.items():
-        sqlite_search._index_one(conn, document(1, 1, number, text))
+    # One batch, as a worker's index job or a rebuild's page writes them.
+    sqlite_search.index_documents(conn, [document(1, 1, number, text) for number, text in chat_texts.items()])
     # Another chat's and another application's words, near this chat's: never found here.
     others = [_mutate(text, rng, 1) for text in texts]
-    for number, text in enumerate(others, start=len(texts) + 1):
-        sqlite_search._index_one(conn, document(1, 2, number, text))
-        sqlite_search._index_one(conn, document(2, 1, number, text))
+    # One batch of two applications: each one's words go to its own vocabulary.
+    sqlite_search.index_documents(
+        conn,
+        [
+            document(application, chat, number, text)
+            for number, text in enumerate(others, start=len(texts) + 1)
+            for application, chat in ((1, 2), (2, 1))
+        ],
+    )
     vocabulary = {word for text in texts for word in words(text)}
     # Query words near the vocabulary (typos, prefixes), and random ones.
     queries = [_mutate(term, rng, rng.randrange(4)) for term in sorted(vocabulary)]
@@ -131,7 +137,7 @@ def test_every_typo_at_the_length_boundaries_is_found() -> None:
             vocabulary.add(term)
     chat_texts = dict(enumerate(sorted(vocabulary), start=1))
     for number, term in chat_texts.items():
-        sqlite_search._index_one(conn, document(1, 1, number, term))
+        sqlite_search.index_documents(conn, [document(1, 1, number, term)])
     for term in sorted(vocabulary):
         for _ in range(30):
             query_word = _mutate(term, rng, rng.randrange(1, 3)) or "a"
@@ -203,18 +209,18 @@ async def test_a_file_of_an_older_layout_is_emptied_with_a_warning(
 def test_a_word_gets_its_variants_once_per_application_however_many_chats_use_it() -> None:
     """The neighbourhood grows with each application's vocabulary, not with chats times their words."""
     conn = _connection()
-    sqlite_search._index_one(conn, document(1, 1, 1, "meeting tomorrow morning"))
+    sqlite_search.index_documents(conn, [document(1, 1, 1, "meeting tomorrow morning")])
     one_chat = conn.execute("SELECT COUNT(*) FROM search_app_deletions").fetchone()[0]
     for chat in range(2, 52):
-        sqlite_search._index_one(conn, document(1, chat, 1, "morning meeting tomorrow"))
+        sqlite_search.index_documents(conn, [document(1, chat, 1, "morning meeting tomorrow")])
     assert conn.execute("SELECT COUNT(*) FROM search_app_deletions").fetchone()[0] == one_chat > 0
     # Another application's words are its own: their variants are written for it once too.
     for chat in range(1, 51):
-        sqlite_search._index_one(conn, document(2, chat, 1, "tomorrow morning meeting"))
+        sqlite_search.index_documents(conn, [document(2, chat, 1, "tomorrow morning meeting")])
     assert conn.execute("SELECT COUNT(*) FROM search_app_deletions").fetchone()[0] == 2 * one_chat
     # Each chat still finds only its own words: a typo of a word another chat uses finds nothing here.
-    sqlite_search._index_one(conn, document(1, 99, 1, "lunch"))
-    sqlite_search._index_one(conn, document(9, 9, 1, "lunch"))
+    sqlite_search.index_documents(conn, [document(1, 99, 1, "lunch")])
+    sqlite_search.index_documents(conn, [document(9, 9, 1, "lunch")])
     assert _matching(conn, (1, 99), "meetign", 2) == set()
     assert _matching(conn, (9, 9), "meetign", 2) == set()
     assert _matching(conn, (1, 1), "meetign", 2) == {1}

@@ -199,6 +199,15 @@ class Store(Backend, Protocol):
         A backup's measure of how fast each scope moves (reads every message; not for hot paths).
         """
 
+    async def burn_numbers(self, ranges: Mapping[str, tuple[int, int]]) -> None:
+        """Record, per scope key, that the numbers after ``low`` up to ``high`` are never handed out.
+
+        A restore's skip: those numbers were lost with the old store or never used.
+        """
+
+    async def is_burnt(self, scope: NumberScope, number: int) -> bool:
+        """Whether a restore burnt ``number`` in ``scope`` (404 paths only: not for hot paths)."""
+
     async def raise_sequences(self, floors: Mapping[str, int]) -> None:
         """Move sequences forward: each one's next value is above its floor (never moved back).
 

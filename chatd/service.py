@@ -312,7 +312,10 @@ class ChatService:
     # Numbers
 
     async def _was_handed_out(self, scope: NumberScope, number: int) -> bool:
-        return 1 <= number <= await self.store.last_number(scope)
+        """Whether ``number`` was handed out in ``scope``: not past the counter, and not burnt by a restore."""
+        if not 1 <= number <= await self.store.last_number(scope):
+            return False
+        return not await self.store.is_burnt(scope, number)
 
     async def _require_chat(self, app: Application | ApplicationRef, chat_number: int) -> None:
         """A chat exists once its number is handed out, even before a worker stores it.

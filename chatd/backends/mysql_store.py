@@ -423,6 +423,29 @@ class MysqlStore(Lifecycle):
     async def raise_sequences(self, floors: Mapping[str, int]) -> None:
         await self.db.run(lambda cursor: sequences.raise_sequences(cursor, floors), commit=True, seconds=600.0)
 
+    async def burn_numbers(self, ranges: Mapping[str, tuple[int, int]]) -> None:
+        rows = sorted((scope, low, high) for scope, (low, high) in ranges.items() if high > low)
+
+        async def insert(cursor: aiomysql.Cursor) -> None:
+            for start in range(0, len(rows), 1_000):
+                chunk = rows[start : start + 1_000]
+                await cursor.execute(
+                    f"INSERT INTO number_fences (scope, burnt_after, burnt_upto)"
+                    f" VALUES {', '.join(['(%s, %s, %s)'] * len(chunk))}"
+                    f" ON DUPLICATE KEY UPDATE burnt_upto = GREATEST(burnt_upto, CASE"
+                    f" {' '.join(['WHEN scope = %s AND burnt_after = %s THEN %s'] * len(chunk))} END)",
+                    [value for row in chunk for value in row] * 2,
+                )
+
+        await self.db.run(insert, commit=True, seconds=600.0)
+
+    async def is_burnt(self, scope: NumberScope, number: int) -> bool:
+        row = await self.db.fetchone(
+            "SELECT 1 FROM number_fences WHERE scope = %s AND burnt_after < %s AND %s <= burnt_upto LIMIT 1",
+            (scope.key, number, number),
+        )
+        return row is not None
+
 
 async def _chat_id(cursor: aiomysql.Cursor, application_id: int, chat_number: int) -> int | None:
     await cursor.execute(

@@ -358,6 +358,25 @@ class SqliteStore(SqliteBacked):
     async def raise_sequences(self, floors: Mapping[str, int]) -> None:
         await self.db.transaction(lambda conn: sequences.raise_sequences(conn, floors))
 
+    async def burn_numbers(self, ranges: Mapping[str, tuple[int, int]]) -> None:
+        rows = sorted((scope, low, high) for scope, (low, high) in ranges.items() if high > low)
+        await self.db.transaction(
+            lambda conn: conn.executemany(
+                "INSERT INTO number_fences (scope, burnt_after, burnt_upto) VALUES (?, ?, ?)"
+                " ON CONFLICT (scope, burnt_after) DO UPDATE SET burnt_upto = MAX(burnt_upto, excluded.burnt_upto)",
+                rows,
+            )
+        )
+
+    async def is_burnt(self, scope: NumberScope, number: int) -> bool:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM number_fences WHERE scope = ? AND burnt_after < ? AND ? <= burnt_upto LIMIT 1",
+                (scope.key, number, number),
+            ).fetchone()
+        )
+        return row is not None
+
     async def recount_all(self) -> None:
         def recount(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM count_deltas")

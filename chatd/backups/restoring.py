@@ -32,6 +32,7 @@ from chatd.backends.sqlite_db import path_from_url
 from chatd.backups import fence, sqlite_engine, survivors
 from chatd.backups.manifest import BackupRefused, Manifest, read_verified
 from chatd.backups.taking import backups_in, utc_now
+from chatd.numbering import APPLICATION_IDS
 from chatd.settings import Settings
 
 
@@ -108,6 +109,14 @@ async def restore(
             elapsed = (clock() - manifest.taken_at).total_seconds()
             floors = fence.floors(manifest, restored, found.highest, elapsed, min_skip)
             await store.raise_sequences(floors)
+            # Nothing holds the numbers between the highest stored (or seen) and the floor: lost
+            # with the old store, or never handed out. Reads of them answer 404, not "pending".
+            stored = {
+                key: max(restored[key].stored if key in restored else 0, found.highest.get(key, 0)) for key in floors
+            }
+            await store.burn_numbers(
+                {key: (stored[key], floor) for key, floor in floors.items() if key != APPLICATION_IDS}
+            )
             moved = [
                 floor - max(restored[key].highest if key in restored else 0, found.highest.get(key, 0))
                 for key, floor in floors.items()

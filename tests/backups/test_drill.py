@@ -96,6 +96,15 @@ async def test_restore_drill(namespace: Namespace, make_api, tmp_path: Path) -> 
     assert found["total"] == sum(1 for chat, _ in present if chat == chats[0])
     assert (await api.get_json(f"/applications/{token}"))["chats_count"] == len({chat for chat, _ in present})
 
+    # What was lost is gone, not "accepted and not stored yet" for ever: its numbers were burnt.
+    for chat, number in set(acked) - set(present):
+        gone = await api.get_json(f"{base}/{chat}/messages/{number}", status=404)
+        assert gone["error"]["code"] in ("message_not_found", "chat_not_found"), (chat, number)
+    if not real:
+        assert (await api.get_json(f"{base}/{new_chat}", status=404))["error"]["code"] == "chat_not_found"
+        response = await api.client.post(f"{base}/{new_chat}/messages", json={"content": "into a lost chat"})
+        assert response.status == 404
+
     # New numbers never collide with any number acked before the loss, after the backup too.
     highest_chat = max([*chats, new_chat])
     assert await api.create_chat(token) > highest_chat

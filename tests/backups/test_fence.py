@@ -164,6 +164,19 @@ async def test_raise_sequences_moves_counters_forward_only(backends: Backends) -
     await store.raise_sequences({})
 
 
+async def test_burnt_numbers_are_not_handed_out_ones(backends: Backends) -> None:
+    store = backends.store
+    scope = NumberScope(7, 3)
+    await store.burn_numbers({scope.key: (10, 1_010), NumberScope(7).key: (4, 4)})  # an empty range: nothing
+    assert [await store.is_burnt(scope, n) for n in (10, 11, 500, 1_010, 1_011)] == [False, True, True, True, False]
+    assert not await store.is_burnt(NumberScope(7), 5) and not await store.is_burnt(NumberScope(7, 4), 11)
+    # A second restore over the same range widens it, never narrows it.
+    await store.burn_numbers({scope.key: (10, 600)})
+    assert await store.is_burnt(scope, 1_010)
+    await store.burn_numbers({scope.key: (10, 2_000)})
+    assert await store.is_burnt(scope, 2_000)
+
+
 async def test_a_fresh_stores_first_application_is_above_the_floor(backends: Backends) -> None:
     await backends.store.raise_sequences({APPLICATION_IDS: 50})
     assert (await backends.store.sequences())[APPLICATION_IDS].reserved == 50

@@ -140,3 +140,28 @@ async def test_rotation_and_revocation_are_logged_by_id_and_counted(make_api, ca
     assert {kind: counted(kind) - before[kind] for kind in before} == {
         "rotated": 1, "rotated_and_revoked": 1, "revoked": 1,
     }  # fmt: skip
+
+
+async def test_a_websocket_opened_with_a_revoked_token_is_closed_with_4001(make_api) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import aiohttp
+
+    api: Api = await make_api()
+    old = await api.create_application()
+    chat = await api.create_chat(old)
+    new = (await _rotate(api, old))["token"]
+    websocket = await api.client.ws_connect(f"/applications/{old}/chats/{chat}/events")
+    current = await api.client.ws_connect(f"/applications/{new}/chats/{chat}/events")
+    assert (await api.client.delete(f"/applications/{new}/tokens/previous")).status == 204
+    async with asyncio.timeout(10):  # the watch looks every second
+        message = await websocket.receive()
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert websocket.close_code == 4001
+    # The stream opened with the current token goes on: a new message reaches it.
+    number = await api.create_message(new, chat, "still here")
+    await api.settle()
+    async with asyncio.timeout(10):
+        event = await current.receive_json()
+    assert event["event"] == "message.created" and event["data"]["number"] == number
+    await current.close()

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | md5sum | cut
 TOXIPROXY := $(BIN)/toxiproxy-server
 TOXIPROXY_MODULE := github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0
 
-.PHONY: install run run-real test test-embedded test-faults toxiproxy soak services services-stop lint bench bench-quick bench-live bench-scale bench-backup bench-tools ops-tools browser-tools clean
+.PHONY: install run run-real test test-embedded test-faults toxiproxy soak services services-stop cluster cluster-stop lint bench bench-quick bench-live bench-scale bench-backup bench-tools ops-tools browser-tools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -31,6 +31,14 @@ services:
 
 services-stop:
 	bash scripts/services.sh stop
+
+# A local cluster on other ports, next to the single servers (3 RabbitMQ, Redis primary + 2 replicas +
+# 3 Sentinels, 3 Elasticsearch, MariaDB primary + replica); `bash scripts/services.sh cluster env` for its URLs.
+cluster:
+	bash scripts/services.sh cluster up
+
+cluster-stop:
+	bash scripts/services.sh cluster down
 
 test: install services toxiproxy ops-tools browser-tools
 	$(BIN)/pytest -p no:cacheprovider

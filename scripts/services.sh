@@ -18,6 +18,9 @@
 #   start-one NAME     NAME = mariadb | redis | rabbitmq | elasticsearch
 #   stop-one NAME      (for fault-injection tests that bounce one server)
 #   restart-one NAME
+#   cluster up|down|status|env   a local cluster on other ports (3 RabbitMQ,
+#                      Redis primary+2 replicas+3 Sentinels, 3 ES, MariaDB
+#                      primary+replica) next to the single servers
 #
 # Environment it reads (all optional):
 #   CHATD_SERVICES_DIR   data/log/cache root        (default /var/lib/chatd-test)
@@ -586,6 +589,363 @@ export CHATD_ELASTICSEARCH_URL=http://$BIND:$ES_PORT
 EOF
 }
 
+# ---------------------------------------------------------------------------
+# Local cluster (`cluster up|down|status|env`, issue 19): three RabbitMQ nodes,
+# a Redis primary + 2 replicas + 3 Sentinels, three Elasticsearch nodes and a
+# MariaDB primary + replica, all on 127.0.0.1, on ports that leave the single
+# servers above alone (they keep running).  Data under $SERVICES_DIR/cluster.
+# Nodes start one after another (2-core machines); ES heaps are small.
+# ---------------------------------------------------------------------------
+CL_DIR="$SERVICES_DIR/cluster"
+CL_RABBIT_PORTS=(5681 5682 5683)          # AMQP; dist ports 25681..25683; no management plugin
+CL_RABBIT_DIST_PORTS=(25681 25682 25683)
+CL_REDIS_PORTS=(6381 6382 6383)           # 6381 primary, 6382/6383 --replicaof it
+CL_SENTINEL_PORTS=(26381 26382 26383)
+CL_ES_PORTS=(9211 9212 9213)
+CL_ES_TRANSPORT_PORTS=(9311 9312 9313)
+CL_ES_HEAP="${CHATD_CLUSTER_ES_HEAP:-320m}"
+CL_MARIADB_PRIMARY_PORT=3316
+CL_MARIADB_REPLICA_PORT=3317
+
+cl_rabbit_node() { echo "rabbit-c$1@localhost"; }
+cl_rabbit_env() {  # cl_rabbit_env N (1..3)
+  local i=$(($1 - 1)) d="$CL_DIR/rabbitmq-c$1"
+  rabbit_env   # loopback epmd/dist settings; then override everything node-specific
+  export RABBITMQ_NODENAME="$(cl_rabbit_node "$1")"
+  export RABBITMQ_NODE_PORT="${CL_RABBIT_PORTS[$i]}"
+  export RABBITMQ_DIST_PORT="${CL_RABBIT_DIST_PORTS[$i]}"
+  export RABBITMQ_MNESIA_BASE="$d/mnesia"
+  export RABBITMQ_LOG_BASE="$d/log"
+  export RABBITMQ_PID_FILE="$d/rabbit.pid"
+  export RABBITMQ_ENABLED_PLUGINS_FILE="$d/enabled_plugins"
+  export RABBITMQ_CONF_ENV_FILE="$d/rabbitmq-env.conf"
+  export RABBITMQ_CONFIG_FILE="$d/rabbitmq.conf"
+}
+# Every node runs as the rabbitmq user with HOME=/var/lib/rabbitmq: they share
+# its Erlang cookie with each other (and with rabbitmqctl as root).
+cl_rabbitmqctl() { local n="$1"; shift; ( cl_rabbit_env "$n"; timeout 60 "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmqctl" -q -n "$(cl_rabbit_node "$n")" "$@" ); }
+cl_rabbit_members() { cl_rabbitmqctl 1 cluster_status --formatter json 2>/dev/null | jq -r '.disk_nodes[]?' 2>/dev/null; }
+
+cl_rabbit_up_one() {
+  local n="$1" i=$(($1 - 1)) d="$CL_DIR/rabbitmq-c$1"
+  if ! port_open "${CL_RABBIT_PORTS[$i]}"; then
+    if pid_alive "$d/rabbit.pid"; then :; else
+      mkdir -p "$d/log" "$d/mnesia"
+      [[ -f "$d/enabled_plugins" ]] || echo '[].' >"$d/enabled_plugins"
+      : >"$d/rabbitmq-env.conf"
+      # Two nodes of three survive a partition; the lone side pauses.
+      printf 'cluster_partition_handling = pause_minority\nloopback_users = none\n' >"$d/rabbitmq.conf"
+      chown -R rabbitmq:rabbitmq "$d"
+      ( cl_rabbit_env "$n"
+        epmd_loopback_only
+        "${AS_RABBIT[@]}" epmd -address "$BIND" -daemon 9>&-
+        log "cluster rabbitmq: starting $RABBITMQ_NODENAME on $BIND:$RABBITMQ_NODE_PORT (dist $RABBITMQ_DIST_PORT)"
+        ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+        spawn "rabbit-c$n" "$d/log/console.log" "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmq-server" )
+    fi
+    local deadline=$((SECONDS + WAIT_SECS))
+    until port_open "${CL_RABBIT_PORTS[$i]}"; do
+      (( SECONDS < deadline )) || { tail_log "$d/log/console.log"; die "cluster rabbitmq c$n: not answering after ${WAIT_SECS}s"; }
+      sleep 0.5
+    done
+  fi
+  if ((n > 1)) && ! cl_rabbit_members | grep -qx "$(cl_rabbit_node "$n")"; then
+    log "cluster rabbitmq: joining $(cl_rabbit_node "$n") to $(cl_rabbit_node 1)"
+    cl_rabbitmqctl "$n" stop_app
+    cl_rabbitmqctl "$n" join_cluster "$(cl_rabbit_node 1)"
+    cl_rabbitmqctl "$n" start_app
+  fi
+}
+
+cl_rabbit_up() {
+  local n
+  for n in 1 2 3; do cl_rabbit_up_one "$n"; done
+  # Users are cluster-wide: create once, idempotently (same password scheme as the MariaDB user).
+  if ! cl_rabbitmqctl 1 list_users 2>/dev/null | awk '{print $1}' | grep -qx chatd; then
+    cl_rabbitmqctl 1 add_user chatd chatd >/dev/null
+  fi
+  cl_rabbitmqctl 1 set_user_tags chatd administrator >/dev/null
+  cl_rabbitmqctl 1 set_permissions -p / chatd '.*' '.*' '.*' >/dev/null
+  log "cluster rabbitmq: up ($(cl_rabbit_members | tr '\n' ' '))"
+}
+
+cl_rabbit_down() {
+  local n d
+  for n in 3 2 1; do
+    d="$CL_DIR/rabbitmq-c$n"
+    if pid_alive "$d/rabbit.pid"; then
+      cl_rabbitmqctl "$n" stop "$d/rabbit.pid" >/dev/null 2>&1 || kill -TERM "$(cat "$d/rabbit.pid")" 2>/dev/null || true
+    fi
+    wait_gone "rabbit-c$n" "$d/rabbit.pid" 30
+  done
+}
+
+# Redis ----------------------------------------------------------------------
+cl_redis_cli() { redis-cli -h "$BIND" -p "$1" "${@:2}" 2>/dev/null; }
+cl_redis_up() {
+  local i p d
+  mkdir -p "$CL_DIR/redis"; chown redis:redis "$CL_DIR/redis"
+  for i in 0 1 2; do
+    p="${CL_REDIS_PORTS[$i]}"; d="$CL_DIR/redis/$p"
+    [[ "$(cl_redis_cli "$p" ping)" == PONG ]] && continue
+    mkdir -p "$d"; chown redis:redis "$d"
+    local extra=()
+    ((i > 0)) && extra=(--replicaof "$BIND" "${CL_REDIS_PORTS[0]}")
+    log "cluster redis: starting $BIND:$p${extra:+ (replica of ${CL_REDIS_PORTS[0]})}"
+    runuser -u redis -- redis-server --daemonize yes --bind "$BIND" --port "$p" --save '' --appendonly no \
+      --dir "$d" --pidfile "$d/redis.pid" --logfile "$d/redis.log" "${extra[@]}" </dev/null >/dev/null 2>&1 9>&- \
+      || { tail_log "$d/redis.log"; die "cluster redis $p failed to start"; }
+    local deadline=$((SECONDS + 30))
+    until [[ "$(cl_redis_cli "$p" ping)" == PONG ]]; do (( SECONDS < deadline )) || die "cluster redis $p not answering"; sleep 0.2; done
+  done
+  for i in 0 1 2; do
+    p="${CL_SENTINEL_PORTS[$i]}"; d="$CL_DIR/redis/sentinel-$p"
+    [[ "$(cl_redis_cli "$p" ping)" == PONG ]] && continue
+    mkdir -p "$d"
+    # Sentinel rewrites its own conf (known replicas/sentinels, epochs): write it only once.
+    if [[ ! -s "$d/sentinel.conf" ]]; then
+      cat >"$d/sentinel.conf" <<EOF
+bind $BIND
+port $p
+daemonize yes
+pidfile $d/sentinel.pid
+logfile $d/sentinel.log
+dir $d
+sentinel monitor chatd $BIND ${CL_REDIS_PORTS[0]} 2
+sentinel down-after-milliseconds chatd 5000
+sentinel failover-timeout chatd 20000
+sentinel parallel-syncs chatd 1
+EOF
+    fi
+    chown -R redis:redis "$d"
+    log "cluster redis: starting sentinel $BIND:$p"
+    runuser -u redis -- redis-server "$d/sentinel.conf" --sentinel </dev/null >/dev/null 2>&1 9>&- \
+      || { tail_log "$d/sentinel.log"; die "sentinel $p failed to start"; }
+    local deadline=$((SECONDS + 30))
+    until [[ "$(cl_redis_cli "$p" ping)" == PONG ]]; do (( SECONDS < deadline )) || die "sentinel $p not answering"; sleep 0.2; done
+  done
+  log "cluster redis: up"
+}
+cl_redis_down() {
+  local p pidf
+  for p in "${CL_SENTINEL_PORTS[@]}" "${CL_REDIS_PORTS[@]}"; do
+    if [[ -d "$CL_DIR/redis/sentinel-$p" ]]; then pidf="$CL_DIR/redis/sentinel-$p/sentinel.pid"; else pidf="$CL_DIR/redis/$p/redis.pid"; fi
+    if [[ "$(cl_redis_cli "$p" ping)" == PONG ]]; then
+      cl_redis_cli "$p" shutdown nosave >/dev/null || true
+    elif pid_alive "$pidf"; then kill -TERM "$(cat "$pidf")" 2>/dev/null || true; fi
+    wait_gone "redis $p" "$pidf" 20
+  done
+}
+
+# Elasticsearch --------------------------------------------------------------
+cl_es_health() { curl -fsS -m 5 "http://$BIND:${CL_ES_PORTS[0]}/_cluster/health?wait_for_nodes=3&wait_for_status=yellow&timeout=3s" 2>/dev/null; }
+cl_es_up() {
+  [[ -x "$ES_HOME/bin/elasticsearch" ]] || die "elasticsearch $ES_VERSION not installed; run: $0 install"
+  local i n d seeds masters
+  seeds="$BIND:${CL_ES_TRANSPORT_PORTS[0]},$BIND:${CL_ES_TRANSPORT_PORTS[1]},$BIND:${CL_ES_TRANSPORT_PORTS[2]}"
+  masters="chatd-es-c1,chatd-es-c2,chatd-es-c3"
+  for i in 0 1 2; do
+    n=$((i + 1)); d="$CL_DIR/elasticsearch-c$n"
+    port_open "${CL_ES_PORTS[$i]}" && continue
+    pid_alive "$d/run/es.pid" && continue
+    mkdir -p "$d/data" "$d/logs" "$d/run" "$d/tmp"
+    [[ -d "$d/config" ]] || cp -a "$ES_HOME/config" "$d/config"
+    chown -R elasticsearch:elasticsearch "$d"
+    local settings=(
+      -E cluster.name=chatd-cluster -E node.name="chatd-es-c$n"
+      -E network.host="$BIND" -E http.port="${CL_ES_PORTS[$i]}" -E transport.port="${CL_ES_TRANSPORT_PORTS[$i]}"
+      -E path.data="$d/data" -E path.logs="$d/logs"
+      -E discovery.seed_hosts="$seeds" -E cluster.initial_master_nodes="$masters"
+      -E cluster.routing.allocation.disk.threshold_enabled=false
+      -E action.destructive_requires_name=false
+    )
+    if [[ -d "$ES_HOME/modules/x-pack-security" ]]; then settings+=(-E xpack.security.enabled=false); fi
+    if [[ -d "$ES_HOME/modules/ingest-geoip" ]]; then settings+=(-E ingest.geoip.downloader.enabled=false); fi
+    log "cluster elasticsearch: starting chatd-es-c$n on $BIND:${CL_ES_PORTS[$i]} (transport ${CL_ES_TRANSPORT_PORTS[$i]}, heap $CL_ES_HEAP)"
+    rm -f "$d/run/es.pid"
+    # No -d: the launcher would wait for the cluster to form; the pid file is written at startup.
+    spawn "es-c$n" "$d/logs/launcher.log" runuser -u elasticsearch -- env \
+      ES_JAVA_HOME="$ES_JAVA_HOME" ES_PATH_CONF="$d/config" ES_TMPDIR="$d/tmp" \
+      ES_JAVA_OPTS="-Xms$CL_ES_HEAP -Xmx$CL_ES_HEAP -Djava.net.preferIPv4Stack=true" \
+      "$ES_HOME/bin/elasticsearch" -p "$d/run/es.pid" "${settings[@]}"
+    # One after another: wait until this node's transport port is bound before the next JVM.
+    local deadline=$((SECONDS + WAIT_SECS))
+    until port_open "${CL_ES_TRANSPORT_PORTS[$i]}"; do
+      proc_running "${LAUNCHED[es-c$n]}" || { tail_log "$d/logs/launcher.log"; die "cluster elasticsearch c$n exited"; }
+      (( SECONDS < deadline )) || { tail_log "$d/logs/launcher.log"; die "cluster elasticsearch c$n: transport not bound after ${WAIT_SECS}s"; }
+      sleep 0.5
+    done
+  done
+  local deadline=$((SECONDS + WAIT_SECS)) h
+  until h="$(cl_es_health)" && [[ "$(jq -r .number_of_nodes <<<"$h")" == 3 ]] && [[ "$(jq -r .status <<<"$h")" =~ ^(green|yellow)$ ]]; do
+    (( SECONDS < deadline )) || { tail_log "$CL_DIR/elasticsearch-c1/logs/launcher.log"; die "cluster elasticsearch: not 3 nodes green/yellow after ${WAIT_SECS}s"; }
+    sleep 1
+  done
+  log "cluster elasticsearch: up ($(jq -r '.status + ", " + (.number_of_nodes|tostring) + " nodes"' <<<"$h"))"
+}
+cl_es_down() {
+  local n pidf
+  for n in 3 2 1; do
+    pidf="$CL_DIR/elasticsearch-c$n/run/es.pid"
+    pid_alive "$pidf" && kill -TERM "$(cat "$pidf")" 2>/dev/null || true
+  done
+  for n in 3 2 1; do wait_gone "es-c$n" "$CL_DIR/elasticsearch-c$n/run/es.pid" 60; done
+}
+
+# MariaDB --------------------------------------------------------------------
+# Asynchronous GTID replication, no semi-sync: with one replica, semi-sync makes
+# every commit on the primary wait for it (and stall rpl_semi_sync_master_timeout
+# whenever it is down), which a local test cluster gains nothing from.
+cl_maria_sock() { echo "$CL_DIR/mariadb-$1/mariadb.sock"; }
+cl_maria_root() { mariadb --no-defaults --protocol=socket --socket="$(cl_maria_sock "$1")" -uroot "${@:2}"; }
+cl_maria_sock_up() { mariadb-admin --no-defaults --protocol=socket --socket="$(cl_maria_sock "$1")" -uroot --connect-timeout=2 ping >/dev/null 2>&1; }
+cl_maria_start() {  # cl_maria_start primary|replica PORT SERVER_ID
+  local role="$1" port="$2" sid="$3" d="$CL_DIR/mariadb-$1"
+  cl_maria_sock_up "$role" && return 0
+  pid_alive "$d/mariadb.pid" || {
+    mkdir -p "$d"; touch "$d/mariadb.log"; chown mysql:mysql "$d" "$d/mariadb.log"
+    cat >"$d/my.cnf" <<EOF
+# generated by scripts/services.sh (cluster) - do not edit
+[mysqld]
+pid-file = $d/mariadb.pid
+log-error = $d/mariadb.log
+skip-name-resolve
+character-set-server = utf8mb4
+collation-server = utf8mb4_general_ci
+innodb_flush_log_at_trx_commit = 2
+innodb_doublewrite = 0
+innodb_buffer_pool_size = 128M
+innodb_log_file_size = 64M
+performance_schema = OFF
+max_connections = 300
+server_id = $sid
+log_bin = $d/binlog
+binlog_format = ROW
+log_slave_updates = ON
+gtid_strict_mode = ON
+EOF
+    [[ "$role" == replica ]] && printf 'read_only = ON\nrelay_log = %s/relay\n' "$d" >>"$d/my.cnf"
+    if [[ ! -d "$d/data/mysql" ]]; then
+      log "cluster mariadb: initializing $role datadir"
+      rm -rf "$d/data"
+      mariadb-install-db --defaults-file="$d/my.cnf" --user=mysql --datadir="$d/data" \
+        --auth-root-authentication-method=socket --skip-test-db >>"$d/mariadb.log" 2>&1 \
+        || { tail_log "$d/mariadb.log"; die "mariadb-install-db ($role) failed"; }
+    fi
+    rm -f "$(cl_maria_sock "$role")"
+    log "cluster mariadb: starting $role on $BIND:$port (server_id $sid)"
+    spawn "mariadb-$role" "$d/mariadb.log" mariadbd --defaults-file="$d/my.cnf" --user=mysql \
+      --bind-address="$BIND" --port="$port" --socket="$(cl_maria_sock "$role")" --datadir="$d/data"
+  }
+  local deadline=$((SECONDS + WAIT_SECS))
+  until cl_maria_sock_up "$role"; do
+    (( SECONDS < deadline )) || { tail_log "$d/mariadb.log"; die "cluster mariadb $role not answering"; }
+    sleep 0.3
+  done
+}
+cl_maria_up() {
+  cl_maria_start primary "$CL_MARIADB_PRIMARY_PORT" 1
+  # Written on the primary only: the binlog carries users and database to the replica.
+  cl_maria_root primary <<'SQL'
+CREATE USER IF NOT EXISTS 'chatd'@'127.0.0.1' IDENTIFIED BY 'chatd';
+CREATE USER IF NOT EXISTS 'chatd'@'localhost' IDENTIFIED BY 'chatd';
+GRANT ALL PRIVILEGES ON *.* TO 'chatd'@'127.0.0.1' WITH GRANT OPTION;
+GRANT ALL PRIVILEGES ON *.* TO 'chatd'@'localhost' WITH GRANT OPTION;
+CREATE USER IF NOT EXISTS 'repl'@'127.0.0.1' IDENTIFIED BY 'repl';
+GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';
+CREATE DATABASE IF NOT EXISTS chatd;
+SQL
+  cl_maria_start replica "$CL_MARIADB_REPLICA_PORT" 2
+  if [[ -z "$(cl_maria_root replica -N -e 'SHOW SLAVE STATUS')" ]]; then
+    log "cluster mariadb: replica follows the primary (GTID, slave_pos)"
+    cl_maria_root replica <<SQL
+CHANGE MASTER TO MASTER_HOST='$BIND', MASTER_PORT=$CL_MARIADB_PRIMARY_PORT, MASTER_USER='repl', MASTER_PASSWORD='repl', MASTER_USE_GTID=slave_pos;
+START SLAVE;
+SQL
+  fi
+  local deadline=$((SECONDS + 60))
+  until cl_maria_root replica -e 'SHOW SLAVE STATUS\G' | grep -q 'Slave_SQL_Running: Yes' \
+     && cl_maria_root replica -e 'SHOW SLAVE STATUS\G' | grep -q 'Slave_IO_Running: Yes'; do
+    (( SECONDS < deadline )) || { cl_maria_root replica -e 'SHOW SLAVE STATUS\G' >&2; die "cluster mariadb: replication not running"; }
+    sleep 0.5
+  done
+  log "cluster mariadb: up (replica running)"
+}
+cl_maria_down() {
+  local role
+  for role in replica primary; do
+    if cl_maria_sock_up "$role"; then
+      mariadb-admin --no-defaults --protocol=socket --socket="$(cl_maria_sock "$role")" -uroot shutdown >/dev/null 2>&1 || true
+    elif pid_alive "$CL_DIR/mariadb-$role/mariadb.pid"; then
+      kill -TERM "$(cat "$CL_DIR/mariadb-$role/mariadb.pid")" 2>/dev/null || true
+    fi
+    wait_gone "mariadb-$role" "$CL_DIR/mariadb-$role/mariadb.pid" 60
+  done
+}
+
+cmd_cluster_up() {
+  need_root
+  # Same packages and Elasticsearch install as `up` (no-ops once installed).
+  install_apt
+  install_es
+  mkdir -p "$CL_DIR"; chmod 755 "$SERVICES_DIR" "$CL_DIR"
+  cl_maria_up
+  cl_redis_up
+  cl_rabbit_up
+  cl_es_up
+  log "cluster: up"
+}
+cmd_cluster_down() {
+  need_root
+  cl_es_down; log "cluster elasticsearch: stopped"
+  cl_rabbit_down; log "cluster rabbitmq: stopped"
+  cl_redis_down; log "cluster redis: stopped"
+  cl_maria_down; log "cluster mariadb: stopped"
+}
+cmd_cluster_status() {
+  local p h
+  echo "== rabbitmq"
+  cl_rabbitmqctl 1 cluster_status --formatter json 2>/dev/null | jq -c '{disk_nodes, running_nodes}' || echo "rabbit-c1: down"
+  echo "== redis"
+  for p in "${CL_REDIS_PORTS[@]}"; do
+    h="$(cl_redis_cli "$p" info replication | tr -d '\r' | grep -E '^(role|connected_slaves|master_port|master_link_status):' | tr '\n' ' ' || true)"
+    printf '%s: %s\n' "$p" "${h:-down}"
+  done
+  for p in "${CL_SENTINEL_PORTS[@]}"; do
+    h="$(cl_redis_cli "$p" sentinel get-master-addr-by-name chatd | tr '\n' ' ' || true)"
+    if [[ -n "$h" ]]; then printf 'sentinel %s: master %s\n' "$p" "$h"; else printf 'sentinel %s: down\n' "$p"; fi
+  done
+  echo "== elasticsearch"
+  curl -fsS -m 5 "http://$BIND:${CL_ES_PORTS[0]}/_cat/nodes?v&h=name,ip,http_address,master,heap.max" 2>/dev/null || echo "es: down"
+  h="$(curl -fsS -m 5 "http://$BIND:${CL_ES_PORTS[0]}/_cluster/health" 2>/dev/null)" && jq -c '{status, number_of_nodes}' <<<"$h"
+  echo "== mariadb"
+  cl_maria_sock_up primary && echo "primary $CL_MARIADB_PRIMARY_PORT: up" || echo "primary $CL_MARIADB_PRIMARY_PORT: down"
+  if cl_maria_sock_up replica; then
+    echo "replica $CL_MARIADB_REPLICA_PORT: $(cl_maria_root replica -e 'SHOW SLAVE STATUS\G' | grep -E 'Slave_(IO|SQL)_Running:|Seconds_Behind_Master:|Gtid_IO_Pos:' | sed 's/^ *//' | tr '\n' ' ')"
+  else echo "replica $CL_MARIADB_REPLICA_PORT: down"; fi
+}
+cmd_cluster_env() {
+  cat <<EOF
+export CHATD_DATABASE_URL=mysql://chatd:chatd@$BIND:$CL_MARIADB_PRIMARY_PORT/chatd
+# Not read by chatd yet: the read replica.
+export CHATD_DATABASE_REPLICA_URL=mysql://chatd:chatd@$BIND:$CL_MARIADB_REPLICA_PORT/chatd
+export CHATD_REDIS_URL=redis+sentinel://$BIND:${CL_SENTINEL_PORTS[0]},$BIND:${CL_SENTINEL_PORTS[1]},$BIND:${CL_SENTINEL_PORTS[2]}/chatd/0
+export CHATD_AMQP_URL=amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[0]}/,amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[1]}/,amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[2]}/
+export CHATD_AMQP_QUEUE_TYPE=quorum
+export CHATD_ELASTICSEARCH_URL=http://$BIND:${CL_ES_PORTS[0]},http://$BIND:${CL_ES_PORTS[1]},http://$BIND:${CL_ES_PORTS[2]}
+export CHATD_ELASTICSEARCH_REPLICAS=1
+EOF
+}
+cmd_cluster() {
+  case "${1:-}" in
+    up) take_lock; cmd_cluster_up ;;
+    down) take_lock; cmd_cluster_down ;;
+    status) cmd_cluster_status ;;
+    env) cmd_cluster_env ;;
+    *) die "usage: $0 cluster up|down|status|env" ;;
+  esac
+}
+
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit "${1:-2}"; }
 
 # Serialize commands that change state: two overlapping `start`s (parallel
@@ -618,6 +978,7 @@ main() {
     start-one) cmd_start "$1" ;;
     stop-one) cmd_stop "$1" ;;
     restart-one) cmd_stop "$1"; cmd_start "$1" ;;
+    cluster) cmd_cluster "$@" ;;
     -h|--help|help) usage 0 ;;
     *) usage ;;
   esac

@@ -32,6 +32,12 @@ split into single-job messages before any of its jobs is handed out again; see
 Publishing uses one channel with publisher confirms; each topic's consumer has a channel of its
 own, so a prefetch or a channel error stays with its topic; declarations, depth and ping use a
 third. A job's way back from the retry queue is dead-lettered at-least-once: it cannot be lost.
+
+The URL may name several brokers, comma-separated (``amqp://a/,amqp://b/``): the connection
+goes to the first that answers and, when lost, to the next one in turn (``FailoverConnection``),
+where the robust connection declares everything again. The guarantees above hold per broker:
+jobs on a broker that is gone wait there until it is back (or are lost with it, unless the
+brokers are a cluster with quorum queues replicated across it).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from aio_pika.exceptions import (
     DeliveryError,
     PublishError,
 )
+from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
 from chatd.backends import amqp_batches as batches
@@ -117,6 +124,39 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGE) or type(exc) is ChannelClosed
 
 
+def broker_urls(url: str) -> list[str]:
+    """``CHATD_AMQP_URL`` as a list: one AMQP URL, or several separated by commas (one per broker)."""
+    urls = [part.strip() for part in url.split(",") if part.strip()]
+    if not urls:
+        raise ValueError(f"no AMQP URL in {url!r}")
+    return urls
+
+
+class FailoverConnection(RobustConnection):
+    """A robust connection that tries its brokers in turn.
+
+    aio-pika's robust connection reconnects to its one URL. This one moves to the next URL
+    of its list before every connection attempt (``RobustConnection``'s private
+    ``__connect_transport``, the one place an attempt starts): the first attempt uses
+    ``first``; after a lost connection or a failed attempt the next broker in the list is
+    tried, round and round, every ``reconnect_interval``. Channels, exchanges, queues and
+    consumers are then restored on that broker by the robust connection as after any reconnect.
+    """
+
+    def __init__(self, urls: Sequence[str], first: int, made: URL, **kwargs: Any):
+        # ``made``: the first URL as connect_robust made it, its options (reconnect_interval,
+        # timeout...) in the query; every broker gets them, unless its own URL says otherwise.
+        self._urls = [URL(url).update_query({**made.query, **URL(url).query}) for url in urls]
+        self._next = first % len(self._urls)
+        super().__init__(self._urls[self._next], **kwargs)
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        self.url = self._urls[self._next]
+        self._next = (self._next + 1) % len(self._urls)
+        logger.info("rabbitmq: connecting to %s", self.url.with_password(None))
+        await getattr(RobustConnection, "_RobustConnection__connect_transport")(self)  # noqa: B009
+
+
 def _unavailable(exc: BaseException, what: str = "") -> BackendUnavailable:
     cause = outage_cause(exc) or "connection"
     return BackendUnavailable(f"rabbitmq: {what + ': ' if what else ''}{exc!r}", backend="rabbitmq", cause=cause)
@@ -166,6 +206,16 @@ class _Consumer:
         return self.splitting + sum(envelope.remaining for envelope in self.buffer if envelope.live)
 
 
+def _failover_class(urls: Sequence[str], first: int) -> type[RobustConnection]:
+    """``connect_robust``'s connection class for ``urls``, starting at ``first`` (it passes one URL on)."""
+
+    class Failover(FailoverConnection):
+        def __init__(self, url: URL, **kwargs: Any):
+            super().__init__(urls, first, url, **kwargs)
+
+    return Failover
+
+
 class AmqpQueue(Lifecycle):
     """Durable job queues on RabbitMQ: quorum queues, publisher confirms, delayed retries."""
 
@@ -191,14 +241,30 @@ class AmqpQueue(Lifecycle):
     async def open(self) -> None:
         if self._connection is not None:
             return
-        # A robust connection reconnects by itself; try every second, not every five.
-        options: dict[str, Any] = {} if "reconnect_interval" in URL(self.url).query else {"reconnect_interval": 1}
-        try:
-            connection = await asyncio.wait_for(
-                aio_pika.connect_robust(self.url, timeout=CONNECT_TIMEOUT, **options), CONNECT_TIMEOUT * 2
-            )
-        except _OUTAGE as exc:
-            raise _unavailable(exc, "cannot connect") from exc
+        # A robust connection reconnects by itself; try every second, not every five. Several
+        # URLs (comma-separated): the first that answers, then the next one in turn after a loss.
+        urls = broker_urls(self.url)
+        options: dict[str, Any] = {} if "reconnect_interval" in URL(urls[0]).query else {"reconnect_interval": 1}
+        connection: AbstractRobustConnection | None = None
+        for first in range(len(urls)):
+            try:
+                connection = await asyncio.wait_for(
+                    aio_pika.connect_robust(
+                        urls[first],
+                        timeout=CONNECT_TIMEOUT,
+                        connection_class=_failover_class(urls, first),
+                        **options,
+                    ),
+                    CONNECT_TIMEOUT * 2,
+                )
+                break
+            except _OUTAGE as exc:
+                if first == len(urls) - 1:
+                    raise _unavailable(exc, "cannot connect") from exc
+                logger.warning(
+                    "rabbitmq: cannot connect to broker %d of %d (%r); trying the next", first + 1, len(urls), exc
+                )
+        assert connection is not None
         self._connection = connection
         try:
             self._publishing = await self._bounded(connection.channel(publisher_confirms=True, on_return_raises=True))

@@ -125,6 +125,14 @@ class SearchRejected(Exception):
         self.reasons = reasons
 
 
+def node_urls(url: str) -> list[str]:
+    """``CHATD_ELASTICSEARCH_URL`` as a host list: one URL, or several separated by commas."""
+    nodes = [node.strip() for node in url.split(",") if node.strip()]
+    if not nodes:
+        raise ValueError(f"no Elasticsearch node URL in {url!r}")
+    return nodes
+
+
 class ElasticsearchIndex(Lifecycle):
     """Messages in one Elasticsearch index, routed by chat so a search reads a single shard.
 
@@ -175,7 +183,10 @@ class ElasticsearchIndex(Lifecycle):
         # Opening again (after ``destroy``, say) keeps the client and makes the index again.
         if self._client is None:
             self._client = AsyncElasticsearch(
-                self.url,
+                # A comma-separated list of node URLs is a host list: the client spreads
+                # requests over the nodes and retries a request on the next one when a node
+                # does not answer (it is then left out for a while).
+                node_urls(self.url),
                 request_timeout=self.request_timeout,
                 max_retries=self.max_retries,
                 retry_on_timeout=False,

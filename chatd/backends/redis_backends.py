@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import BusyLoadingError, MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
@@ -105,10 +106,61 @@ def _make_client(url: str) -> aioredis.Redis:
     # a timeout would resend a command the server may have run, against a server already
     # too slow. Jittered backoff, capped, so a dead server fails a request within ~0.5 s.
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), _RETRIES, supported_errors=(RedisConnectionError,))
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, **{**_CLIENT_DEFAULTS, "retry": retry, "decode_responses": False, "client_name": "chatd"}
-    )
+    options = {**_CLIENT_DEFAULTS, "retry": retry, "decode_responses": False, "client_name": "chatd"}
+    if is_sentinel_url(url):
+        return sentinel_client(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, **options)
     return aioredis.Redis.from_pool(pool)
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEME)
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """``redis+sentinel://host:port[,host:port...]/<service name>[/<db>]``: (sentinels, service, db).
+
+    A sentinel without a port is on 26379 (Sentinel's default); the database is 0 unless given.
+    """
+    if not is_sentinel_url(url):
+        raise ValueError(f"not a redis+sentinel:// URL: {url!r}")
+    rest = url[len(SENTINEL_SCHEME) :]
+    hosts, _, path = rest.partition("/")
+    parts = [part for part in path.split("/") if part]
+    if not hosts or not 1 <= len(parts) <= 2:
+        raise ValueError(f"expected redis+sentinel://host:port[,host:port...]/<service name>[/<db>], got {url!r}")
+    sentinels: list[tuple[str, int]] = []
+    for host in hosts.split(","):
+        name, colon, port = host.strip().rpartition(":")
+        if not colon:
+            name, port = host.strip(), "26379"
+        if not name or not port.isdigit():
+            raise ValueError(f"bad sentinel address {host!r} in {url!r}")
+        sentinels.append((name.strip("[]"), int(port)))
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"bad database number {parts[1]!r} in {url!r}")
+    return sentinels, parts[0], int(parts[1]) if len(parts) == 2 else 0
+
+
+def sentinel_client(url: str, **options: Any) -> aioredis.Redis:
+    """A client of the primary the sentinels name for the URL's service.
+
+    ``master_for``'s pool asks the sentinels for the primary's address whenever it opens a
+    connection, and drops its connections when the address changed: after a failover the
+    next request reaches the promoted replica. Until the sentinels name one, requests fail
+    with MasterNotFoundError (a ConnectionError: BackendUnavailable).
+    """
+    sentinels, service, db = parse_sentinel_url(url)
+    options = {key: value for key, value in options.items() if key != "timeout"}  # BlockingConnectionPool's only
+    sentinel_options = {
+        "socket_connect_timeout": options.get("socket_connect_timeout", 2.0),
+        "socket_timeout": options.get("socket_timeout", 3.0),
+    }
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_options)
+    return cast("aioredis.Redis", manager.master_for(service, db=db, **options))
 
 
 def _glob_escape(text: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from chatd.backends.redis_backends import is_sentinel_url, sentinel_client
 from chatd.live.cancelling import cancel_requested
 from chatd.live.fanout import Deliver, QueuedFanout, Resync
 
@@ -31,6 +32,13 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 _MAX_BACKOFF = 5.0
 
 
+def _client_for(url: str) -> aioredis.Redis:
+    # A redis+sentinel:// URL: the primary the sentinels name, followed through a failover.
+    if is_sentinel_url(url):
+        return sentinel_client(url, **_CLIENT_OPTIONS)
+    return aioredis.Redis.from_url(url, **_CLIENT_OPTIONS)
+
+
 class RedisFanout(QueuedFanout):
     """Announcements published on one Redis channel."""
 
@@ -41,7 +49,7 @@ class RedisFanout(QueuedFanout):
         self._client: aioredis.Redis | None = None
 
     async def open(self) -> None:
-        self._client = aioredis.Redis.from_url(self.url, **_CLIENT_OPTIONS)
+        self._client = _client_for(self.url)
         await super().open()
 
     async def close(self) -> None:
@@ -57,7 +65,7 @@ class RedisFanout(QueuedFanout):
     async def listen(self, deliver: Deliver, resync: Resync) -> None:
         backoff = 0.1
         while True:
-            client = aioredis.Redis.from_url(self.url, **_CLIENT_OPTIONS)
+            client = _client_for(self.url)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)

@@ -927,11 +927,10 @@ cmd_cluster_status() {
 cmd_cluster_env() {
   cat <<EOF
 export CHATD_DATABASE_URL=mysql://chatd:chatd@$BIND:$CL_MARIADB_PRIMARY_PORT/chatd
-# Not read by chatd yet: the read replica.
+# Not read by chatd yet: the read replica. (The topic queues are quorum queues already.)
 export CHATD_DATABASE_REPLICA_URL=mysql://chatd:chatd@$BIND:$CL_MARIADB_REPLICA_PORT/chatd
 export CHATD_REDIS_URL=redis+sentinel://$BIND:${CL_SENTINEL_PORTS[0]},$BIND:${CL_SENTINEL_PORTS[1]},$BIND:${CL_SENTINEL_PORTS[2]}/chatd/0
 export CHATD_AMQP_URL=amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[0]}/,amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[1]}/,amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[2]}/
-export CHATD_AMQP_QUEUE_TYPE=quorum
 export CHATD_ELASTICSEARCH_URL=http://$BIND:${CL_ES_PORTS[0]},http://$BIND:${CL_ES_PORTS[1]},http://$BIND:${CL_ES_PORTS[2]}
 export CHATD_ELASTICSEARCH_REPLICAS=1
 EOF

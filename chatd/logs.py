@@ -64,6 +64,9 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
 
 
 def _mask_url(text: str) -> str:
+    """A URL, or a comma-separated list of them (one per server of a cluster), passwords masked."""
+    if "," in text and "+sentinel://" not in text:
+        return ",".join(_mask_url(part) for part in text.split(","))
     try:
         url = URL(text)
     except ValueError:

@@ -127,6 +127,20 @@ def test_settings_are_logged_with_their_secrets_masked() -> None:
     assert masked["worker_batch_size"] == settings.worker_batch_size
 
 
+def test_every_url_of_a_cluster_list_is_masked() -> None:
+    settings = Settings(
+        amqp_url="amqp://chatd:pw-one@mq1:5672/,amqp://chatd:pw-two@mq2:5672/,amqp://chatd:pw-three@mq3:5672/",
+        elasticsearch_url="http://elastic:es-pw@es1:9200,http://es2:9200",
+        redis_url="redis+sentinel://s1:26379,s2:26379,s3:26379/chatd/0",
+    )
+    masked = logs.masked_settings(settings)
+    text = orjson.dumps(masked).decode()
+    for secret in ("pw-one", "pw-two", "pw-three", "es-pw"):
+        assert secret not in text
+    assert masked["amqp_url"] == "amqp://chatd:***@mq1:5672/,amqp://chatd:***@mq2:5672/,amqp://chatd:***@mq3:5672/"
+    assert masked["elasticsearch_url"] == "http://elastic:***@es1:9200,http://es2:9200"
+
+
 async def test_an_internal_error_is_logged_with_the_route_never_the_token(api, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     token = await api.create_application()
 

@@ -22,7 +22,7 @@ import orjson
 from pythonjsonlogger.json import JsonFormatter
 from yarl import URL
 
-from chatd.settings import Settings
+from chatd.settings import Settings, server_urls
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
 def _mask_url(text: str) -> str:
     """A URL, or a comma-separated list of them (one per server of a cluster), passwords masked."""
     if "," in text and "+sentinel://" not in text:
-        return ",".join(_mask_url(part) for part in text.split(","))
+        return ",".join(_mask_url(part) for part in server_urls(text))
     try:
         url = URL(text)
     except ValueError:

@@ -173,3 +173,14 @@ def _flag(raw: str, name: str) -> bool:
     if raw.strip().lower() in _FALSE:
         return False
     raise ValueError(f"CHATD_{name.upper()} must be 1 or 0 (true/false, yes/no, on/off), not {raw!r}")
+
+
+def server_urls(value: str) -> list[str]:
+    """A ``CHATD_*_URL`` that names several servers (one per node of a cluster), comma-separated.
+
+    One URL is a list of one; blanks around commas and empty entries are ignored.
+    """
+    urls = [part.strip() for part in value.split(",") if part.strip()]
+    if not urls:
+        raise ValueError(f"no server URL in {value!r}")
+    return urls

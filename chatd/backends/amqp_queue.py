@@ -74,6 +74,7 @@ from chatd.backends.amqp_batches import Envelope, Fate, Job, JobsPerMessage
 from chatd.backends.lifecycle import Lifecycle
 from chatd.errors import BackendUnavailable
 from chatd.ports import Delivery
+from chatd.settings import server_urls
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +123,6 @@ def outage_cause(exc: BaseException) -> str | None:
 
 def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGE) or type(exc) is ChannelClosed
-
-
-def broker_urls(url: str) -> list[str]:
-    """``CHATD_AMQP_URL`` as a list: one AMQP URL, or several separated by commas (one per broker)."""
-    urls = [part.strip() for part in url.split(",") if part.strip()]
-    if not urls:
-        raise ValueError(f"no AMQP URL in {url!r}")
-    return urls
 
 
 class FailoverConnection(RobustConnection):
@@ -243,7 +236,7 @@ class AmqpQueue(Lifecycle):
             return
         # A robust connection reconnects by itself; try every second, not every five. Several
         # URLs (comma-separated): the first that answers, then the next one in turn after a loss.
-        urls = broker_urls(self.url)
+        urls = server_urls(self.url)
         options: dict[str, Any] = {} if "reconnect_interval" in URL(urls[0]).query else {"reconnect_interval": 1}
         connection: AbstractRobustConnection | None = None
         for first in range(len(urls)):

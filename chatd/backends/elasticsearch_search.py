@@ -45,6 +45,7 @@ from chatd.domain import SearchDocument, SearchHit, SearchResult
 from chatd.errors import BackendUnavailable, BadRequest
 from chatd.jobs import format_time, parse_time
 from chatd.searching import query_terms, words
+from chatd.settings import server_urls
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +126,6 @@ class SearchRejected(Exception):
         self.reasons = reasons
 
 
-def node_urls(url: str) -> list[str]:
-    """``CHATD_ELASTICSEARCH_URL`` as a host list: one URL, or several separated by commas."""
-    nodes = [node.strip() for node in url.split(",") if node.strip()]
-    if not nodes:
-        raise ValueError(f"no Elasticsearch node URL in {url!r}")
-    return nodes
-
-
 class ElasticsearchIndex(Lifecycle):
     """Messages in one Elasticsearch index, routed by chat so a search reads a single shard.
 
@@ -186,7 +179,7 @@ class ElasticsearchIndex(Lifecycle):
                 # A comma-separated list of node URLs is a host list: the client spreads
                 # requests over the nodes and retries a request on the next one when a node
                 # does not answer (it is then left out for a while).
-                node_urls(self.url),
+                server_urls(self.url),
                 request_timeout=self.request_timeout,
                 max_retries=self.max_retries,
                 retry_on_timeout=False,

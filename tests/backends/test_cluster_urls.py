@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from chatd.backends.amqp_queue import AmqpQueue, broker_urls
-from chatd.backends.elasticsearch_search import ElasticsearchIndex, node_urls
+from chatd.backends.amqp_queue import AmqpQueue
+from chatd.backends.elasticsearch_search import ElasticsearchIndex
 from chatd.backends.redis_backends import RedisCache, RedisConnection, parse_sentinel_url
 from chatd.errors import BackendUnavailable
 from chatd.live.redis_fanout import RedisFanout
+from chatd.settings import server_urls
 from tests.conftest import AMQP_URL
 from tests.factories import document, eventually
 from tests.servers import PrivateRabbitmq, PrivateRedis, free_port, running
@@ -34,11 +35,12 @@ ELASTICSEARCH_URL = os.environ.get("CHATD_TEST_ELASTICSEARCH_URL", "http://127.0
 # Elasticsearch
 
 
-def test_node_urls_split_on_commas() -> None:
-    assert node_urls("http://a:9200") == ["http://a:9200"]
-    assert node_urls(" http://a:9200, http://b:9200 ,") == ["http://a:9200", "http://b:9200"]
+def test_server_urls_split_on_commas() -> None:
+    assert server_urls("http://a:9200") == ["http://a:9200"]
+    assert server_urls(" http://a:9200, http://b:9200 ,") == ["http://a:9200", "http://b:9200"]
+    assert server_urls("amqp://a/, amqp://b/") == ["amqp://a/", "amqp://b/"]
     with pytest.raises(ValueError):
-        node_urls(" , ")
+        server_urls(" , ")
 
 
 async def test_a_dead_first_node_is_passed_over() -> None:
@@ -174,13 +176,6 @@ async def test_the_live_fanout_delivers_through_a_sentinel_url(
 
 
 # RabbitMQ
-
-
-def test_broker_urls_split_on_commas() -> None:
-    assert broker_urls("amqp://a/") == ["amqp://a/"]
-    assert broker_urls("amqp://a/, amqp://b/") == ["amqp://a/", "amqp://b/"]
-    with pytest.raises(ValueError):
-        broker_urls(",")
 
 
 def unique_prefix() -> str:

@@ -14,7 +14,8 @@ import io
 from pathlib import Path
 
 from chatd.backups import restoring, taking
-from tests.conftest import Api, Namespace, drop_mysql_database
+from tests.backups.conftest import lose_the_store
+from tests.conftest import Api, Namespace
 
 WORD = "kangaroo"
 
@@ -23,15 +24,6 @@ async def _write(api: Api, token: str, chat: int, label: str, count: int, into: 
     for i in range(count):
         text = f"{label} {i} {WORD}"
         into[(chat, await api.create_message(token, chat, text))] = text
-
-
-async def _lose_the_store(namespace: Namespace) -> None:
-    """The store's disk is gone: on the embedded set with the search file and the queue on it."""
-    if namespace.backend_set == "real":
-        await drop_mysql_database(namespace.name)
-        return
-    for path in namespace.folder.glob("*.db*"):
-        path.unlink()
 
 
 async def test_restore_drill(namespace: Namespace, make_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -59,7 +51,7 @@ async def test_restore_drill(namespace: Namespace, make_api, tmp_path: Path) -> 
     await _write(api, token, chats[2], "queued", 10, queued)
     await api.client.close()
     acked = {**before, **during, **after, **queued}
-    await _lose_the_store(namespace)
+    await lose_the_store(namespace)  # on the embedded set the queue and the index are on that disk too
 
     report = await restoring.restore(settings, backups, out=io.StringIO())
     assert report.folder == taken.folder

@@ -13,7 +13,8 @@ from chatd.backends.registry import make_backends, opened
 from chatd.backups import restoring, taking
 from chatd.domain import NumberScope
 from chatd.numbering import NumberRequest
-from tests.conftest import Namespace, drop_mysql_database
+from tests.backups.conftest import lose_the_store
+from tests.conftest import Namespace
 from tests.factories import message_job
 
 
@@ -40,11 +41,7 @@ async def test_an_older_backup_is_migrated_forward(
         taken = await taking.take_backup(settings, backups)
     assert taken.manifest.schema == every[:-1]
 
-    if namespace.backend_set == "real":
-        await drop_mysql_database(namespace.name)
-    else:
-        for path in namespace.folder.glob("*.db*"):
-            path.unlink()
+    await lose_the_store(namespace)
     report = await restoring.restore(settings, backups, out=io.StringIO())
     assert report.migrated == every[-1:]
     backends = make_backends(settings, namespace.clock)

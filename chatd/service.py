@@ -106,13 +106,15 @@ class ChatService:
         key = f"app:{token}"
         cached = await self.cache.get(key)
         app = _application_from_cache(cached) if cached is not None else await self.store.get_application(token)
-        if app is None or (app.token_expires_at is not None and app.token_expires_at <= self.clock()):
+        if app is None:
             raise NotFound("no application has this token", code="application_not_found")
+        ttl = self.cache_ttl
+        if app.token_expires_at is not None:  # a previous token: its clock is read once
+            ttl = min(ttl, (app.token_expires_at - self.clock()).total_seconds())
+            if ttl <= 0:
+                raise NotFound("no application has this token", code="application_not_found")
         logs.application_id.set(app.id)  # for the access log
         if cached is None:
-            ttl = self.cache_ttl
-            if app.token_expires_at is not None:
-                ttl = min(ttl, (app.token_expires_at - self.clock()).total_seconds())
             await self.cache.set(key, _application_to_cache(app), ttl)
         return app
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -139,17 +140,10 @@ def _refuse_unless_empty(applications: int, force: bool, where: str) -> None:
         )
 
 
-class _stage:
+@contextmanager
+def _stage(report: RestoreReport, name: str, out: TextIO) -> Iterator[None]:
     """Times a step of the restore and says when it is done."""
-
-    def __init__(self, report: RestoreReport, name: str, out: TextIO):
-        self.report, self.name, self.out = report, name, out
-
-    def __enter__(self) -> None:
-        self.started = time.monotonic()
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        seconds = time.monotonic() - self.started
-        self.report.seconds[self.name] = seconds
-        if kind is None:
-            print(f"restore: {self.name}: done in {seconds:.1f} s", file=self.out, flush=True)
+    started = time.monotonic()
+    yield  # a step that raises is not reported: the exception says what happened
+    report.seconds[name] = time.monotonic() - started
+    print(f"restore: {name}: done in {report.seconds[name]:.1f} s", file=out, flush=True)

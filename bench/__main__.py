@@ -31,6 +31,13 @@ For each backend set (embedded: SQLite files; real: MariaDB, Redis, RabbitMQ, El
     set the four servers' too.
 (e) Where the time goes end to end: CPU seconds per process (api, workers, servers) from the
     start of the load until all is searchable, and per message (bench/procstat.py).
+(f) Two tenants (bench/tenants.py): one floods at full speed beside another at a modest rate,
+    with the per-application limits off, then on: the second tenant's p95 alone and beside it.
+
+``--only tenants`` runs (f) alone; ``--only create-ab`` runs (a) with the rate limits off and on
+(at rates the load never reaches: what the check itself costs) in alternating rounds with the
+ceiling (bench/limits_ab.py). Both
+write their own file (bench/results-tenants.md, bench/results-create-ab.md) and never the README.
 
 Every phase runs on a new namespace (database, key prefix, queue prefix, index, or SQLite files)
 so that one phase's backlog does not slow the next. --quick shortens the rounds (3 s) and the
@@ -51,12 +58,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import loadgen, phases, report
+from bench import limits_ab, loadgen, phases, report, tenants
 from bench.deploy import Ceiling
 from bench.report import SetResult
+from bench.tenants import TenantsRun
 
 logger = logging.getLogger("bench")
 HERE = Path(__file__).parent
+ONLY = ("tenants", "create-ab")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--chats", type=int, default=10, help="chats the load is spread over")
     parser.add_argument("--output", type=Path, help="markdown file to write")
+    parser.add_argument("--only", choices=ONLY, help="one measurement: (f) two tenants, or (a) with limits off and on")
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     if not sets or any(name not in report.SET_NAMES for name in sets):
@@ -99,6 +109,7 @@ async def run_set(name: str, ceiling: Ceiling, options: phases.Options, folder: 
     logger.info("%s: acceptance, %d x %g s rounds against chatd and the ceiling", name, options.rounds, options.round_s)
     result.acceptance = await phases.acceptance(name, ceiling, options, folder / name)
     logger.info("%s: chatd / ceiling %.2fx", name, result.acceptance.ratio)
+    result.tenants = await _tenants(name, options, folder)
     for index, workers in enumerate(options.workers):
         logger.info("%s: end to end with %d worker(s), %g s of load", name, workers, options.e2e_s)
         ab_pair, run = await phases.end_to_end(name, ceiling, options, folder / name, workers, with_ab=index == 0)
@@ -108,22 +119,38 @@ async def run_set(name: str, ceiling: Ceiling, options: phases.Options, folder: 
     return result
 
 
+async def _tenants(name: str, options: phases.Options, folder: Path) -> list[TenantsRun]:
+    logger.info("%s: two tenants, limits off then on, %g s each part", name, options.round_s)
+    return [await tenants.two_tenants(name, options, folder / name, limits_on) for limits_on in (False, True)]
+
+
+async def run_only(what: str, sets: list[str], ceiling: Ceiling, options: phases.Options, folder: Path) -> str:
+    """``--only``'s measurement on every set, as markdown."""
+    if what == "tenants":
+        return tenants.tenants_table({name: await _tenants(name, options, folder) for name in sets}, options)
+    results = {}
+    for name in sets:
+        logger.info("%s: the create path with the rate limits off and on, alternating", name)
+        results[name] = await limits_ab.create_ab(name, ceiling, options, folder / name)
+    return limits_ab.ab_table(results, options)
+
+
 async def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = options_from(args)
     # Only the benchmark's own progress: the backends' clients (Elasticsearch's logs every request
     # at INFO) and chatd's modules imported for the set-up keep the default (warnings and up).
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s", "%H:%M:%S"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    phases.log_progress()
     loadgen.require_tools()
     started, machine_line = time.time(), report.machine()
     folder = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
     ceiling = await Ceiling(folder).start()
     results: dict[str, SetResult] = {}
+    only_text = ""
     try:
-        for name in args.sets:
+        if args.only:
+            only_text = await run_only(args.only, args.sets, ceiling, options, folder)
+        for name in [] if args.only else args.sets:
             results[name] = await run_set(name, ceiling, options, folder)
     except BaseException:
         logger.error("failed; process logs kept in %s", folder)
@@ -132,7 +159,10 @@ async def main(argv: list[str] | None = None) -> int:
         ceiling.stop()
     shutil.rmtree(folder, ignore_errors=True)
     how = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = report.markdown(results, options, started, machine_line, how.strip())
+    if args.only:
+        return _write_only(args, only_text, started, machine_line, how.strip())
+    two_tenants = tenants.tenants_table({name: result.tenants for name, result in results.items()}, options)
+    text = report.markdown(results, options, started, machine_line, how.strip(), [two_tenants])
     output = args.output or HERE / ("results-quick.md" if args.quick else "results.md")
     output.write_text(text)
     print("\n" + text)
@@ -140,6 +170,16 @@ async def main(argv: list[str] | None = None) -> int:
     if not args.quick and args.output is None and {"embedded", "real"} <= set(args.sets):
         if report.splice_into_readme(HERE.parent / "README.md", text):
             logger.info("README.md's Performance tables replaced by this run's")
+    return 0
+
+
+def _write_only(args: argparse.Namespace, text: str, started: float, machine_line: str, how: str) -> int:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    text = f"Measured with `{how}` on {when}: {machine_line}; chatd {report.revision()}.\n\n{text}\n"
+    output = args.output or HERE / f"results-{args.only}.md"
+    output.write_text(text)
+    print("\n" + text)
+    logger.info("written to %s", output)
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import Namespace
@@ -26,6 +26,8 @@ from tests.servers import free_port
 class Deployment:
     api: ChatdProcess
     workers: list[ChatdProcess]
+    # More api processes on the first one's port (CHATD_REUSE_PORT): the kernel spreads connections.
+    more_apis: list[ChatdProcess] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -33,7 +35,7 @@ class Deployment:
 
     def check_alive(self) -> None:
         """Raise if a process has exited, with its exit code and the end of its log."""
-        for process in [self.api, *self.workers]:
+        for process in [self.api, *self.more_apis, *self.workers]:
             assert process.process is not None
             code = process.process.poll()
             if code is not None:
@@ -41,7 +43,9 @@ class Deployment:
                 raise RuntimeError(f"chatd {process.role} (pid {process.process.pid}) exited with {code}:\n{log}")
 
     def pids(self) -> dict[str, int]:
-        pids = {"api": pid_of(self.api)}
+        pids = {"api" if not self.more_apis else "api 1": pid_of(self.api)}
+        for index, api in enumerate(self.more_apis, 2):
+            pids[f"api {index}"] = pid_of(api)
         for index, worker in enumerate(self.workers, 1):
             pids["worker" if len(self.workers) == 1 else f"worker {index}"] = pid_of(worker)
         return pids
@@ -53,20 +57,28 @@ def pid_of(process: ChatdProcess) -> int:
 
 
 @asynccontextmanager
-async def deployment(backend_set: str, folder: Path, workers: int) -> AsyncIterator[Deployment]:
+async def deployment(backend_set: str, folder: Path, workers: int, **overrides: object) -> AsyncIterator[Deployment]:
+    """``workers`` and api processes on a namespace of their own; ``overrides``: settings (the limits).
+
+    ``apis=N`` among ``overrides`` starts N api processes on one port (``CHATD_REUSE_PORT``), not a setting.
+    """
+    apis = int(str(overrides.pop("apis", 1)))
     folder.mkdir(parents=True, exist_ok=True)
     space = Namespace(backend_set, folder)
     # Recognisable if a crashed run leaves it behind on the shared servers.
     space.name = "chatd_bench_" + uuid.uuid4().hex[:8]
     processes: list[ChatdProcess] = []
     try:
-        settings = await space.serving_settings()  # the real set's database created and migrated
+        if apis > 1:
+            overrides["reuse_port"] = True
+        settings = await space.serving_settings(**overrides)  # the real set's database created and migrated
         processes = [ChatdProcess(settings, "api", folder)]
+        processes += [ChatdProcess(settings, "api", folder, port=processes[0].port) for _ in range(apis - 1)]
         processes += [ChatdProcess(settings, "worker", folder) for _ in range(workers)]
         # One after the other: on SQLite each process applies the migrations as it starts.
         for process in processes:
             await process.start()
-        yield Deployment(processes[0], processes[1:])
+        yield Deployment(processes[0], processes[apis:], processes[1:apis])
     finally:
         for process in processes:
             process.stop_quietly()

@@ -106,6 +106,11 @@ async def wrk(
     data = await wrk_json(
         LUA_SCRIPT, base_url, [token, str(chats), word], seconds=seconds, connections=connections, threads=threads
     )
+    return wrk_result(data)
+
+
+def wrk_result(data: dict[str, Any]) -> WrkResult:
+    """The WrkResult of a script's BENCH_JSON line (bench/post_messages.lua's fields)."""
     return WrkResult(
         duration_s=data["duration_us"] / 1e6,
         requests=data["requests"],

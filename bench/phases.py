@@ -10,6 +10,7 @@ import asyncio
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,15 @@ from bench.probe import Client, LagProbe, wait_searchable
 from bench.procstat import ProcessWatch, server_pids
 
 logger = logging.getLogger("bench")
+
+
+def log_progress() -> None:
+    """The benchmark's own progress on stderr, timed; the backends' clients keep their defaults."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
 
 # Every message wrk sends contains this word; searching it counts a chat's searchable messages.
 WORD = "benchword"
@@ -118,17 +128,21 @@ async def _application_with_chats(client: Client, name: str, chats: int) -> str:
     return token
 
 
-async def acceptance(backend_set: str, ceiling: Ceiling, options: Options, folder: Path) -> Acceptance:
+async def acceptance(
+    backend_set: str, ceiling: Ceiling, options: Options, folder: Path, **overrides: object
+) -> Acceptance:
     """wrk against one ``--role api`` process and the ceiling, in alternating rounds, no worker.
 
     No worker runs: on two cores a worker (and, on the real set, MariaDB and Elasticsearch
     storing and indexing behind it) takes CPU from the api, so the rate would mix what the api
     costs with what the pipeline costs. Without it the figure is what the api tier accepts:
     validate, take a number, queue the job durably, answer 201. The pipeline is measured end
-    to end in its own phase.
+    to end in its own phase. ``overrides``: settings of the deployment (the create-path A/B of the
+    rate limits runs this phase with them off, and on at rates the load never reaches).
     """
+    name = "acceptance" + "".join(f"-{key}={value}" for key, value in overrides.items())
     async with (
-        deployment(backend_set, folder / "acceptance", workers=0) as chatd,
+        deployment(backend_set, folder / name, workers=0, **overrides) as chatd,
         aiohttp.ClientSession() as session,
     ):
         token = await _application_with_chats(Client(session, chatd.url), "bench acceptance", options.chats)
@@ -164,18 +178,28 @@ async def reference_ab(client: Client, url: str, ceiling: Ceiling, options: Opti
 
 
 async def end_to_end(
-    backend_set: str, ceiling: Ceiling, options: Options, folder: Path, workers: int, with_ab: bool
+    backend_set: str,
+    ceiling: Ceiling,
+    options: Options,
+    folder: Path,
+    workers: int,
+    with_ab: bool,
+    apis: int = 1,
+    servers: Callable[[], dict[str, int]] = server_pids,
 ) -> tuple[AbPair | None, EndToEnd]:
-    """api + ``workers`` worker processes under wrk, then until every message is searchable."""
+    """``apis`` api + ``workers`` worker processes under wrk, then until every message is searchable.
+
+    ``servers``: the server processes whose CPU and memory are counted on the real set.
+    """
     async with (
-        deployment(backend_set, folder / f"e2e-{workers}", workers) as chatd,
+        deployment(backend_set, folder / f"e2e-{apis}x{workers}", workers, apis=apis) as chatd,
         aiohttp.ClientSession() as session,
     ):
         client = Client(session, chatd.url)
         ab_pair = await reference_ab(client, chatd.url, ceiling, options, folder) if with_ab else None
         token = await _application_with_chats(client, "bench end to end", options.chats)
         probe = LagProbe(client, token, await client.create_chat(token), rate=options.probe_rate)
-        watch = ProcessWatch(chatd.pids() | (server_pids() if backend_set == "real" else {}))
+        watch = ProcessWatch(chatd.pids() | (servers() if backend_set == "real" else {}))
         async with watch.running():
             started = time.monotonic()
             probing = asyncio.create_task(probe.run(timeout_after_stop=options.drain_timeout_s))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,18 +51,55 @@ def cpu_seconds(pid: int) -> float:
 def server_pids() -> dict[str, int]:
     """The pids of MariaDB, Redis, RabbitMQ and Elasticsearch on this machine (those found)."""
     found: dict[str, int] = {}
+    for pid, comm, cmdline in _processes():
+        for name, (process, marker) in SERVERS.items():
+            cluster_node = re.search(_CLUSTER_NODES[name], cmdline)  # the local cluster's, beside them
+            if comm == process and marker in cmdline and name not in found and not cluster_node:
+                found[name] = pid
+    return found
+
+
+def _processes() -> Iterator[tuple[int, str, str]]:
+    """Every process's pid, name (comm) and command line, arguments joined by spaces.
+
+    A RabbitMQ node's (beam.smp) environment is added to its command line: its node name is there.
+    """
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             comm = (entry / "comm").read_text().strip()
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+            if comm == "beam.smp":
+                cmdline += " " + (entry / "environ").read_bytes().decode(errors="replace").replace("\0", " ")
         except OSError:
             continue
-        for name, (process, marker) in SERVERS.items():
-            if comm == process and marker in cmdline and name not in found:
-                found[name] = int(entry.name)
+        yield int(entry.name), comm, cmdline
+
+
+def cluster_pids() -> dict[str, int]:
+    """The pids of the local cluster's servers (`services.sh cluster up`), one per node.
+
+    Told apart from the single servers by their data folders (under ``.../cluster/``), their
+    ports (Redis) or their node names (RabbitMQ): ``MariaDB primary``, ``Redis 6381``,
+    ``RabbitMQ c1``, ``Elasticsearch c1`` and so on.
+    """
+    found: dict[str, int] = {}
+    for pid, comm, cmdline in _processes():
+        for name, (process, word) in SERVERS.items():
+            if comm == process and word in cmdline and (node := re.search(_CLUSTER_NODES[name], cmdline)):
+                found[f"{name} {node.group(1)}"] = pid
     return found
+
+
+# How each server's process names its node of the local cluster (and only the cluster's).
+_CLUSTER_NODES = {
+    "MariaDB": r"/cluster/mariadb-(primary|replica)/",
+    # redis-server shows its address as its command line; the Sentinels' end in [sentinel].
+    "Redis": r":(638\d)(?! *\[sentinel\])",
+    "RabbitMQ": r"RABBITMQ_NODENAME=rabbit-(c\d)@",
+    "Elasticsearch": r"/cluster/elasticsearch-(c\d)/",
+}
 
 
 @dataclass

@@ -11,6 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.phases import AbPair, Acceptance, EndToEnd, Options
 
@@ -22,6 +23,7 @@ class SetResult:
     acceptance: Acceptance | None = None
     ab: AbPair | None = None
     end_to_end: list[EndToEnd] = field(default_factory=list)
+    tenants: list[Any] = field(default_factory=list)  # bench.tenants.TenantsRun, limits off then on
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -211,7 +213,10 @@ def ratios_line(results: dict[str, SetResult]) -> str:
     return f"Real / embedded, stored + searchable msg/s with {workers}: {ratio(r.messages_per_s / e.messages_per_s)}."
 
 
-def markdown(results: dict[str, SetResult], options: Options, started: float, machine_line: str, how: str) -> str:
+def markdown(
+    results: dict[str, SetResult], options: Options, started: float, machine_line: str, how: str, extra: list[str]
+) -> str:
+    """The run's tables; ``extra``: more of them after these (bench/tenants.py's (f))."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     head = (
         f"Measured with `{how}` on {when}: {machine_line}; chatd {revision()}. Every chatd process, the "
@@ -219,6 +224,7 @@ def markdown(results: dict[str, SetResult], options: Options, started: float, ma
     )
     parts = [head, acceptance_table(results, options), ab_table(results, options)]
     parts += [end_to_end_table(results, options), ratios_line(results), rss_table(results), cpu_table(results)]
+    parts += extra
     return "\n\n".join(part.rstrip() for part in parts if part) + "\n"
 
 

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | md5sum | cut
 TOXIPROXY := $(BIN)/toxiproxy-server
 TOXIPROXY_MODULE := github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0
 
-.PHONY: install run run-real test test-embedded test-faults toxiproxy soak services services-stop cluster cluster-stop lint bench bench-quick bench-live bench-scale bench-backup bench-tools ops-tools browser-tools clean
+.PHONY: install run run-real test test-cluster test-embedded test-faults toxiproxy soak services services-stop cluster cluster-stop lint bench bench-quick bench-live bench-scale bench-backup bench-cluster bench-tools ops-tools browser-tools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -40,13 +40,22 @@ cluster:
 cluster-stop:
 	bash scripts/services.sh cluster down
 
-test: install services toxiproxy ops-tools browser-tools
-	$(BIN)/pytest -p no:cacheprovider
+# The whole suite on the single servers, then the node-loss suite on the local cluster.
+test: install services toxiproxy bench-tools ops-tools browser-tools
+	$(BIN)/pytest -p no:cacheprovider -m "not cluster"
+	$(MAKE) --no-print-directory test-cluster
+
+# Node loss under load on the local cluster (tests/cluster): kill -9 of a RabbitMQ queue leader, the
+# Redis primary, an Elasticsearch node, the MariaDB primary (then the promotion runbook).
+test-cluster: install
+	bash scripts/services.sh cluster up
+	set -a && eval "$$(bash scripts/services.sh cluster test-env)" && set +a && \
+		$(BIN)/pytest -p no:cacheprovider -m cluster tests/cluster
 
 test-embedded: install
-	$(BIN)/pytest -p no:cacheprovider -m "not real"
+	$(BIN)/pytest -p no:cacheprovider -m "not real and not cluster"
 
-test-faults: install services toxiproxy
+test-faults: install services toxiproxy bench-tools
 	$(BIN)/pytest -p no:cacheprovider -m faults
 
 # Toxiproxy for the partition and latency faults: `go install` of its server module (the module
@@ -105,6 +114,14 @@ bench-scale: install services bench-tools
 bench-backup: install services
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.backup $(BENCH_ARGS)
+
+# chatd on the local cluster with 1 and 2 api processes and 1 and 2 workers: rates and CPU per
+# component (bench/results-cluster.md, the README's "Scaling out"; about 5 minutes, not in `make test`).
+# BENCH_ARGS="--shapes 1x1 --seconds 5" for a check run.
+bench-cluster: install bench-tools
+	bash scripts/services.sh cluster up
+	set -a && eval "$$(bash scripts/services.sh cluster test-env)" && set +a && \
+		$(BIN)/python -m bench.scale_out $(BENCH_ARGS)
 
 # Short rounds, to check the benchmark runs (bench/results-quick.md, not for the README).
 bench-quick: install services bench-tools

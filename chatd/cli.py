@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="numbers every sequence skips past the highest it knows, at least (default 1000)",
     )
+    promote = commands.add_parser(
+        "promote",
+        help="make a promoted MariaDB replica safe to serve (every worker stopped): no number is handed out twice",
+    )
+    promote.add_argument(
+        "--min-skip",
+        type=_positive,
+        default=None,
+        help="numbers every sequence skips past the highest it knows, at least (default 1000)",
+    )
     return parser
 
 
@@ -79,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.log_settings(settings, args.command)
     if args.command == "serve":
         return serve(settings)
-    if args.command in ("backup", "restore"):
+    if args.command in ("backup", "restore", "promote"):
         return asyncio.run(backups_command(args, settings))
     return asyncio.run(_admin(args.command, settings))
 
@@ -137,7 +147,7 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     watchdog = asyncio.create_task(sdnotify.watchdog(notifier))
     readiness: asyncio.Task[None] | None = None
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.reuse_port or None).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -156,11 +166,23 @@ async def _serve(app: web.Application, settings: Settings) -> None:
 
 
 async def backups_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``chatd backup`` and ``chatd restore``: 0 done, 2 refused (nothing changed), 1 failed."""
-    from chatd.backups import fence, restoring, taking
+    """``chatd backup``, ``restore`` and ``promote``: 0 done, 2 refused (nothing changed), 1 failed."""
+    from chatd.backups import fence, promoting, restoring, taking
     from chatd.backups.manifest import BackupRefused
 
+    min_skip = getattr(args, "min_skip", None) or fence.MIN_SKIP
     try:
+        if args.command == "promote":
+            promoted = await promoting.promote(settings, min_skip=min_skip)
+            seen = promoted.survivors
+            print(
+                f"promoted: newest row {promoted.newest_row_at or 'none'}, {promoted.lag_allowed_seconds:.1f} s ago;"
+                f" replayed {seen.jobs:,} queued jobs ({seen.replayed:,} messages the store lacked);"
+                f" recovered {seen.recovered:,} messages from the search index;"
+                f" every sequence moved {promoted.skips[0]:,} to {promoted.skips[1]:,} past the highest number known"
+                f" in {promoted.seconds:.1f} s"
+            )
+            return 0
         if args.command == "backup":
             report = await taking.take_backup(settings, args.dir, args.keep, args.metrics_file)
             counts = report.manifest.counts
@@ -170,7 +192,6 @@ async def backups_command(args: argparse.Namespace, settings: Settings) -> int:
                 + (f"; pruned {len(report.pruned)}" if report.pruned else "")
             )
             return 0
-        min_skip = args.min_skip if args.min_skip is not None else fence.MIN_SKIP
         done = await restoring.restore(settings, args.path, force=args.force, min_skip=min_skip)
     except BackupRefused as exc:
         print(f"chatd {args.command}: refused: {exc}", file=sys.stderr)

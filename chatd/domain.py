@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -180,3 +180,16 @@ class CountsReconciled:
 
     deltas: int
     application_tokens: list[str]
+
+
+class Hit(NamedTuple):
+    """One rate-limit check's outcome, in seconds from now (``chatd.limits.gcra``; a tuple: made on
+    every request, it must be cheap)."""
+
+    allowed: bool
+    # Refused: how long until one request would be admitted. Admitted: 0.
+    wait: float
+    # How long until the bucket is full again (after the tokens taken, if admitted).
+    reset: float
+    # Tokens taken: 1 for the request itself, more when it asked for a lease; 0 when refused.
+    taken: int = 1

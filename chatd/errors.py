@@ -59,6 +59,13 @@ class Unprocessable(ChatdError):
     code = "invalid_field"
 
 
+class RateLimited(ChatdError):
+    """The application is over one of its rate limits (``chatd.limits``); retry after ``Retry-After``."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class Unavailable(ChatdError):
     """A backend the request needs is down; the client should retry later."""
 

@@ -80,6 +80,11 @@ TOKEN_CHANGES = Counter(
     " not kept) or previous tokens revoked (kind=revoked)",
     ["kind"],
 )
+# Per policy (reads, writes, searches, streams), never per application: tenants are unbounded in
+# number; the log names the applications (chatd.limits.limiter).
+RATE_LIMITED = Counter(
+    "chatd_rate_limited_total", "Requests refused with 429 rate_limited, by the policy they were over", ["policy"]
+)
 JOBS_DEAD = Counter("chatd_jobs_dead_lettered_total", "Queued jobs moved to the dead-letter queue", ["topic"])
 
 

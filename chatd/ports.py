@@ -19,6 +19,7 @@ from chatd.domain import (
     ChatJob,
     CountsReconciled,
     EditedMessage,
+    Hit,
     Message,
     MessageJob,
     NumberScope,
@@ -49,6 +50,24 @@ class Backend(Protocol):
 
     async def ping(self) -> None:
         """Raise if the backend cannot serve requests right now."""
+
+
+class StoreReads(Protocol):
+    """The reads of the API's GET routes that may lag a little (a replica's, when there is one)."""
+
+    async def get_chat(self, application_id: int, number: int) -> Chat | None: ...
+
+    async def list_chats(self, application_id: int, page: int, per_page: int) -> Page[Chat]: ...
+
+    async def list_chats_after(self, application_id: int, after: int, limit: int) -> list[Chat]: ...
+
+    async def get_message(self, application_id: int, chat_number: int, number: int) -> Message | None: ...
+
+    async def list_messages(self, application_id: int, chat_number: int, page: int, per_page: int) -> Page[Message]: ...
+
+    async def list_messages_after(
+        self, application_id: int, chat_number: int, after: int, limit: int
+    ) -> list[Message]: ...
 
 
 class Store(Backend, Protocol):
@@ -199,6 +218,13 @@ class Store(Backend, Protocol):
         A backup's measure of how fast each scope moves (reads every message; not for hot paths).
         """
 
+    async def newest_row_at(self) -> datetime | None:
+        """When the newest application, chat or message was created (None: the store is empty).
+
+        A promoted replica's measure of how far it may lag behind its lost primary (reads every
+        message's creation time on a store without an index on it: not for hot paths).
+        """
+
     async def burn_numbers(self, ranges: Mapping[str, tuple[int, int]]) -> None:
         """Record, per scope key, that the numbers after ``low`` up to ``high`` are never handed out.
 
@@ -317,6 +343,35 @@ class SearchIndex(Backend, Protocol):
         """
 
 
+class LimitOverrides(Protocol):
+    """The rate limits the admin set for an application, kept in the store (durable, unlike Redis)."""
+
+    async def get_overrides(self, application_id: int) -> dict[str, float]:
+        """The application's override fields (empty: every default applies)."""
+
+    async def set_overrides(self, application_id: int, overrides: Mapping[str, float]) -> None:
+        """Replace them (empty: back to the defaults)."""
+
+
+class RateCounter(Protocol):
+    """Token buckets shared by every api process (Redis), or a process's own (in-process)."""
+
+    async def hit(self, key: str, interval: float, capacity: float, want: int = 1) -> Hit:
+        """Count one request against the bucket ``key`` if it fits, taking up to ``want`` tokens (``limits.gcra``)."""
+
+
+class StreamCounter(Protocol):
+    """Live streams open at once per key, across every api process."""
+
+    async def acquire(self, key: str, member: str, limit: int) -> tuple[bool, int]:
+        """Count ``member`` as open unless ``limit`` are already; (taken, how many are open now)."""
+
+    async def release(self, key: str, member: str) -> None: ...
+
+    async def refresh(self) -> None:
+        """Renew this process's open members, so that those of a process that died expire."""
+
+
 @dataclass(frozen=True)
 class Backends:
     store: Store
@@ -327,6 +382,13 @@ class Backends:
     # Connections several ports share (a SQLite file, a Redis client): opened before the ports
     # and closed after them by whoever opens the backends (``registry.opened``), never by a port.
     connections: tuple[AbstractAsyncContextManager[Any], ...] = ()
+    # Per-application rate limits: the admin's overrides (in the store's database), and the
+    # shared counters (Redis; None: each process counts on its own).
+    overrides: LimitOverrides | None = None
+    rates: RateCounter | None = None
+    streams: StreamCounter | None = None
+    # Where the GET routes read chats and messages (a replica's ``ReplicaReads``); None: the store.
+    reads: StoreReads | None = None
 
     def all(self) -> list[Backend]:
         """Every backend once, in the order they are opened (closed in reverse)."""

@@ -32,6 +32,8 @@ from chatd.domain import (
     SearchResult,
 )
 from chatd.errors import BackendUnavailable, Forbidden, NotFound, Pending
+from chatd.limits.limiter import Limiter
+from chatd.limits.policies import READS, SEARCHES, WRITES, Limits
 from chatd.ports import Backends
 
 T = TypeVar("T")
@@ -69,9 +71,12 @@ class ChatService:
         max_chats_per_application: int = 0,
         clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        limiter: Limiter | None = None,
     ):
         self.backends = backends
         self.store = backends.store
+        # The GET routes' chats and messages: a replica's while it keeps up (``ReplicaReads``).
+        self.reads = backends.reads or backends.store
         self.cache = OptionalCache(backends.cache)
         self.queue = backends.queue
         self.search_index = backends.search
@@ -88,6 +93,8 @@ class ChatService:
             max_pending=max_pending_creations,
             numbering_timeout=numbering_timeout,
         )
+        # Per-application rate limits (None: off); each operation counts once it knows the application.
+        self.limiter = limiter
         self._refs: OrderedDict[str, ApplicationRef] = OrderedDict()
         self._chats_seen: OrderedDict[int, int] = OrderedDict()
 
@@ -118,6 +125,11 @@ class ChatService:
             await self.cache.set(key, _application_to_cache(app), ttl)
         return app
 
+    async def show_application(self, token: str) -> Application:
+        app = await self.application(token)
+        await self._admit(app.id, READS)
+        return app
+
     async def token_works(self, token: str) -> bool:
         """Whether ``token`` still names an application (a store that cannot answer: assumed so)."""
         try:
@@ -135,6 +147,7 @@ class ChatService:
         whoever holds it the new one. Returns the rotation and when the old token stops.
         """
         _require_canonical(token)
+        await self._admit((await self.application(token)).id, WRITES)
         now = self.clock()
         expires_at = now + timedelta(seconds=grace_seconds)
         rotated = await self.store.rotate_token(
@@ -154,7 +167,7 @@ class ChatService:
 
     async def revoke_previous_token(self, token: str) -> None:
         """The application's previous token stops working now, on every process within a second."""
-        _require_canonical(token)
+        await self._admit((await self.application(token)).id, WRITES)
         revoked = await self.store.revoke_previous_token(token)
         if revoked is None:
             await self._refuse_previous(token, "revoke")
@@ -185,6 +198,7 @@ class ChatService:
 
     async def rename_application(self, token: str, name: str) -> Application:
         known = await self.application(token)
+        await self._admit(known.id, WRITES)
         app = await self.store.rename_application(known.id, name)
         if app is None:
             raise NotFound("no application has this token", code="application_not_found")
@@ -200,6 +214,7 @@ class ChatService:
 
     async def create_chat(self, token: str, idempotency_key: str | None = None) -> int:
         app = await self._application_ref(token)
+        await self._admit(app.id, WRITES)
 
         def make_job(number: int) -> bytes:
             return jobs.encode_chat(ChatJob(app.id, number, self.clock()))
@@ -214,8 +229,8 @@ class ChatService:
             ) from None
 
     async def chat(self, token: str, number: int) -> Chat:
-        app = await self.application(token)
-        chat = await self.store.get_chat(app.id, number)
+        app = await self._reading(token)
+        chat = await self.reads.get_chat(app.id, number)
         if chat is not None:
             return chat
         if await self._was_handed_out(NumberScope(app.id), number):
@@ -223,13 +238,13 @@ class ChatService:
         raise NotFound(f"chat {number} does not exist", code="chat_not_found")
 
     async def list_chats(self, token: str, page: int, per_page: int) -> Page[Chat]:
-        app = await self.application(token)
-        return await self.store.list_chats(app.id, page, per_page)
+        app = await self._reading(token)
+        return await self.reads.list_chats(app.id, page, per_page)
 
     async def list_chats_after(self, token: str, after: int, limit: int) -> CursorPage[Chat]:
-        app = await self.application(token)
+        app = await self._reading(token)
         # One row past the page tells whether there is a next page, without a COUNT.
-        chats = await self.store.list_chats_after(app.id, after, limit + 1)
+        chats = await self.reads.list_chats_after(app.id, after, limit + 1)
         return _cursor_page(chats, after, limit, lambda chat: chat.number)
 
     # Messages
@@ -238,6 +253,7 @@ class ChatService:
         self, token: str, chat_number: int, content: str, idempotency_key: str | None = None
     ) -> int:
         app = await self._application_ref(token)
+        await self._admit(app.id, WRITES)
         await self._require_chat(app, chat_number)
 
         trace = tracing.current_traceparent()  # the request's span, while tracing is on
@@ -253,32 +269,38 @@ class ChatService:
         return await self.acceptor.accept(scope, jobs.MESSAGES, make_job, idempotency_key, fingerprint)
 
     async def message(self, token: str, chat_number: int, number: int) -> Message:
-        app = await self.application(token)
-        message = await self.store.get_message(app.id, chat_number, number)
+        app = await self._reading(token)
+        message = await self.reads.get_message(app.id, chat_number, number)
         if message is not None:
             return message
+        await self._explain_missing(app, chat_number, number)
+        raise NotFound(f"message {number} does not exist", code="message_not_found")
+
+    async def _explain_missing(self, app: Application, chat_number: int, number: int) -> None:
+        """Raise the precise 404 of a message not in the store: no chat, pending, or never handed out."""
         await self._require_chat(app, chat_number)
         if await self._was_handed_out(NumberScope(app.id, chat_number), number):
             raise Pending(f"message {number} is accepted and not stored yet")
         raise NotFound(f"message {number} does not exist", code="message_not_found")
 
     async def list_messages(self, token: str, chat_number: int, page: int, per_page: int) -> Page[Message]:
-        app = await self.application(token)
+        app = await self._reading(token)
         await self._require_chat(app, chat_number)
-        return await self.store.list_messages(app.id, chat_number, page, per_page)
+        return await self.reads.list_messages(app.id, chat_number, page, per_page)
 
     async def list_messages_after(self, token: str, chat_number: int, after: int, limit: int) -> CursorPage[Message]:
-        app = await self.application(token)
+        app = await self._reading(token)
         await self._require_chat(app, chat_number)
-        messages = await self.store.list_messages_after(app.id, chat_number, after, limit + 1)
+        messages = await self.reads.list_messages_after(app.id, chat_number, after, limit + 1)
         return _cursor_page(messages, after, limit, lambda message: message.number)
 
     async def edit_message(self, token: str, chat_number: int, number: int, content: str) -> Message:
         app = await self.application(token)
+        await self._admit(app.id, WRITES)
         updated_at = self.clock()
         document = await self.store.update_message(app.id, chat_number, number, content, updated_at)
         if document is None:
-            await self.message(token, chat_number, number)  # raises the precise 404
+            await self._explain_missing(app, chat_number, number)
             raise NotFound(f"message {number} does not exist", code="message_not_found")
         # Committed with its outbox row: the edit relay (chatd/workers/edit_relay.py) queues its
         # index job, so a broker that is down delays the index instead of failing a stored edit.
@@ -286,14 +308,14 @@ class ChatService:
         return Message(number, document.content, document.created_at, updated_at, document.revision)
 
     async def search(self, token: str, chat_number: int, query: str, page: int, per_page: int) -> SearchResult:
-        app = await self.application(token)
+        app = await self._reading(token, SEARCHES)
         await self._require_chat(app, chat_number)
         return await self.search_index.search(app.id, chat_number, query, page, per_page)
 
     async def search_after(
         self, token: str, chat_number: int, query: str, after: int, limit: int
     ) -> CursorPage[SearchHit]:
-        app = await self.application(token)
+        app = await self._reading(token, SEARCHES)
         await self._require_chat(app, chat_number)
         result = await self.search_index.search_after(app.id, chat_number, query, after, limit + 1)
         return _cursor_page(result.hits, after, limit, lambda hit: hit.message_number, result.total)
@@ -310,6 +332,33 @@ class ChatService:
         if chat_number is not None:
             await self._require_chat(app, chat_number)
         return app, await self.store.last_number(NumberScope(app.id, chat_number))
+
+    # Rate limits
+
+    async def _reading(self, token: str, policy: str = READS) -> Application:
+        """The application ``token`` names, with this request counted against its ``policy``."""
+        app = await self.application(token)
+        await self._admit(app.id, policy)
+        return app
+
+    async def _admit(self, application_id: int, policy: str) -> None:
+        if self.limiter is not None:
+            await self.limiter.admit(application_id, policy)
+
+    async def limits(self, token: str) -> Limits:
+        """The application's limits (its overrides and the defaults), for the admin endpoint."""
+        if self.limiter is None:
+            raise NotFound("rate limits are off on this server (CHATD_RATE_LIMITS=0)", code="not_found")
+        return await self.limiter.book.limits((await self._reading(token)).id)
+
+    async def set_limits(self, token: str, overrides: dict[str, float]) -> Limits:
+        """Replace the application's overrides (empty: every default); applies from the next request."""
+        if self.limiter is None:
+            raise NotFound("rate limits are off on this server (CHATD_RATE_LIMITS=0)", code="not_found")
+        app = await self.application(token)
+        limits = await self.limiter.book.set(app.id, overrides)
+        logger.info("application rate limits set", extra={"application_id": app.id, "overrides": overrides})
+        return limits
 
     # Numbers
 

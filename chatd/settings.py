@@ -20,6 +20,11 @@ class Settings:
     """
 
     database_url: str = "sqlite:///./chatd.db"
+    # A MariaDB/MySQL replica of the store (production set only): the reads that may lag a
+    # little (lists and single chats and messages) go to it while its replication runs and lags
+    # by at most ``replica_max_lag_seconds``; otherwise, and for everything else, the primary.
+    database_replica_url: str | None = None
+    replica_max_lag_seconds: float = 5.0
     redis_url: str | None = None
     amqp_url: str | None = None
     elasticsearch_url: str | None = None
@@ -45,6 +50,9 @@ class Settings:
     max_token_grace_seconds: int = 7 * 86400
     host: str = "127.0.0.1"
     port: int = 8080
+    # SO_REUSEPORT: several api processes of one host listen on one port and the kernel spreads
+    # the connections over them (no upstream per process in front).
+    reuse_port: bool = False
     role: str = "all"
     # Bodies above this size are refused with 413 before they are read whole.
     max_body_bytes: int = 64 * 1024
@@ -108,6 +116,23 @@ class Settings:
     # The embedded fan-out's socket directory (no Redis): it must be private to the serving
     # user (mode 0700, its owner), or chatd refuses to start. Empty: beside the embedded file.
     live_socket_directory: str = ""
+    # Per-application rate limits (chatd/limits; README "Limits"), enforced across every api
+    # process through Redis (the embedded default: per process). Token buckets: a sustained rate
+    # per second and a burst, for reads, for writes (creations, edits, renames, token changes)
+    # and for searches; live streams open at once. The admin may override any of them per
+    # application (PUT /applications/{token}/limits). 0 turns every limit (and its headers) off.
+    rate_limits: bool = True
+    rate_reads_per_second: float = 200.0
+    rate_reads_burst: int = 400
+    rate_writes_per_second: float = 100.0
+    rate_writes_burst: int = 200
+    rate_searches_per_second: float = 20.0
+    rate_searches_burst: int = 40
+    rate_streams: int = 1000
+    # A refused request is answered after this long (never past its Retry-After, nor half the
+    # request deadline): a client loop that retries at once then costs a timer a second per
+    # connection, not a core (chatd/limits).
+    rate_refusal_hold_seconds: float = 1.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -131,6 +156,10 @@ class Settings:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
         if not self.database_url.startswith(("sqlite://", "mysql://")):
             raise ValueError("CHATD_DATABASE_URL must start with sqlite:// or mysql://")
+        if self.database_replica_url and not (
+            self.database_url.startswith("mysql://") and self.database_replica_url.startswith("mysql://")
+        ):
+            raise ValueError("CHATD_DATABASE_REPLICA_URL needs a mysql:// store and a mysql:// replica")
         if self.admin_creates_applications and not self.admin_token:
             raise ValueError(
                 "CHATD_ADMIN_CREATES_APPLICATIONS=1 needs CHATD_ADMIN_TOKEN: nobody could create an application"
@@ -147,6 +176,29 @@ class Settings:
             raise ValueError("CHATD_LIVE_EDIT_REPLAY_SECONDS and CHATD_LIVE_EDIT_REPLAY_EVENTS must be 0 (off) or more")
         if self.websocket_heartbeat_seconds < 0:
             raise ValueError("CHATD_WEBSOCKET_HEARTBEAT_SECONDS must be 0 (no heartbeat) or more")
+        self._validate_rate_limits()
+
+    def rate_limit_values(self) -> dict[str, float]:
+        """The ``CHATD_RATE_*`` defaults by the limits' field names (``reads_per_second``, ``streams``...)."""
+        return {name.removeprefix("rate_"): getattr(self, name) for name in _RATE_FIELDS}
+
+    def _validate_rate_limits(self) -> None:
+        if not 0 <= self.rate_refusal_hold_seconds <= 60:
+            raise ValueError("CHATD_RATE_REFUSAL_HOLD_SECONDS must be from 0 (answer at once) to 60")
+        for name in _RATE_FIELDS:
+            value = getattr(self, name)
+            low = 0 if name == "rate_streams" else (0.001 if name.endswith("_per_second") else 1)
+            if not low <= value <= _MAX_RATE_VALUE:
+                raise ValueError(f"CHATD_{name.upper()} must be from {low:g} to {_MAX_RATE_VALUE:,}, not {value!r}")
+
+
+# The per-application limits' settings (``rate_limits`` switches them all).
+_RATE_FIELDS = (
+    *(f"rate_{kind}{part}" for kind in ("reads", "writes", "searches") for part in ("_per_second", "_burst")),
+    "rate_streams",
+)
+# As chatd.limits.policies.MAX_VALUE: far past what a process serves.
+_MAX_RATE_VALUE = 1_000_000
 
 
 def _coerce(type_name: object, raw: str, name: str) -> Any:

@@ -21,6 +21,14 @@
 #   cluster up|down|status|env   a local cluster on other ports (3 RabbitMQ,
 #                      Redis primary+2 replicas+3 Sentinels, 3 ES, MariaDB
 #                      primary+replica) next to the single servers
+#   cluster kill rabbitmq N|redis-primary|elasticsearch N|mariadb-primary
+#                      kill -9 one node (the cluster suite's node loss)
+#   cluster test-env   the CHATD_TEST_*_URL lines of the cluster suite
+#   cluster leader PREFIX   the RabbitMQ node leading most of PREFIX's queues
+#   cluster pause-replication|resume-replication   stop (it lags) or start again
+#                      the MariaDB replica's replication
+#   cluster promote    promote the MariaDB replica (the runbook's SQL)
+#   cluster reset-mariadb   rebuild the MariaDB pair, empty, after a promotion
 #
 # Environment it reads (all optional):
 #   CHATD_SERVICES_DIR   data/log/cache root        (default /var/lib/chatd-test)
@@ -594,7 +602,8 @@ EOF
 # a Redis primary + 2 replicas + 3 Sentinels, three Elasticsearch nodes and a
 # MariaDB primary + replica, all on 127.0.0.1, on ports that leave the single
 # servers above alone (they keep running).  Data under $SERVICES_DIR/cluster.
-# Nodes start one after another (2-core machines); ES heaps are small.
+# Nodes are spawned together, then awaited (a restarted member waits for its
+# peers before it answers); ES heaps are small.
 # ---------------------------------------------------------------------------
 CL_DIR="$SERVICES_DIR/cluster"
 CL_RABBIT_PORTS=(5681 5682 5683)          # AMQP; dist ports 25681..25683; no management plugin
@@ -626,40 +635,55 @@ cl_rabbit_env() {  # cl_rabbit_env N (1..3)
 cl_rabbitmqctl() { local n="$1"; shift; ( cl_rabbit_env "$n"; timeout 60 "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmqctl" -q -n "$(cl_rabbit_node "$n")" "$@" ); }
 cl_rabbit_members() { cl_rabbitmqctl 1 cluster_status --formatter json 2>/dev/null | jq -r '.disk_nodes[]?' 2>/dev/null; }
 
-cl_rabbit_up_one() {
+# Spawn node N unless it answers or its process is already up (booting).
+cl_rabbit_spawn() {
   local n="$1" i=$(($1 - 1)) d="$CL_DIR/rabbitmq-c$1"
-  if ! port_open "${CL_RABBIT_PORTS[$i]}"; then
-    if pid_alive "$d/rabbit.pid"; then :; else
-      mkdir -p "$d/log" "$d/mnesia"
-      [[ -f "$d/enabled_plugins" ]] || echo '[].' >"$d/enabled_plugins"
-      : >"$d/rabbitmq-env.conf"
-      # Two nodes of three survive a partition; the lone side pauses.
-      printf 'cluster_partition_handling = pause_minority\nloopback_users = none\n' >"$d/rabbitmq.conf"
-      chown -R rabbitmq:rabbitmq "$d"
-      ( cl_rabbit_env "$n"
-        epmd_loopback_only
-        "${AS_RABBIT[@]}" epmd -address "$BIND" -daemon 9>&-
-        log "cluster rabbitmq: starting $RABBITMQ_NODENAME on $BIND:$RABBITMQ_NODE_PORT (dist $RABBITMQ_DIST_PORT)"
-        ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-        spawn "rabbit-c$n" "$d/log/console.log" "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmq-server" )
+  port_open "${CL_RABBIT_PORTS[$i]}" && return 0
+  pid_alive "$d/rabbit.pid" && return 0
+  mkdir -p "$d/log" "$d/mnesia"
+  [[ -f "$d/enabled_plugins" ]] || echo '[].' >"$d/enabled_plugins"
+  : >"$d/rabbitmq-env.conf"
+  # Two nodes of three survive a partition; the lone side pauses.
+  printf 'cluster_partition_handling = pause_minority\nloopback_users = none\n' >"$d/rabbitmq.conf"
+  chown -R rabbitmq:rabbitmq "$d"
+  ( cl_rabbit_env "$n"
+    epmd_loopback_only
+    "${AS_RABBIT[@]}" epmd -address "$BIND" -daemon 9>&-
+    log "cluster rabbitmq: starting $RABBITMQ_NODENAME on $BIND:$RABBITMQ_NODE_PORT (dist $RABBITMQ_DIST_PORT)"
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    spawn "rabbit-c$n" "$d/log/console.log" "${AS_RABBIT[@]}" "$RABBIT_BIN/rabbitmq-server" )
+}
+
+cl_rabbit_wait() {
+  local n="$1" i=$(($1 - 1)) d="$CL_DIR/rabbitmq-c$1" deadline=$((SECONDS + WAIT_SECS))
+  until port_open "${CL_RABBIT_PORTS[$i]}"; do
+    if (( SECONDS >= deadline )); then
+      tail_log "$d/log/console.log" "$d/log/$(cl_rabbit_node "$n").log"
+      die "cluster rabbitmq c$n: not answering after ${WAIT_SECS}s"
     fi
-    local deadline=$((SECONDS + WAIT_SECS))
-    until port_open "${CL_RABBIT_PORTS[$i]}"; do
-      (( SECONDS < deadline )) || { tail_log "$d/log/console.log"; die "cluster rabbitmq c$n: not answering after ${WAIT_SECS}s"; }
-      sleep 0.5
-    done
-  fi
-  if ((n > 1)) && ! cl_rabbit_members | grep -qx "$(cl_rabbit_node "$n")"; then
-    log "cluster rabbitmq: joining $(cl_rabbit_node "$n") to $(cl_rabbit_node 1)"
-    cl_rabbitmqctl "$n" stop_app
-    cl_rabbitmqctl "$n" join_cluster "$(cl_rabbit_node 1)"
-    cl_rabbitmqctl "$n" start_app
-  fi
+    sleep 0.5
+  done
+}
+
+cl_rabbit_join() {
+  local n="$1"
+  cl_rabbit_members | grep -qx "$(cl_rabbit_node "$n")" && return 0
+  log "cluster rabbitmq: joining $(cl_rabbit_node "$n") to $(cl_rabbit_node 1)"
+  cl_rabbitmqctl "$n" stop_app
+  cl_rabbitmqctl "$n" join_cluster "$(cl_rabbit_node 1)"
+  cl_rabbitmqctl "$n" start_app
 }
 
 cl_rabbit_up() {
   local n
-  for n in 1 2 3; do cl_rabbit_up_one "$n"; done
+  # All three are spawned before any is waited for: a node that was a cluster
+  # member when it went down (a kill -9, a reboot, any but the last one of a
+  # clean stop) does not open its port until it has seen its peers (it waits
+  # for them up to 10 x 30 s), so starting them one after another would wait
+  # on the first forever.  A fresh node boots alone and is joined below.
+  for n in 1 2 3; do cl_rabbit_spawn "$n"; done
+  for n in 1 2 3; do cl_rabbit_wait "$n"; done
+  for n in 2 3; do cl_rabbit_join "$n"; done
   # Users are cluster-wide: create once, idempotently (same password scheme as the MariaDB user).
   if ! cl_rabbitmqctl 1 list_users 2>/dev/null | awk '{print $1}' | grep -qx chatd; then
     cl_rabbitmqctl 1 add_user chatd chatd >/dev/null
@@ -683,15 +707,17 @@ cl_rabbit_down() {
 # Redis ----------------------------------------------------------------------
 cl_redis_cli() { redis-cli -h "$BIND" -p "$1" "${@:2}" 2>/dev/null; }
 cl_redis_up() {
-  local i p d
+  local i p d primary
   mkdir -p "$CL_DIR/redis"; chown redis:redis "$CL_DIR/redis"
+  # After a failover the Sentinels name another primary: a node started again follows it.
+  primary="$(cl_redis_primary_port || true)"; primary="${primary:-${CL_REDIS_PORTS[0]}}"
   for i in 0 1 2; do
     p="${CL_REDIS_PORTS[$i]}"; d="$CL_DIR/redis/$p"
     [[ "$(cl_redis_cli "$p" ping)" == PONG ]] && continue
     mkdir -p "$d"; chown redis:redis "$d"
     local extra=()
-    ((i > 0)) && extra=(--replicaof "$BIND" "${CL_REDIS_PORTS[0]}")
-    log "cluster redis: starting $BIND:$p${extra:+ (replica of ${CL_REDIS_PORTS[0]})}"
+    [[ "$p" != "$primary" ]] && extra=(--replicaof "$BIND" "$primary")
+    log "cluster redis: starting $BIND:$p${extra:+ (replica of $primary)}"
     runuser -u redis -- redis-server --daemonize yes --bind "$BIND" --port "$p" --save '' --appendonly no \
       --dir "$d" --pidfile "$d/redis.pid" --logfile "$d/redis.log" "${extra[@]}" </dev/null >/dev/null 2>&1 9>&- \
       || { tail_log "$d/redis.log"; die "cluster redis $p failed to start"; }
@@ -793,9 +819,11 @@ cl_es_down() {
 }
 
 # MariaDB --------------------------------------------------------------------
-# Asynchronous GTID replication, no semi-sync: with one replica, semi-sync makes
-# every commit on the primary wait for it (and stall rpl_semi_sync_master_timeout
-# whenever it is down), which a local test cluster gains nothing from.
+# GTID replication, semi-synchronous (AFTER_SYNC): a commit is acknowledged to chatd
+# only once the replica has the transaction in its relay log, so promoting the replica
+# loses no committed number or message.  When the replica does not answer within
+# rpl_semi_sync_master_timeout (1 s) the primary goes on asynchronously (one commit
+# waits that second) until the replica catches up; `chatd promote`'s fence covers that.
 cl_maria_sock() { echo "$CL_DIR/mariadb-$1/mariadb.sock"; }
 cl_maria_root() { mariadb --no-defaults --protocol=socket --socket="$(cl_maria_sock "$1")" -uroot "${@:2}"; }
 cl_maria_sock_up() { mariadb-admin --no-defaults --protocol=socket --socket="$(cl_maria_sock "$1")" -uroot --connect-timeout=2 ping >/dev/null 2>&1; }
@@ -823,6 +851,10 @@ log_bin = $d/binlog
 binlog_format = ROW
 log_slave_updates = ON
 gtid_strict_mode = ON
+rpl_semi_sync_master_enabled = ON
+rpl_semi_sync_slave_enabled = ON
+rpl_semi_sync_master_wait_point = AFTER_SYNC
+rpl_semi_sync_master_timeout = 1000
 EOF
     [[ "$role" == replica ]] && printf 'read_only = ON\nrelay_log = %s/relay\n' "$d" >>"$d/my.cnf"
     if [[ ! -d "$d/data/mysql" ]]; then
@@ -856,6 +888,8 @@ GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';
 CREATE DATABASE IF NOT EXISTS chatd;
 SQL
   cl_maria_start replica "$CL_MARIADB_REPLICA_PORT" 2
+  [[ "$(cl_maria_root replica -N -e 'SELECT @@read_only')" == 1 ]] \
+    || die "cluster mariadb: the replica was promoted (it is no longer read-only); \`$0 cluster reset-mariadb\` rebuilds the pair, empty"
   if [[ -z "$(cl_maria_root replica -N -e 'SHOW SLAVE STATUS')" ]]; then
     log "cluster mariadb: replica follows the primary (GTID, slave_pos)"
     cl_maria_root replica <<SQL
@@ -924,10 +958,69 @@ cmd_cluster_status() {
     echo "replica $CL_MARIADB_REPLICA_PORT: $(cl_maria_root replica -e 'SHOW SLAVE STATUS\G' | grep -E 'Slave_(IO|SQL)_Running:|Seconds_Behind_Master:|Gtid_IO_Pos:' | sed 's/^ *//' | tr '\n' ' ')"
   else echo "replica $CL_MARIADB_REPLICA_PORT: down"; fi
 }
+# The cluster suite's test servers (tests/conftest.py reads CHATD_TEST_*_URL), as `env` prints chatd's.
+cmd_cluster_test_env() {
+  cat <<EOF
+export CHATD_TEST_MYSQL_URL=mysql://chatd:chatd@$BIND:$CL_MARIADB_PRIMARY_PORT
+export CHATD_TEST_MYSQL_REPLICA_URL=mysql://chatd:chatd@$BIND:$CL_MARIADB_REPLICA_PORT
+export CHATD_TEST_REDIS_URL=redis+sentinel://$BIND:${CL_SENTINEL_PORTS[0]},$BIND:${CL_SENTINEL_PORTS[1]},$BIND:${CL_SENTINEL_PORTS[2]}/chatd/0
+export CHATD_TEST_AMQP_URL=amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[0]}/,amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[1]}/,amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[2]}/
+export CHATD_TEST_ELASTICSEARCH_URL=http://$BIND:${CL_ES_PORTS[0]},http://$BIND:${CL_ES_PORTS[1]},http://$BIND:${CL_ES_PORTS[2]}
+EOF
+}
+# Node loss for the cluster suite (tests/cluster): kill -9, as a crash or an OOM kill does.
+cl_kill() {  # cl_kill PIDFILE NAME
+  pid_alive "$1" || die "cluster: $2 is not running"
+  kill -KILL "$(cat "$1")"
+  wait_gone "$2" "$1" 30
+  log "cluster: killed $2 (kill -9)"
+}
+cl_redis_primary_port() { cl_redis_cli "${CL_SENTINEL_PORTS[0]}" sentinel get-master-addr-by-name chatd | sed -n 2p; }
+cmd_cluster_kill() {
+  case "${1:-}" in
+    rabbitmq) cl_kill "$CL_DIR/rabbitmq-c${2:?node 1-3}/rabbit.pid" "rabbit-c$2" ;;
+    redis-primary) local p; p="$(cl_redis_primary_port)"; cl_kill "$CL_DIR/redis/$p/redis.pid" "redis $p (primary)" ;;
+    elasticsearch) cl_kill "$CL_DIR/elasticsearch-c${2:?node 1-3}/run/es.pid" "es-c$2" ;;
+    mariadb-primary) cl_kill "$CL_DIR/mariadb-primary/mariadb.pid" "mariadb primary" ;;
+    *) die "usage: $0 cluster kill rabbitmq N|redis-primary|elasticsearch N|mariadb-primary" ;;
+  esac
+}
+# The RabbitMQ node (1-3) that leads the most quorum queues whose names start with PREFIX.
+cmd_cluster_leader() {
+  cl_rabbitmqctl 1 list_queues name leader --formatter json \
+    | jq -r --arg p "${1:?usage: cluster leader QUEUE-PREFIX}" '.[] | select(.name | startswith($p)) | .leader' \
+    | sort | uniq -c | sort -rn | awk 'NR == 1 { sub(/^rabbit-c/, "", $2); sub(/@.*/, "", $2); print $2 }'
+}
+# The runbook's promotion of the replica once the primary is gone: apply everything it received,
+# stop replicating, take writes.  Then `chatd promote` against it, and chatd pointed at it.
+cmd_cluster_promote() {
+  local io_pos
+  cl_maria_root replica -e 'STOP SLAVE IO_THREAD'
+  io_pos="$(cl_maria_root replica -e 'SHOW SLAVE STATUS\G' | awk '/Gtid_IO_Pos:/ { print $2 }')"
+  [[ -z "$io_pos" ]] || [[ "$(cl_maria_root replica -N -e "SELECT MASTER_GTID_WAIT('$io_pos', 60)")" == 0 ]] \
+    || die "cluster mariadb: the replica did not apply its relay log (up to $io_pos) within 60 s"
+  cl_maria_root replica -e 'STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF'
+  log "cluster mariadb: replica promoted (applied up to ${io_pos:-nothing}); it takes writes on $BIND:$CL_MARIADB_REPLICA_PORT"
+}
+# A replica that lags: replication stopped (the primary goes on alone once its semi-sync wait times out).
+cmd_cluster_pause_replication() {
+  cl_maria_root replica -e 'STOP SLAVE'
+  log "cluster mariadb: replication paused: the replica lags from now on"
+}
+cmd_cluster_resume_replication() {
+  cl_maria_root replica -e 'START SLAVE'
+  log "cluster mariadb: replication resumed"
+}
+# After a promotion: both servers stopped and emptied, and a fresh primary + replica pair started.
+cmd_cluster_reset_mariadb() {
+  cl_maria_down
+  rm -rf "$CL_DIR/mariadb-primary" "$CL_DIR/mariadb-replica"
+  cl_maria_up
+}
 cmd_cluster_env() {
   cat <<EOF
 export CHATD_DATABASE_URL=mysql://chatd:chatd@$BIND:$CL_MARIADB_PRIMARY_PORT/chatd
-# Not read by chatd yet: the read replica. (The topic queues are quorum queues already.)
+# The GET routes' chats and messages, while the replica keeps up (the primary otherwise).
 export CHATD_DATABASE_REPLICA_URL=mysql://chatd:chatd@$BIND:$CL_MARIADB_REPLICA_PORT/chatd
 export CHATD_REDIS_URL=redis+sentinel://$BIND:${CL_SENTINEL_PORTS[0]},$BIND:${CL_SENTINEL_PORTS[1]},$BIND:${CL_SENTINEL_PORTS[2]}/chatd/0
 export CHATD_AMQP_URL=amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[0]}/,amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[1]}/,amqp://chatd:chatd@$BIND:${CL_RABBIT_PORTS[2]}/
@@ -941,7 +1034,14 @@ cmd_cluster() {
     down) take_lock; cmd_cluster_down ;;
     status) cmd_cluster_status ;;
     env) cmd_cluster_env ;;
-    *) die "usage: $0 cluster up|down|status|env" ;;
+    test-env) cmd_cluster_test_env ;;
+    kill) shift; cmd_cluster_kill "$@" ;;
+    leader) shift; cmd_cluster_leader "$@" ;;
+    promote) take_lock; cmd_cluster_promote ;;
+    pause-replication) cmd_cluster_pause_replication ;;
+    resume-replication) cmd_cluster_resume_replication ;;
+    reset-mariadb) take_lock; cmd_cluster_reset_mariadb ;;
+    *) die "usage: $0 cluster up|down|status|env|test-env|kill WHAT|leader PREFIX|pause-replication|resume-replication|promote|reset-mariadb" ;;
   esac
 }
 

@@ -80,8 +80,22 @@ async def drop_mysql_database(name: str) -> None:
         await cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
+# The suites set up their data through the API as fast as they can (500 chats at once, say): the
+# rate limits stay on, every request goes through them and carries their fields, but at rates no
+# test reaches. The tests of the limits themselves (tests/limits) set small ones.
+UNREACHED_RATE_LIMITS: dict[str, object] = {
+    **{
+        f"rate_{kind}{part}": 1_000_000
+        for kind in ("reads", "writes", "searches")
+        for part in ("_per_second", "_burst")
+    },
+    "rate_refusal_hold_seconds": 0,  # refusals answered at once; tests/limits checks the hold
+}
+
+
 def embedded_settings(folder: Path, **overrides: object) -> Settings:
-    return Settings(database_url=f"sqlite:///{folder}/chatd.db", search_path=f"{folder}/search.db", **overrides)  # type: ignore[arg-type]
+    values = {**UNREACHED_RATE_LIMITS, **overrides}
+    return Settings(database_url=f"sqlite:///{folder}/chatd.db", search_path=f"{folder}/search.db", **values)  # type: ignore[arg-type]
 
 
 def real_settings(name: str, **overrides: object) -> Settings:
@@ -93,6 +107,7 @@ def real_settings(name: str, **overrides: object) -> Settings:
         "amqp_prefix": name,
         "elasticsearch_url": ELASTICSEARCH_URL,
         "elasticsearch_index": name.replace("_", "-"),
+        **UNREACHED_RATE_LIMITS,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

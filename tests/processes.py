@@ -74,11 +74,11 @@ async def await_ready(
 
 
 class ChatdProcess:
-    def __init__(self, settings: Settings, role: str, log_dir: Path):
+    def __init__(self, settings: Settings, role: str, log_dir: Path, port: int | None = None):
         self.settings = settings
         self.log_dir = log_dir
         self.role = role
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = settings_env(settings.replace(role=role, port=self.port, host="127.0.0.1"))
         self.log_path = log_dir / f"chatd-{role}-{self.port}.log"

@@ -91,3 +91,31 @@ async def test_reference_curl_script(namespace: Namespace, tmp_path: Path) -> No
     finally:
         for process in processes:
             process.stop_quietly()
+
+
+async def test_api_processes_share_one_port_with_reuse_port(namespace: Namespace, tmp_path: Path) -> None:
+    """CHATD_REUSE_PORT=1: a second api process binds the first's port, and serves it once the first is gone."""
+    settings = await namespace.serving_settings(**FAST, reuse_port=True)
+    first = await ChatdProcess(settings, "api", tmp_path).start()
+    second = ChatdProcess(settings, "api", tmp_path, port=first.port)
+    try:
+        await second.start()  # answered by the first: the second may still be starting
+        # Without SO_REUSEPORT the second exits (EADDRINUSE) and this fails.
+        await eventually(lambda: _listeners(first.port, 2), timeout=20.0)
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(f"{first.url}/applications", json={"application": {"name": "one port"}})
+            token = (await response.json())["token"]
+            first.kill()
+            chats = f"{second.url}/applications/{token}/chats"
+            for _ in range(5):  # new connections: the kernel gives them all to the one left
+                async with aiohttp.ClientSession() as fresh, fresh.post(chats) as response:
+                    assert response.status == 201
+    finally:
+        first.stop_quietly()
+        second.stop_quietly()
+
+
+async def _listeners(port: int, count: int) -> bool:
+    """Whether ``count`` sockets listen on ``port`` (``ss``, from iproute2)."""
+    listed = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True)
+    return len(listed.stdout.splitlines()) == count

@@ -7,7 +7,7 @@ Under the prefix (``chatd`` below), declared the first time a topic is used:
   consumer crash counts as an attempt. Their ``x-delivery-limit`` dead-letters a job that kept
   killing its consumers ``max_attempts`` times, before they could decide anything about it
   (the limit counts a message's returns: a copy starts again from zero).
-- ``chatd.messages.dead``: a durable (classic) queue for poison jobs, one message each:
+- ``chatd.messages.dead``: a durable quorum queue for poison jobs, one message each:
   ``dead_letter()`` rejects a single-job message without requeue, and the ``chatd.dead-letter``
   exchange routes it there; a dead job out of an envelope is published there on its own.
 - ``chatd.delayed-retries``: ``retry()`` publishes a copy here, through the exchange of the
@@ -62,6 +62,7 @@ from aio_pika.exceptions import (
     AMQPError,
     ChannelClosed,
     ChannelInvalidStateError,
+    ChannelNotFoundEntity,
     ChannelPreconditionFailed,
     DeliveryError,
     PublishError,
@@ -104,8 +105,11 @@ def outage_cause(exc: BaseException) -> str | None:
     A channel closed with a code of its own (ChannelClosed's subclasses: 403 access refused,
     404 not found, 405 locked, 406 precondition failed) is an answer about the request, not an
     outage; a plain ChannelClosed (closed by the client, or by the broker for a reason aiormq
-    does not name: 504 channel error, 541 internal error) is one.
+    does not name: 504 channel error, 541 internal error) is one. So is a 404 about a queue whose
+    node is down (a cluster node lost): the queue is there, on a node that does not answer.
     """
+    if _node_down(exc):
+        return "node_down"
     if isinstance(exc, TimeoutError):  # asyncio's too: a round trip or a confirm not answered in time
         return "timeout"
     if isinstance(exc, ChannelInvalidStateError) or type(exc) is ChannelClosed:
@@ -122,7 +126,12 @@ def outage_cause(exc: BaseException) -> str | None:
 
 
 def _is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, _OUTAGE) or type(exc) is ChannelClosed
+    return isinstance(exc, _OUTAGE) or type(exc) is ChannelClosed or _node_down(exc)
+
+
+def _node_down(exc: BaseException) -> bool:
+    """NOT_FOUND for a queue that lives on a cluster node that is down: RabbitMQ's own words."""
+    return isinstance(exc, ChannelNotFoundEntity) and "is down or inaccessible" in str(exc)
 
 
 class FailoverConnection(RobustConnection):
@@ -453,8 +462,10 @@ class AmqpQueue(Lifecycle):
             admin, work, dead = self._admin_channel(), self._queue(topic), self._queue(topic, "dead")
             quorum = {"x-queue-type": "quorum"}
             at_least_once = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
-            # Poison jobs are parked, not worked: a classic queue is enough, and cheaper.
-            dead_queue = await self._declare(admin, dead, {"x-queue-type": "classic"})
+            # A quorum queue too, though poison jobs are only parked there: a classic queue lives on
+            # one node, and while that node is down it cannot even be declared (NOT_FOUND), which
+            # stops every publish of the topic. One declared classic before is kept (``_declare``).
+            dead_queue = await self._declare(admin, dead, quorum)
             await self._bounded(dead_queue.bind(self._dead_letters, routing_key=dead))
             retries = await self._declare(
                 admin,

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import aiomysql
 
-from chatd.backends.mysql_db import to_db
+from chatd.backends.mysql_db import from_db, to_db
 from chatd.numbering import APPLICATION_IDS, SequenceState, merge_sequences
 
 _CHAT_SCOPE = "CONCAT('chats:', application_id)"
@@ -54,6 +54,15 @@ async def taken_since(cursor: aiomysql.Cursor, since: datetime) -> dict[str, int
             if count:
                 taken[_text(scope)] = int(count)
     return taken
+
+
+async def newest_row_at(cursor: aiomysql.Cursor) -> datetime | None:
+    await cursor.execute(
+        "SELECT MAX(t) FROM (SELECT MAX(created_at) AS t FROM messages UNION ALL"
+        " SELECT MAX(created_at) FROM chats UNION ALL SELECT MAX(created_at) FROM applications) AS newest"
+    )
+    row = await cursor.fetchone()
+    return from_db(row[0]) if row and row[0] is not None else None
 
 
 async def raise_sequences(cursor: aiomysql.Cursor, floors: Mapping[str, int]) -> None:

@@ -88,6 +88,22 @@ class MysqlStore(Lifecycle):
 
         await self.db.run(select_one, commit=False, seconds=2.0)
 
+    async def replication_lag(self) -> float | None:
+        """Seconds this server, a replica, lags behind its primary; None when it does not replicate."""
+
+        async def status(cursor: aiomysql.Cursor) -> float | None:
+            await cursor.execute("SHOW SLAVE STATUS")
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            named = dict(zip((column[0] for column in cursor.description), row, strict=True))
+            if named.get("Slave_IO_Running") != "Yes" or named.get("Slave_SQL_Running") != "Yes":
+                return None
+            lag = named.get("Seconds_Behind_Master")
+            return None if lag is None else float(lag)
+
+        return await self.db.run(status, commit=False, seconds=2.0)
+
     async def destroy(self) -> None:
         """Drop this store's database (tests and throw-away environments)."""
         quoted = self.target.database.replace("`", "``")
@@ -419,6 +435,9 @@ class MysqlStore(Lifecycle):
 
     async def sequences_taken_since(self, since: datetime) -> dict[str, int]:
         return await self.db.run(lambda cursor: sequences.taken_since(cursor, since), commit=False, seconds=600.0)
+
+    async def newest_row_at(self) -> datetime | None:
+        return await self.db.run(sequences.newest_row_at, commit=False, seconds=600.0)
 
     async def raise_sequences(self, floors: Mapping[str, int]) -> None:
         await self.db.run(lambda cursor: sequences.raise_sequences(cursor, floors), commit=True, seconds=600.0)

@@ -17,10 +17,22 @@ from typing import Any
 
 from chatd.backends.sqlite_cache import SqliteCache, SqliteLock
 from chatd.backends.sqlite_db import EpochClock, SqliteDatabase, path_from_url
+from chatd.backends.sqlite_limits import SqliteLimitOverrides
 from chatd.backends.sqlite_queue import SqliteQueue
 from chatd.backends.sqlite_search import SqliteSearchIndex
 from chatd.backends.sqlite_store import SqliteStore
-from chatd.ports import Backends, Cache, Lock, Queue, SearchIndex, Store
+from chatd.ports import (
+    Backends,
+    Cache,
+    LimitOverrides,
+    Lock,
+    Queue,
+    RateCounter,
+    SearchIndex,
+    Store,
+    StoreReads,
+    StreamCounter,
+)
 from chatd.settings import Settings
 
 
@@ -82,11 +94,15 @@ def make_backends(settings: Settings, clock: EpochClock = time.time) -> Backends
     queue: Queue
     search: SearchIndex
     shared: list[AbstractAsyncContextManager[Any]] = []
+    rates: RateCounter | None = None
+    streams: StreamCounter | None = None
     if settings.redis_url:
         from chatd.backends.redis_backends import RedisCache, RedisConnection, RedisLock
+        from chatd.backends.redis_limits import RedisRates, RedisStreams
 
         connection = RedisConnection(settings.redis_url, prefix=settings.redis_prefix)
         cache, lock = RedisCache(connection), RedisLock(connection)
+        rates, streams = RedisRates(connection), RedisStreams(connection)
         shared.append(connection)
     else:
         shared_file = databases(embedded)
@@ -109,8 +125,50 @@ def make_backends(settings: Settings, clock: EpochClock = time.time) -> Backends
     else:
         # Opened after the store (Backends.all's order), it asks the store for its identity.
         search = SqliteSearchIndex(databases(search_path(settings)), store.identity)
+    reads: StoreReads | None = None
+    if settings.database_replica_url:
+        from chatd.backends.mysql_store import MysqlStore
+        from chatd.backends.replica_reads import ReplicaReads
+
+        replica = MysqlStore(settings.database_replica_url)
+        reads = ReplicaReads(store, replica, max_lag=settings.replica_max_lag_seconds)
+        shared.append(_opened_for_reads(replica))
     connections = (*databases.made.values(), *shared)
-    return Backends(store, cache, queue, search, lock, connections=connections)
+    overrides = _limit_overrides(store)
+    return Backends(
+        store,
+        cache,
+        queue,
+        search,
+        lock,
+        connections=connections,
+        overrides=overrides,
+        rates=rates,
+        streams=streams,
+        reads=reads,
+    )
+
+
+@asynccontextmanager
+async def _opened_for_reads(replica: Any) -> AsyncIterator[None]:
+    """The replica's pool, closed with the backends (it is no port: nothing else uses it).
+
+    Opened by ``ReplicaReads`` when it first looks at the replica, and again after a failure: a
+    replica that is down when chatd starts only sends the reads to the primary.
+    """
+    try:
+        yield
+    finally:
+        await replica.close()
+
+
+def _limit_overrides(store: Store) -> LimitOverrides:
+    """The admin's rate-limit overrides, in the store's own database (they must outlive Redis)."""
+    if isinstance(store, SqliteStore):
+        return SqliteLimitOverrides(store.db)
+    from chatd.backends.mysql_limits import MysqlLimitOverrides
+
+    return MysqlLimitOverrides(store.db)  # type: ignore[attr-defined]
 
 
 @asynccontextmanager

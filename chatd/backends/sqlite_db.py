@@ -33,6 +33,8 @@ EpochClock = Callable[[], float]
 # A write transaction waiting for its turn: the function to run, and its caller's future.
 # Reads at once per database: a slow search holds one reader, not every GET of the process.
 READERS = 4
+# How long a statement waits for another connection's lock (another process's write) before SQLITE_BUSY.
+BUSY_TIMEOUT_SECONDS = 10.0
 _Transaction = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 
 # SQLite's primary result codes that mean "not now" rather than "not this": another connection
@@ -115,12 +117,14 @@ class SqliteDatabase(Lifecycle):
     def _connect(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # The busy timeout from the start (Python's default is 5 s): the journal mode below takes a
+        # lock, and other processes starting on the same file at once (each migrating it, on a busy
+        # machine) held it past 5 s once, and a process exited at start with SQLITE_BUSY.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
         # the last transactions. The embedded default trades that for write throughput.
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
         conn.execute("PRAGMA foreign_keys=ON")
         self._conn = conn
 
@@ -128,8 +132,9 @@ class SqliteDatabase(Lifecycle):
         """This reader thread's connection, made on its first read."""
         conn: sqlite3.Connection | None = getattr(self._read_local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA query_only=ON")
             self._read_local.conn = conn
             with self._read_conns_lock:

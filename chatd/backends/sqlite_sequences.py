@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from chatd.backends.sqlite_lists import chunks
-from chatd.jobs import format_time
+from chatd.jobs import format_time, parse_time
 from chatd.numbering import APPLICATION_IDS, SequenceState, merge_sequences
 
 _CHAT_SCOPE = "'chats:' || application_id"
@@ -45,6 +45,15 @@ def taken_since(conn: sqlite3.Connection, since: datetime) -> dict[str, int]:
             if count:
                 taken[scope] = int(count)
     return taken
+
+
+def newest_row_at(conn: sqlite3.Connection) -> datetime | None:
+    # Fixed-width UTC text: the greatest text is the newest time.
+    (newest,) = conn.execute(
+        "SELECT MAX(t) FROM (SELECT MAX(created_at) AS t FROM messages UNION ALL"
+        " SELECT MAX(created_at) FROM chats UNION ALL SELECT MAX(created_at) FROM applications)"
+    ).fetchone()
+    return None if newest is None else parse_time(newest)
 
 
 def raise_sequences(conn: sqlite3.Connection, floors: Mapping[str, int]) -> None:

@@ -355,6 +355,9 @@ class SqliteStore(SqliteBacked):
     async def sequences_taken_since(self, since: datetime) -> dict[str, int]:
         return await self.db.read(lambda conn: sequences.taken_since(conn, since))
 
+    async def newest_row_at(self) -> datetime | None:
+        return await self.db.read(sequences.newest_row_at)
+
     async def raise_sequences(self, floors: Mapping[str, int]) -> None:
         await self.db.transaction(lambda conn: sequences.raise_sequences(conn, floors))
 

@@ -151,6 +151,20 @@ async def applications_in(target: MysqlTarget) -> int:
         return 0
 
 
+async def replication_role(target: MysqlTarget) -> str | None:
+    """Why the server cannot take writes as a primary (read-only, still a replica), or None."""
+    async with _connection(target, database=None) as conn, conn.cursor(aiomysql.DictCursor) as cursor:
+        await cursor.execute("SELECT @@GLOBAL.read_only AS read_only")
+        if int((await cursor.fetchone())["read_only"]):
+            return "it is read-only (SET GLOBAL read_only = OFF once it is promoted)"
+        await cursor.execute("SHOW SLAVE STATUS")
+        status = await cursor.fetchone()
+        if status and (status.get("Slave_IO_Running") == "Yes" or status.get("Slave_SQL_Running") == "Yes"):
+            source = f"{status.get('Master_Host')}:{status.get('Master_Port')}"
+            return f"it still replicates from {source} (STOP SLAVE first)"
+        return None
+
+
 async def put_back(folder: Path, target: MysqlTarget, stamp: str) -> str | None:
     """Make the dump in ``folder`` the store's database; return the database the old tables went to.
 

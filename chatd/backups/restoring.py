@@ -33,7 +33,6 @@ from chatd.backends.sqlite_db import path_from_url
 from chatd.backups import fence, sqlite_engine, survivors
 from chatd.backups.manifest import BackupRefused, Manifest, read_verified
 from chatd.backups.taking import backups_in, utc_now
-from chatd.numbering import APPLICATION_IDS
 from chatd.settings import Settings
 
 
@@ -109,20 +108,7 @@ async def restore(
             restored = await store.sequences()
             elapsed = (clock() - manifest.taken_at).total_seconds()
             floors = fence.floors(manifest, restored, found.highest, elapsed, min_skip)
-            await store.raise_sequences(floors)
-            # Nothing holds the numbers between the highest stored (or seen) and the floor: lost
-            # with the old store, or never handed out. Reads of them answer 404, not "pending".
-            stored = {
-                key: max(restored[key].stored if key in restored else 0, found.highest.get(key, 0)) for key in floors
-            }
-            await store.burn_numbers(
-                {key: (stored[key], floor) for key, floor in floors.items() if key != APPLICATION_IDS}
-            )
-            moved = [
-                floor - max(restored[key].highest if key in restored else 0, found.highest.get(key, 0))
-                for key, floor in floors.items()
-            ]
-            report.skips = (min(moved), max(moved)) if moved else (0, 0)
+            report.skips = await fence.move_past(store, floors, restored, found.highest)
         with _stage(report, "clear the cache and recount", say):
             await backends.cache.clear()
             await store.recount_all()

@@ -65,15 +65,19 @@ class Survivors:
             self.highest[key] = value
 
 
-async def replay_queued(store: Store, queue: Queue, survivors: Survivors) -> None:
-    """Store every queued chat, message and index job, and take them off their queues."""
+async def replay_queued(store: Store, queue: Queue, survivors: Survivors, search: SearchIndex | None = None) -> None:
+    """Store every queued chat, message and index job, and take them off their queues.
+
+    With ``search``, each replayed message is also indexed before its job goes (a promotion keeps
+    its search index; a restore rebuilds it afterwards and passes none).
+    """
     before = await store.count_messages()
     for topic in (jobs.CHATS, jobs.MESSAGES, jobs.INDEX):
         idle_since = time.monotonic()
         while True:
             deliveries = await queue.receive(topic, max_batch=BATCH, max_wait=0.2)
             if deliveries:
-                await _replay(store, queue, topic, deliveries, survivors)
+                await _replay(store, queue, topic, deliveries, survivors, search)
                 idle_since = time.monotonic()
                 continue
             depth = await queue.depth(topic)
@@ -87,7 +91,14 @@ async def replay_queued(store: Store, queue: Queue, survivors: Survivors) -> Non
     survivors.replayed += await store.count_messages() - before
 
 
-async def _replay(store: Store, queue: Queue, topic: str, deliveries: Sequence[Delivery], survivors: Survivors) -> None:
+async def _replay(
+    store: Store,
+    queue: Queue,
+    topic: str,
+    deliveries: Sequence[Delivery],
+    survivors: Survivors,
+    search: SearchIndex | None,
+) -> None:
     good: list[Delivery] = []
     chats: list[ChatJob] = []
     messages: list[MessageJob] = []
@@ -113,7 +124,10 @@ async def _replay(store: Store, queue: Queue, topic: str, deliveries: Sequence[D
     if chats:
         await store.save_chats(chats)
     if messages:
-        survivors.orphaned += len(messages) - len(await store.save_messages(messages))
+        stored = await store.save_messages(messages)
+        survivors.orphaned += len(messages) - len(stored)
+        if search is not None:
+            await search.index(stored)  # each message as stored: an edited one keeps its edit
     await queue.ack(topic, good)
 
 

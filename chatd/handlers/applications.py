@@ -61,7 +61,7 @@ async def list_applications(request: web.Request) -> web.Response:
 
 @routes.get("/applications/{token}")
 async def show_application(request: web.Request) -> web.Response:
-    app = await request.app[keys.SERVICE].application(request.match_info["token"])
+    app = await request.app[keys.SERVICE].show_application(request.match_info["token"])
     return render.json_response(render.application(app))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from chatd import keys, metrics
 from chatd.handlers import headers, parsing
 from chatd.handlers.middleware import lift_deadline
+from chatd.limits import policies
 from chatd.live.events import APPLICATION_FEED, MESSAGE_UPDATED, LiveEvent
 from chatd.live.feed import Feed
 from chatd.live.subscriber import SHUTTING_DOWN, SLOW_CONSUMER, STREAM_ENDED, TOKEN_REVOKED, Subscriber
@@ -72,6 +73,31 @@ def resume_point(request: web.Request) -> int | None:
 async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     after = resume_point(request)
     app, head = await request.app[keys.SERVICE].live_head(request.match_info["token"], chat)
+    # One of the application's live-stream slots for the stream's life (429 when all are taken).
+    async with _stream_slot(request, app.id):
+        return await _serve(request, chat, after, app.id, head)
+
+
+@contextlib.asynccontextmanager
+async def _stream_slot(request: web.Request, application_id: int) -> AsyncIterator[None]:
+    limiter = request.app[keys.SERVICE].limiter
+    if limiter is None:
+        yield
+        return
+    async with limiter.stream(application_id):
+        yield
+
+
+def _rate_fields(fields: MutableMapping[str, str]) -> None:
+    """The stream's RateLimit fields: its headers go out before the middleware sees it."""
+    verdict = policies.current.get()
+    if verdict is not None:
+        fields.update(verdict.headers())
+
+
+async def _serve(
+    request: web.Request, chat: int | None, after: int | None, app_id: int, head: int
+) -> web.StreamResponse:
     hub = request.app[keys.HUB]
     lift_deadline(request)  # the checks above were answered in time; a stream lasts
     settings = request.app[keys.SETTINGS]
@@ -82,12 +108,13 @@ async def _stream(request: web.Request, chat: int | None) -> web.StreamResponse:
     start = head if after is None else after
     if websocket.can_prepare(request).ok:
         headers.apply(websocket.headers)  # a stream's headers go out before the middleware sees it
+        _rate_fields(websocket.headers)
         await websocket.prepare(request)
         writer: _Writer = _WebSocketWriter(websocket, start)
     else:
         writer = await _SseWriter.start(request, start)
     chat_feed = APPLICATION_FEED if chat is None else chat
-    feed, subscriber = hub.subscribe(app.id, chat_feed, start, resumed=after is not None)
+    feed, subscriber = hub.subscribe(app_id, chat_feed, start, resumed=after is not None)
     token = request.match_info["token"]
     watch = request.app[keys.TOKEN_WATCH]
     watch.watch(token, subscriber)
@@ -190,6 +217,7 @@ class _SseWriter(_Writer):
             }
         )
         headers.apply(response.headers)  # a stream's headers go out before the middleware sees it
+        _rate_fields(response.headers)
         await response.prepare(request)
         await response.write(b"retry: %d\n: connected\n\n" % _RETRY_MS)
         return cls(response, start)

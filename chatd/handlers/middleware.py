@@ -15,6 +15,7 @@ from chatd import keys, logs, metrics
 from chatd.errors import BackendUnavailable, ChatdError
 from chatd.handlers import headers
 from chatd.handlers.render import error_response
+from chatd.limits import policies
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     request_id = request.headers.get("X-Request-Id") or next(_request_ids)
     started = time.perf_counter()
     logs.application_id.set(None)  # a keep-alive connection runs its requests in one task
+    policies.current.set(None)
     payload = request.content
     # A small body arrives with its headers and is complete here: only a body still on its way
     # (large, slow, or stalled) pays for a timer.
@@ -122,6 +124,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if body_timer is not None:
             body_timer.cancel()
     headers.applied(response)  # a stream's went out with it; this sets them on every other answer
+    verdict = policies.current.get()
+    if verdict is not None and not response.prepared:
+        # The policy this request counted against, on every answer after the check (a 404 too).
+        response.headers["RateLimit-Policy"] = verdict.policy.header
+        response.headers["RateLimit"] = verdict.field()
     response.headers["X-Request-Id"] = request_id
     route = _route(request)
     seconds = time.perf_counter() - started

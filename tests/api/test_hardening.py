@@ -35,7 +35,9 @@ SECURITY_HEADERS = {
 
 @pytest.fixture
 async def chatd(tmp_path: Path) -> AsyncIterator[ChatdProcess]:
-    async with ChatdProcess(embedded_settings(tmp_path), "all", tmp_path) as process:
+    # One search per 100 s after the first: the second one is refused (429 rate_limited).
+    settings = embedded_settings(tmp_path, rate_searches_per_second=0.01, rate_searches_burst=1)
+    async with ChatdProcess(settings, "all", tmp_path) as process:
         yield process
 
 
@@ -89,6 +91,8 @@ async def test_every_kind_of_response_carries_chatds_headers(chatd: ChatdProcess
         "openapi": (get("/openapi.json"), 200, DEFAULT_POLICY),
         "metrics": (get("/metrics"), 200, DEFAULT_POLICY),
         "readiness": (get("/readyz"), 200, DEFAULT_POLICY),
+        "search": (get(f"/applications/{token}/chats/{chat}/messages/search?query=x"), 200, DEFAULT_POLICY),
+        "rate limited": (get(f"/applications/{token}/chats/{chat}/messages/search?query=x"), 429, DEFAULT_POLICY),
         "SSE stream": (get(f"/applications/{token}/chats/{chat}/events"), 200, DEFAULT_POLICY),
         "SSE application stream": (get(f"/applications/{token}/events"), 200, DEFAULT_POLICY),
         "WebSocket upgrade": (

@@ -88,6 +88,14 @@ async def test_a_queue_deleted_under_a_publisher_is_unroutable(queue: AmqpQueue)
         # A channel closed with a code of its own is an answer about the request, not an outage.
         (ChannelPreconditionFailed("PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit'"), None),
         (ChannelNotFoundEntity("NOT_FOUND - no queue 'chatd.messages'"), None),
+        # ...but a queue whose cluster node is down is there, on a node that does not answer.
+        (
+            ChannelNotFoundEntity(
+                "NOT_FOUND - home node 'rabbit-c1@localhost' of durable queue 'chatd.chats.dead' in vhost '/'"
+                " is down or inaccessible"
+            ),
+            "node_down",
+        ),
         (ChannelAccessRefused("ACCESS_REFUSED"), None),
         (ValueError("a bug"), None),
     ],

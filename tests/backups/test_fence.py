@@ -17,7 +17,7 @@ from chatd.backends.registry import make_backends, opened
 from chatd.backups import fence, restoring, taking
 from chatd.backups.fence import MIN_SKIP, floors, skip
 from chatd.backups.manifest import Manifest
-from chatd.domain import NumberScope
+from chatd.domain import ChatJob, MessageJob, NumberScope
 from chatd.numbering import APPLICATION_IDS, NumberRequest, SequenceState
 from chatd.ports import Backends, Store
 from tests.backups.conftest import lose_the_store, seed, store_of
@@ -224,3 +224,34 @@ async def test_jobs_of_an_application_the_backup_lacks_are_orphaned_and_its_id_f
         assert sequences[f"messages:{orphan_id}:{orphan.chat}"].reserved >= highest_message + fence.MIN_SKIP
         created = await store.create_application(secrets.token_hex(16), "after the restore", datetime.now(UTC))
         assert created.id > orphan_id + fence.MIN_SKIP
+
+
+def test_floors_past_take_the_highest_of_every_source_and_the_pace() -> None:
+    found = fence.floors_past(({"a": 10, "b": 3}, {"a": 12}, {}), {"b": 3_600}, 600.0)
+    assert found == {"a": 12 + MIN_SKIP, "b": 3 + 1_200}
+    assert fence.floors_past((), {}, 60.0) == {}
+
+
+async def test_newest_row_at_is_the_newest_creation_of_any_row(backends: Backends) -> None:
+    store = backends.store
+    assert await store.newest_row_at() is None
+    app = await store.create_application(secrets.token_hex(16), "newest", WHEN)
+    assert await store.newest_row_at() == WHEN
+    later = WHEN.replace(hour=11)
+    await store.save_chats([ChatJob(app.id, 1, later)])
+    assert await store.newest_row_at() == later
+    latest = WHEN.replace(hour=12, microsecond=250_000)
+    await store.save_messages([MessageJob(app.id, 1, 1, "newest", latest)])
+    assert await store.newest_row_at() == latest
+
+
+async def test_a_promotion_burns_message_numbers_but_leaves_chat_numbers_handed_out(backends: Backends) -> None:
+    store = backends.store
+    chats, messages = NumberScope(9), NumberScope(9, 2)
+    floors = {chats.key: 1_010, messages.key: 1_050}
+    held = {chats.key: SequenceState(10, 10), messages.key: SequenceState(50, 50)}
+    assert await fence.move_past(store, floors, held, {}, burn_chats=False) == (1_000, 1_000)
+    assert await store.is_burnt(messages, 51)
+    assert not await store.is_burnt(chats, 11)  # maybe acked by the lost primary: a message brings it back
+    await fence.move_past(store, floors, held, {})
+    assert await store.is_burnt(chats, 11)  # a restore's default

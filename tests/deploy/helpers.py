@@ -593,3 +593,14 @@ def units() -> dict[str, Unit]:
 
 def unit_environment(unit: Unit) -> dict[str, str]:
     return {key: value for text in unit.values("Service", "Environment") for key, value in assignments(text).items()}
+
+
+def systemd_analyze_and_stub(folder: Path) -> tuple[str, Path]:
+    """``systemd-analyze``'s path, and an executable stub to put where the units name chatd."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: `make ops-tools` installs it (Debian package systemd)"
+    stub = folder / "bin" / "chatd"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    return analyze, stub

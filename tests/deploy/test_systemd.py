@@ -6,7 +6,6 @@ import itertools
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 from datetime import datetime, timedelta
@@ -24,6 +23,7 @@ from tests.deploy.helpers import (
     effective_settings,
     parse_chatd,
     parse_unit,
+    systemd_analyze_and_stub,
     unit_environment,
     units,
 )
@@ -161,12 +161,7 @@ def writable(unit: Unit, path: PurePosixPath) -> bool:
 
 def test_systemd_analyze_verifies_every_unit(tmp_path: Path) -> None:
     """`systemd-analyze verify` on every unit, chatd's path swapped for a stub; any warning fails."""
-    analyze = shutil.which("systemd-analyze")
-    assert analyze, "systemd-analyze is missing: `make ops-tools` installs it (Debian package systemd)"
-    stub = tmp_path / "bin" / "chatd"
-    stub.parent.mkdir()
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
+    analyze, stub = systemd_analyze_and_stub(tmp_path)
     files = sorted([*SYSTEMD.glob("*.service"), *SYSTEMD.glob("*.timer")])
     assert {path.name for path in files} >= {"chatd-api.service", "chatd-backup.service", "chatd-backup.timer"}
     for path in files:

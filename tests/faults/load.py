@@ -51,6 +51,21 @@ class LoadResult:
     late: int = 0
     slowest_answer_seconds: float = 0.0
     attempts: int = 0
+    # When (time.monotonic()) the first and the last attempt that did not get a 201 began: the
+    # window in which the service refused or could not be reached (None: no attempt failed).
+    first_failure_at: float | None = None
+    last_failure_at: float | None = None
+
+    @property
+    def failure_window_seconds(self) -> float:
+        if self.first_failure_at is None or self.last_failure_at is None:
+            return 0.0
+        return self.last_failure_at - self.first_failure_at
+
+    def failed_at(self, moment: float) -> None:
+        # Attempts end out of order (one began before another that failed first): the earliest and latest.
+        self.first_failure_at = moment if self.first_failure_at is None else min(self.first_failure_at, moment)
+        self.last_failure_at = moment if self.last_failure_at is None else max(self.last_failure_at, moment)
 
     def merge_acked(self, chat: int, number: int, content: str) -> None:
         """Record an acked message (a second content under one number is a double numbering)."""
@@ -168,14 +183,17 @@ class LoadClient:
                         self.result.answers_500 += 1
                     if response.status == 201:
                         return await response.json()  # type: ignore[no-any-return]
+                    self.result.failed_at(attempt_started)
                     if response.status < 500 and response.status != 409:
                         raise AssertionError(f"POST {path}: {response.status} {await response.text()}")
             except TimeoutError as exc:
                 # No answer within deadline + margin: late, whatever comes after.
                 self.result.statuses[type(exc).__name__] += 1
                 self.result.late += 1
+                self.result.failed_at(attempt_started)
             except aiohttp.ClientError as exc:
                 self.result.statuses[type(exc).__name__] += 1
+                self.result.failed_at(attempt_started)
             self.result.slowest_failure_seconds = max(
                 self.result.slowest_failure_seconds, time.monotonic() - attempt_started
             )

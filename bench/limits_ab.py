@@ -5,7 +5,9 @@ chatd with the limits on at rates the load never reaches (every request checked,
 its fields, none refused), and the ceiling; wrk -c64 POST message in alternating rounds of each
 (ceiling, off, on, ceiling, on, off, ...), so that a busy moment of the shared machine falls on
 all of them, and neither of off and on always follows the other. Reported: each one's median
-round, chatd / ceiling with the limits off and on, and the median over rounds of on / off.
+round, chatd / ceiling with the limits off and on, and the median over rounds of on / off; and,
+less at the mercy of the shared machine, the api process's CPU time per answer in each round
+(/proc), off and on: what the check costs the process, apart from what the machine was doing.
 
 Two loads: one tenant (a busy bucket: on the real set most checks are made from tokens the api
 process took ahead from Redis), and 200 tenants in turn (bench/spread_messages.lua: about 20
@@ -23,9 +25,10 @@ from pathlib import Path
 import aiohttp
 
 from bench import loadgen
-from bench.deploy import Ceiling, Deployment, deployment
+from bench.deploy import Ceiling, Deployment, deployment, pid_of
 from bench.phases import WORD, Acceptance, Options
 from bench.probe import Client
+from bench.procstat import cpu_seconds
 from bench.report import SET_NAMES, rate, ratio, table
 
 logger = logging.getLogger("bench")
@@ -40,6 +43,8 @@ LOADS = ("one tenant", f"{SPREAD_TENANTS} tenants")
 class LimitsAB:
     # (load, target) -> rounds; targets: ceiling, off, on
     rounds: dict[tuple[str, str], list[loadgen.WrkResult]]
+    # (load, off|on) -> the api process's CPU microseconds per answer, per round
+    cpu_us: dict[tuple[str, str], list[float]]
 
     def median(self, load: str, name: str) -> loadgen.WrkResult:
         return Acceptance.median_round(self.rounds[(load, name)])
@@ -53,6 +58,13 @@ class LimitsAB:
     def on_over_off(self, load: str) -> float:
         pairs = zip(self.rounds[(load, "on")], self.rounds[(load, "off")], strict=True)
         return statistics.median(on.ok_per_s / off.ok_per_s for on, off in pairs)
+
+    def cpu_per_answer(self, load: str, name: str) -> float:
+        return statistics.median(self.cpu_us[(load, name)])
+
+    def cpu_on_over_off(self, load: str) -> float:
+        pairs = zip(self.cpu_us[(load, "on")], self.cpu_us[(load, "off")], strict=True)
+        return statistics.median(on / off for on, off in pairs)
 
 
 @dataclass
@@ -81,15 +93,20 @@ async def create_ab(backend_set: str, ceiling: Ceiling, options: Options, folder
         # The ceiling takes any token.
         targets = {"ceiling": _Target(ceiling.url, targets["off"].one, targets["off"].spread, None), **targets}
         rounds: dict[tuple[str, str], list[loadgen.WrkResult]] = {(load, t): [] for load in LOADS for t in targets}
+        cpu_us: dict[tuple[str, str], list[float]] = {(load, t): [] for load in LOADS for t in VARIANTS}
         for load in LOADS:
             for target in targets.values():
                 await _wrk(load, target, options, options.warmup_s)
             for index in range(options.rounds):
                 for name in _order(index):
                     target = targets[name]
+                    pid = pid_of(target.chatd.api) if target.chatd is not None else None
+                    spent = cpu_seconds(pid) if pid is not None else 0.0
                     rounds[(load, name)].append(result := await _wrk(load, target, options, options.round_s))
+                    if pid is not None:
+                        cpu_us[(load, name)].append((cpu_seconds(pid) - spent) * 1e6 / max(1, result.requests))
                     logger.info("  %-12s %-8s %8.0f 2xx/s  p99 %6.1f ms", load, name, result.ok_per_s, result.p99_ms)
-    return LimitsAB(rounds)
+    return LimitsAB(rounds, cpu_us)
 
 
 def _order(index: int) -> tuple[str, ...]:
@@ -138,11 +155,14 @@ def ab_table(results: dict[str, LimitsAB], options: Options) -> str:
                     rate(off.ok_per_s),
                     rate(on.ok_per_s),
                     rate(ab.median(load, "ceiling").ok_per_s),
+                    f"{ab.cpu_per_answer(load, 'off'):.0f}, {ab.cpu_per_answer(load, 'on'):.0f}",
+                    f"{ab.cpu_on_over_off(load):.3f}",
                     f"{ab.refused(load, 'on')} / {ab.refused(load, 'off')}",
                 ]
             )
     header = ["backends", "load", "chatd / ceiling, off", "chatd / ceiling, on", "on / off (median of rounds)"]
-    header += ["chatd 2xx/s off", "chatd 2xx/s on", "ceiling 2xx/s", "non-2xx on / off"]
+    header += ["chatd 2xx/s off", "chatd 2xx/s on", "ceiling 2xx/s", "api CPU µs per answer off, on"]
+    header += ["api CPU per answer on / off", "non-2xx on / off"]
     return (
         f"**The create path with and without the rate limits.** wrk -t{options.threads} -c{options.connections} "
         f"POST message, over {options.chats} chats of one application, or over {SPREAD_TENANTS} applications of one "
@@ -150,5 +170,6 @@ def ab_table(results: dict[str, LimitsAB], options: Options) -> str:
         "`--role api` process with the limits off (`CHATD_RATE_LIMITS=0`) and one with them on at rates the load "
         f"never reaches (none refused), no worker, started together; {options.rounds} rounds of "
         f"{options.round_s:g} s of the ceiling, off and on, off and on swapped every round; medians. "
+        "The api's CPU per answer: its user + system time over the round (/proc) / answers in the round. "
         "Target: on / off at least 0.95.\n\n" + table(header, rows)
     )

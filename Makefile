@@ -42,7 +42,7 @@ cluster-stop:
 
 # The whole suite on the single servers, then the node-loss suite on the local cluster.
 test: install services toxiproxy bench-tools ops-tools browser-tools
-	$(BIN)/pytest -p no:cacheprovider -m "not cluster"
+	$(BIN)/pytest -p no:cacheprovider -m "not cluster" --durations=15
 	$(MAKE) --no-print-directory test-cluster
 
 # Node loss under load on the local cluster (tests/cluster): kill -9 of a RabbitMQ queue leader, the

@@ -16,6 +16,7 @@ requests a second each, too few to lease: a Redis check every request or two, ba
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 from contextlib import AsyncExitStack
@@ -33,7 +34,15 @@ from bench.report import SET_NAMES, rate, ratio, table
 
 logger = logging.getLogger("bench")
 
-VARIANTS: dict[str, dict[str, object]] = {"off": {"rate_limits": False}, "on": {"rate_limits": True}}
+# "off again" is a second process with the limits off, measured like the others: how far apart
+# two identical processes land in this run (an A/A control) is the yardstick for on / off.
+VARIANTS: dict[str, dict[str, object]] = {
+    "off": {"rate_limits": False},
+    "off again": {"rate_limits": False},
+    "on": {"rate_limits": True},
+}
+# Every order of the three chatd targets, one a round in turn.
+ORDERS = tuple(itertools.permutations(VARIANTS))
 SPREAD_SCRIPT = Path(__file__).with_name("spread_messages.lua")
 SPREAD_TENANTS = 200
 LOADS = ("one tenant", f"{SPREAD_TENANTS} tenants")
@@ -55,16 +64,17 @@ class LimitsAB:
     def refused(self, load: str, name: str) -> int:
         return sum(result.non_2xx for result in self.rounds[(load, name)])
 
-    def on_over_off(self, load: str) -> float:
-        pairs = zip(self.rounds[(load, "on")], self.rounds[(load, "off")], strict=True)
-        return statistics.median(on.ok_per_s / off.ok_per_s for on, off in pairs)
+    def over(self, load: str, name: str, base: str = "off") -> float:
+        """The median over rounds of ``name``'s 2xx/s over ``base``'s in the same round."""
+        pairs = zip(self.rounds[(load, name)], self.rounds[(load, base)], strict=True)
+        return statistics.median(a.ok_per_s / b.ok_per_s for a, b in pairs)
 
     def cpu_per_answer(self, load: str, name: str) -> float:
         return statistics.median(self.cpu_us[(load, name)])
 
-    def cpu_on_over_off(self, load: str) -> float:
-        pairs = zip(self.cpu_us[(load, "on")], self.cpu_us[(load, "off")], strict=True)
-        return statistics.median(on / off for on, off in pairs)
+    def cpu_over(self, load: str, name: str, base: str = "off") -> float:
+        pairs = zip(self.cpu_us[(load, name)], self.cpu_us[(load, base)], strict=True)
+        return statistics.median(a / b for a, b in pairs)
 
 
 @dataclass
@@ -110,13 +120,13 @@ async def create_ab(backend_set: str, ceiling: Ceiling, options: Options, folder
 
 
 def _order(index: int) -> tuple[str, ...]:
-    """The targets of round ``index``: the ceiling, then off and on, their order swapped every round.
+    """The targets of round ``index``: the ceiling, then the three chatd processes, in another order each round.
 
     Whatever a round leaves behind (the disk flushing what the last target wrote, a server
     checkpointing) falls on the one measured next: with off always before on, on paid for both
     (measured: on / off 0.85 on the embedded set, 4 rounds of 5 below 1).
     """
-    return ("ceiling", "off", "on") if index % 2 == 0 else ("ceiling", "on", "off")
+    return ("ceiling", *ORDERS[index % len(ORDERS)])
 
 
 async def _wrk(load: str, target: _Target, options: Options, seconds: float) -> loadgen.WrkResult:
@@ -151,25 +161,29 @@ def ab_table(results: dict[str, LimitsAB], options: Options) -> str:
                     load,
                     ratio(ab.ratio(load, "off")),
                     ratio(ab.ratio(load, "on")),
-                    f"{ab.on_over_off(load):.3f}",
+                    f"{ab.over(load, 'on'):.3f}",
+                    f"{ab.over(load, 'off again'):.3f}",
                     rate(off.ok_per_s),
                     rate(on.ok_per_s),
                     rate(ab.median(load, "ceiling").ok_per_s),
                     f"{ab.cpu_per_answer(load, 'off'):.0f}, {ab.cpu_per_answer(load, 'on'):.0f}",
-                    f"{ab.cpu_on_over_off(load):.3f}",
+                    f"{1 / ab.cpu_over(load, 'on'):.3f}",
+                    f"{1 / ab.cpu_over(load, 'off again'):.3f}",
                     f"{ab.refused(load, 'on')} / {ab.refused(load, 'off')}",
                 ]
             )
-    header = ["backends", "load", "chatd / ceiling, off", "chatd / ceiling, on", "on / off (median of rounds)"]
+    header = ["backends", "load", "chatd / ceiling, off", "chatd / ceiling, on", "on / off", "A/A: off again / off"]
     header += ["chatd 2xx/s off", "chatd 2xx/s on", "ceiling 2xx/s", "api CPU µs per answer off, on"]
-    header += ["api CPU per answer on / off", "non-2xx on / off"]
+    header += ["per CPU second: on / off", "A/A per CPU second", "non-2xx on / off"]
     return (
         f"**The create path with and without the rate limits.** wrk -t{options.threads} -c{options.connections} "
         f"POST message, over {options.chats} chats of one application, or over {SPREAD_TENANTS} applications of one "
-        "chat each (no bucket busy enough to lease tokens ahead: a Redis check every request or two); one "
-        "`--role api` process with the limits off (`CHATD_RATE_LIMITS=0`) and one with them on at rates the load "
-        f"never reaches (none refused), no worker, started together; {options.rounds} rounds of "
-        f"{options.round_s:g} s of the ceiling, off and on, off and on swapped every round; medians. "
-        "The api's CPU per answer: its user + system time over the round (/proc) / answers in the round. "
+        "chat each (no bucket busy enough to lease tokens ahead: a Redis check every request or two); "
+        "`--role api` processes with the limits off (`CHATD_RATE_LIMITS=0`), twice, and one with them on at rates "
+        f"the load never reaches (none refused), no worker, started together; {options.rounds} rounds of "
+        f"{options.round_s:g} s of the ceiling then the three in another order each round. Ratios are medians over "
+        "rounds of one target's figure over another's in the same round; \"off again / off\" compares two identical "
+        "processes (an A/A control): on / off means something only as far as that one is near 1. Per CPU second: "
+        "answers per second of the api process's user + system time (/proc) in the round. "
         "Target: on / off at least 0.95.\n\n" + table(header, rows)
     )

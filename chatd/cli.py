@@ -48,22 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("path", type=Path, help="a backup folder, or a folder of backups (the newest is restored)")
     restore.add_argument("--force", action="store_true", help="replace a store that holds data (kept aside)")
-    restore.add_argument(
-        "--min-skip",
-        type=_positive,
-        default=None,
-        help="numbers every sequence skips past the highest it knows, at least (default 1000)",
-    )
     promote = commands.add_parser(
         "promote",
         help="make a promoted MariaDB replica safe to serve (every worker stopped): no number is handed out twice",
     )
-    promote.add_argument(
-        "--min-skip",
-        type=_positive,
-        default=None,
-        help="numbers every sequence skips past the highest it knows, at least (default 1000)",
-    )
+    for fencing in (restore, promote):
+        fencing.add_argument(
+            "--min-skip",
+            type=_positive,
+            default=None,
+            help="numbers every sequence skips past the highest it knows, at least (default 1000)",
+        )
     return parser
 
 

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
@@ -32,6 +32,7 @@ from chatd.domain import (
     SearchResult,
 )
 from chatd.errors import BackendUnavailable, Forbidden, NotFound, Pending
+from chatd.limits.book import LimitBook
 from chatd.limits.limiter import Limiter
 from chatd.limits.policies import READS, SEARCHES, WRITES, Limits
 from chatd.ports import Backends
@@ -126,9 +127,7 @@ class ChatService:
         return app
 
     async def show_application(self, token: str) -> Application:
-        app = await self.application(token)
-        await self._admit(app.id, READS)
-        return app
+        return await self._reading(token)
 
     async def token_works(self, token: str) -> bool:
         """Whether ``token`` still names an application (a store that cannot answer: assumed so)."""
@@ -146,8 +145,7 @@ class ChatService:
         Only the current token rotates: its previous one, still working, would otherwise hand
         whoever holds it the new one. Returns the rotation and when the old token stops.
         """
-        _require_canonical(token)
-        await self._admit((await self.application(token)).id, WRITES)
+        await self._admit((await self.application(token)).id, WRITES)  # application() checks the form
         now = self.clock()
         expires_at = now + timedelta(seconds=grace_seconds)
         rotated = await self.store.rotate_token(
@@ -274,9 +272,8 @@ class ChatService:
         if message is not None:
             return message
         await self._explain_missing(app, chat_number, number)
-        raise NotFound(f"message {number} does not exist", code="message_not_found")
 
-    async def _explain_missing(self, app: Application, chat_number: int, number: int) -> None:
+    async def _explain_missing(self, app: Application, chat_number: int, number: int) -> NoReturn:
         """Raise the precise 404 of a message not in the store: no chat, pending, or never handed out."""
         await self._require_chat(app, chat_number)
         if await self._was_handed_out(NumberScope(app.id, chat_number), number):
@@ -301,7 +298,6 @@ class ChatService:
         document = await self.store.update_message(app.id, chat_number, number, content, updated_at)
         if document is None:
             await self._explain_missing(app, chat_number, number)
-            raise NotFound(f"message {number} does not exist", code="message_not_found")
         # Committed with its outbox row: the edit relay (chatd/workers/edit_relay.py) queues its
         # index job, so a broker that is down delays the index instead of failing a stored edit.
         # What this edit wrote, not a read-back: a concurrent edit may have landed since.
@@ -347,18 +343,21 @@ class ChatService:
 
     async def limits(self, token: str) -> Limits:
         """The application's limits (its overrides and the defaults), for the admin endpoint."""
-        if self.limiter is None:
-            raise NotFound("rate limits are off on this server (CHATD_RATE_LIMITS=0)", code="not_found")
-        return await self.limiter.book.limits((await self._reading(token)).id)
+        book = self._limit_book()
+        return await book.limits((await self._reading(token)).id)
 
     async def set_limits(self, token: str, overrides: dict[str, float]) -> Limits:
         """Replace the application's overrides (empty: every default); applies from the next request."""
-        if self.limiter is None:
-            raise NotFound("rate limits are off on this server (CHATD_RATE_LIMITS=0)", code="not_found")
+        book = self._limit_book()
         app = await self.application(token)
-        limits = await self.limiter.book.set(app.id, overrides)
+        limits = await book.set(app.id, overrides)
         logger.info("application rate limits set", extra={"application_id": app.id, "overrides": overrides})
         return limits
+
+    def _limit_book(self) -> LimitBook:
+        if self.limiter is None:
+            raise NotFound("rate limits are off on this server (CHATD_RATE_LIMITS=0)", code="not_found")
+        return self.limiter.book
 
     # Numbers
 

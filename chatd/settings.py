@@ -185,11 +185,13 @@ class Settings:
     def _validate_rate_limits(self) -> None:
         if not 0 <= self.rate_refusal_hold_seconds <= 60:
             raise ValueError("CHATD_RATE_REFUSAL_HOLD_SECONDS must be from 0 (answer at once) to 60")
-        for name in _RATE_FIELDS:
-            value = getattr(self, name)
-            low = 0 if name == "rate_streams" else (0.001 if name.endswith("_per_second") else 1)
-            if not low <= value <= _MAX_RATE_VALUE:
-                raise ValueError(f"CHATD_{name.upper()} must be from {low:g} to {_MAX_RATE_VALUE:,}, not {value!r}")
+        from chatd.limits.policies import validate_overrides  # the same bounds as an admin's override
+
+        for field, value in self.rate_limit_values().items():
+            try:
+                validate_overrides({field: value})
+            except ValueError as exc:
+                raise ValueError(f"CHATD_RATE_{field.upper()}: {exc}, not {value!r}") from None
 
 
 # The per-application limits' settings (``rate_limits`` switches them all).
@@ -197,8 +199,6 @@ _RATE_FIELDS = (
     *(f"rate_{kind}{part}" for kind in ("reads", "writes", "searches") for part in ("_per_second", "_burst")),
     "rate_streams",
 )
-# As chatd.limits.policies.MAX_VALUE: far past what a process serves.
-_MAX_RATE_VALUE = 1_000_000
 
 
 def _coerce(type_name: object, raw: str, name: str) -> Any:

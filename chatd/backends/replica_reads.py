@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from chatd.domain import Chat, Message, Page
 from chatd.errors import BackendUnavailable
@@ -26,7 +26,6 @@ from chatd.ports import Store
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 # How often the replica's lag is looked at (at most: only when reads come).
 CHECK_EVERY_SECONDS = 1.0
 

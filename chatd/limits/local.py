@@ -45,7 +45,7 @@ class LocalRates:
             self._prune(now)
         return True, int((capacity - ahead) / interval + EPSILON), math.ceil(ahead)
 
-    def hit_now(self, key: str, interval: float, capacity: float, want: int = 1) -> Hit:
+    async def hit(self, key: str, interval: float, capacity: float, want: int = 1) -> Hit:
         now = self.clock()
         hit, tat = decide(self._tats.get(key, now), now, interval, capacity, want)
         if hit.allowed:
@@ -60,9 +60,6 @@ class LocalRates:
             keys = list(self._tats)
             self._tats = {key: self._tats[key] for key in keys[len(keys) // 2 :]}
 
-    async def hit(self, key: str, interval: float, capacity: float, want: int = 1) -> Hit:
-        return self.hit_now(key, interval, capacity, want)
-
 
 class LocalStreams:
     """Live streams open in this process, per key."""
@@ -70,25 +67,19 @@ class LocalStreams:
     def __init__(self) -> None:
         self._open: dict[str, set[str]] = {}
 
-    def acquire_now(self, key: str, member: str, limit: int) -> tuple[bool, int]:
+    async def acquire(self, key: str, member: str, limit: int) -> tuple[bool, int]:
         members = self._open.setdefault(key, set())
         if len(members) >= limit:
             return False, len(members)
         members.add(member)
         return True, len(members)
 
-    def release_now(self, key: str, member: str) -> None:
+    async def release(self, key: str, member: str) -> None:
         members = self._open.get(key)
         if members is not None:
             members.discard(member)
             if not members:
                 del self._open[key]
-
-    async def acquire(self, key: str, member: str, limit: int) -> tuple[bool, int]:
-        return self.acquire_now(key, member, limit)
-
-    async def release(self, key: str, member: str) -> None:
-        self.release_now(key, member)
 
     async def refresh(self) -> None:
         """Nothing to renew: a process's own streams end with it."""

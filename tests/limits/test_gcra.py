@@ -17,6 +17,7 @@ from chatd.backends.redis_limits import RedisRates
 from chatd.limits.gcra import decide, remaining
 from chatd.limits.local import LocalRates
 from chatd.limits.policies import Policy, StreamPolicy, Verdict, validate_overrides
+from chatd.settings import Settings
 from tests.conftest import REAL, REDIS_URL, unique_name
 from tests.factories import eventually
 
@@ -141,3 +142,18 @@ def test_the_inline_check_of_the_embedded_default_decides_as_gcra_does() -> None
             hit, general["tat"] = decide(general["tat"], now, interval, capacity)
             stated = math.ceil(hit.wait if not hit.allowed else hit.reset)
             assert (allowed, left, seconds) == (hit.allowed, remaining(hit, interval, capacity), stated)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CHATD_RATE_READS_PER_SECOND", "0", "CHATD_RATE_READS_PER_SECOND: 'reads_per_second' must be from 0.001"),
+        ("CHATD_RATE_WRITES_BURST", "0", "CHATD_RATE_WRITES_BURST: 'writes_burst' must be from 1"),
+        ("CHATD_RATE_STREAMS", "2000000", "CHATD_RATE_STREAMS: 'streams' must be from 0 to 1,000,000"),
+    ],
+)
+def test_default_limits_out_of_bounds_stop_chatd_at_start(variable: str, value: str, message: str) -> None:
+    """The CHATD_RATE_* defaults are held to the bounds of an admin's override."""
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env({variable: value})
+    assert Settings.from_env({"CHATD_RATE_STREAMS": "0"}).rate_streams == 0  # no live streams: allowed
